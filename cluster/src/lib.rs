@@ -1,1 +1,10 @@
-//! `shoal-cluster`: placement, versioning, quorum coordination, hinted handoff, read repair, SWIM membership, peer transport and the deterministic simulator.
+//! `shoal-cluster`: placement, versioning, quorum coordination, hinted handoff,
+//! read repair, SWIM membership, peer transport and the deterministic simulator.
+//!
+//! Everything here except `transport` is sans-IO: plain state machines driven
+//! by `handle_*` inputs at a given instant, producing `poll_*` outputs.
+
+pub mod id;
+pub mod membership;
+pub mod sim;
+pub mod store;

@@ -7,6 +7,7 @@
 //! for the on-disk formats.
 
 pub mod error;
+pub mod iterator;
 pub mod key;
 
 pub use error::{Error, Result};

@@ -1,0 +1,3 @@
+//! SWIM membership with the Lifeguard refinements.
+
+pub mod simulation;
