@@ -1,0 +1,1 @@
+//! Unit tests of the SWIM state machine, one rule each.
