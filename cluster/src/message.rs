@@ -1,0 +1,279 @@
+//! What goes in and out of a [`Node`](crate::node::Node): client requests and
+//! their responses, peer messages, and the outputs a shell must carry out.
+//!
+//! These are the wire types of Dynamo §4.5 (get / put with a context) and §4.6
+//! (writes to a fallback carrying a hint naming the intended owner). All of
+//! them derive serde and are encoded with postcard by the transport; the
+//! simulator passes them as values. Invariant: every variant of [`Response`]
+//! says what happened to the data — [`Response::Written`] means the write is on
+//! at least the requested number of replicas at the requested durability;
+//! [`RequestError`] variants say whether anything was stored.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::id::NodeId;
+use crate::siblings::KeyState;
+use crate::version_vector::{Dot, VersionVector};
+
+/// A client request's id, chosen by the shell, echoed in [`Output::Respond`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId(pub u64);
+
+/// How many replicas must answer: a request's `r` or `w`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Quorum {
+    /// One replica.
+    One,
+    /// A majority of the replication factor: ⌊N/2⌋ + 1.
+    Quorum,
+    /// All `N` replicas.
+    All,
+    /// Exactly this many replicas, 1..=N.
+    Count(u8),
+}
+
+/// Per-request read options; `None` takes the node's configured default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadOptions {
+    /// How many replicas must answer.
+    pub r: Option<Quorum>,
+    /// Whether fallbacks holding hints count toward `r`.
+    pub sloppy: Option<bool>,
+    /// The request's deadline, from when the coordinator receives it.
+    pub timeout: Option<Duration>,
+}
+
+/// Per-request write options; `None` takes the node's configured default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteOptions {
+    /// How many replicas must acknowledge.
+    pub w: Option<Quorum>,
+    /// Whether fallbacks holding hints count toward `w`.
+    pub sloppy: Option<bool>,
+    /// Whether a replica counts only after its write is synced.
+    pub durable: Option<bool>,
+    /// The request's deadline, from when the coordinator receives it.
+    pub timeout: Option<Duration>,
+}
+
+/// A client's request to any node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Read a key: all live siblings and the context that covers them.
+    Get {
+        /// The user key.
+        key: Bytes,
+        /// Consistency of this read.
+        options: ReadOptions,
+    },
+    /// Write a value superseding exactly what `context` covers.
+    Put {
+        /// The user key.
+        key: Bytes,
+        /// The new value.
+        value: Bytes,
+        /// The context of the read this write is based on; empty for a blind write.
+        context: VersionVector,
+        /// Consistency of this write.
+        options: WriteOptions,
+    },
+    /// Write a tombstone superseding exactly what `context` covers.
+    Delete {
+        /// The user key.
+        key: Bytes,
+        /// The context of the read this delete is based on.
+        context: VersionVector,
+        /// Consistency of this delete.
+        options: WriteOptions,
+    },
+}
+
+impl Request {
+    /// The user key the request is about.
+    pub fn key(&self) -> &Bytes {
+        match self {
+            Request::Get { key, .. } | Request::Put { key, .. } | Request::Delete { key, .. } => {
+                key
+            }
+        }
+    }
+}
+
+/// The result of a successful read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadResult {
+    /// Live (non-tombstone) sibling values, in dot order.
+    pub siblings: Vec<Bytes>,
+    /// The merged clock of what was read; write back with it to supersede it.
+    pub context: VersionVector,
+    /// How many replicas' answers counted toward `r`.
+    pub answered: usize,
+}
+
+/// The result of a successful write or delete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteResult {
+    /// The dot that names this write.
+    pub dot: Dot,
+    /// The coordinator's clock for the key after the write (covers `dot`).
+    pub context: VersionVector,
+    /// How many replicas' acknowledgements counted toward `w`.
+    pub acks: usize,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RequestError {
+    /// Too few replicas answered before the deadline. For a write, the
+    /// replicas that did acknowledge keep it (it may still spread): the
+    /// outcome is unknown to the client, not "not written".
+    #[error("quorum not reached: {acks} of {required} replicas answered")]
+    QuorumNotReached {
+        /// Replicas whose answers counted.
+        acks: usize,
+        /// Replicas that had to answer.
+        required: usize,
+    },
+    /// The request is malformed or over a limit; nothing was stored.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The write would leave more siblings than allowed; nothing was stored.
+    /// Read, resolve the siblings, and write back with the context.
+    #[error("too many siblings: {count} (max {max})")]
+    TooManySiblings {
+        /// Siblings the write would have left.
+        count: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The node has too many requests in flight; nothing was stored. Retry later.
+    #[error("busy: too many requests in flight")]
+    Busy,
+    /// The node cannot serve yet or any more (no ring, store failure at start,
+    /// no primary reachable); nothing was stored.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The coordinator's local store failed; nothing was acknowledged.
+    #[error("store failure: {0}")]
+    StoreFailed(String),
+}
+
+/// The answer to a client [`Request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// A read succeeded.
+    Value(ReadResult),
+    /// A put or delete reached its write quorum.
+    Written(WriteResult),
+    /// The request failed; see the error for what happened to the data.
+    Failed(RequestError),
+}
+
+/// Whether a replica stored what it was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaOutcome {
+    /// Stored at the requested durability (as data, or as a hint).
+    Stored,
+    /// Not stored (store failure, over a limit, hint storage full).
+    Refused,
+}
+
+/// A message between two nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// A client request passed on by a node that is not a primary of the key (one hop).
+    Forward {
+        /// The forwarder's id for the request, echoed in the reply.
+        forward_id: u64,
+        /// The client's request.
+        request: Request,
+    },
+    /// The coordinator's answer to a [`Message::Forward`].
+    ForwardReply {
+        /// The forwarder's id for the request.
+        forward_id: u64,
+        /// The answer to pass to the client.
+        response: Response,
+    },
+    /// Store this key state: as data, or, with `hint_for`, as a hint for that node.
+    Replicate {
+        /// The coordinator's operation id, echoed in the acknowledgement.
+        operation: u64,
+        /// The user key.
+        key: Bytes,
+        /// The coordinator's key state after the write.
+        state: KeyState,
+        /// Acknowledge only after a synced write.
+        durable: bool,
+        /// The primary this copy stands in for, when sent to a fallback.
+        hint_for: Option<NodeId>,
+    },
+    /// Answer to [`Message::Replicate`].
+    ReplicateAck {
+        /// The coordinator's operation id.
+        operation: u64,
+        /// Whether the state was stored.
+        outcome: ReplicaOutcome,
+    },
+    /// Send your state of a key (or, with `hint_for`, your hint for that node).
+    Read {
+        /// The coordinator's operation id, echoed in the reply.
+        operation: u64,
+        /// The user key.
+        key: Bytes,
+        /// The primary this read stands in for, when sent to a fallback.
+        hint_for: Option<NodeId>,
+    },
+    /// Answer to [`Message::Read`]; `None` when the replica could not read.
+    ReadReply {
+        /// The coordinator's operation id.
+        operation: u64,
+        /// The replica's state (empty when it holds nothing for the key).
+        state: Option<KeyState>,
+    },
+    /// Read repair: merge this state into yours. Not acknowledged.
+    Repair {
+        /// The user key.
+        key: Bytes,
+        /// The merged state the coordinator read.
+        state: KeyState,
+    },
+    /// Hinted handoff: a hint held for you; merge it durably and acknowledge.
+    HintReplay {
+        /// The user key.
+        key: Bytes,
+        /// The hinted state.
+        state: KeyState,
+        /// Identifies the hint's exact content, echoed in the acknowledgement.
+        hint_digest: u64,
+    },
+    /// The replayed hint is stored; the fallback may delete it if unchanged.
+    HintAck {
+        /// The user key.
+        key: Bytes,
+        /// The digest from [`Message::HintReplay`].
+        hint_digest: u64,
+    },
+}
+
+/// Something the shell must do for the node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send a message to a peer (best effort; the protocol tolerates loss).
+    Send {
+        /// The peer.
+        to: NodeId,
+        /// The message.
+        message: Message,
+    },
+    /// Answer a client request.
+    Respond {
+        /// The request being answered.
+        id: RequestId,
+        /// The answer.
+        response: Response,
+    },
+}

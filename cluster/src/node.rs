@@ -1,0 +1,1220 @@
+//! A Shoal node as one sans-IO state machine: it coordinates client requests
+//! (Dynamo §4.5), serves as a replica, keeps and replays hints (§4.6) and
+//! repairs on reads (§5). Inputs arrive through `handle_*` at a given instant,
+//! outputs leave through [`Node::poll_output`], and [`Node::poll_timeout`]
+//! says when [`Node::handle_timeout`] is next due. It never reads a clock,
+//! touches a socket or spawns a thread; chance comes from a seeded PRNG.
+//!
+//! All control flow between the concepts lives here; the leaves
+//! (`replica`, `hinted_handoff`, `read_repair`, `quorum`, `coordinator`)
+//! compute and return values.
+//!
+//! Invariants: a client request is answered exactly once, at the latest at
+//! its deadline (plus one forwarding hop); no dot is issued before the node's
+//! epoch for this start is durably stored; the maps that grow with input
+//! (operations in flight, remembered forward ids, liveness, outputs) are
+//! bounded by the configuration; a malformed or unexpected peer message is
+//! counted and dropped, never a panic.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::{Config, ConfigError};
+use crate::coordinator::{
+    ForwardOperation, Operation, Origin, ReadOperation, WriteOperation, next_fallback,
+};
+use crate::hinted_handoff::{HintLimits, HintOutcome, Hints};
+use crate::id::{Actor, NodeId, Partition};
+use crate::message::{
+    Message, Output, ReadOptions, ReplicaOutcome, Request, RequestError, RequestId,
+    Response, WriteOptions,
+};
+use crate::partitioner::Partitioner;
+use crate::placement::Placement;
+use crate::quorum::{QuorumOutcome, QuorumTracker};
+use crate::replica::{self, ReplicaError, ReplicaLimits};
+use crate::ring::Ring;
+use crate::siblings::{KeyState, SiblingValue};
+use crate::store::{Durability, Store};
+use crate::version_vector::VersionVector;
+
+/// What membership believes about a member. Only [`Liveness::Alive`] members
+/// are sent requests and hint replays; the others are stood in for by fallbacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Answering.
+    Alive,
+    /// Suspected down, not yet confirmed.
+    Suspect,
+    /// Confirmed down.
+    Dead,
+}
+
+/// Counters a shell exports (Prometheus) and the simulator checks. Plain
+/// fields, only ever incremented.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Client requests received.
+    pub requests: u64,
+    /// Requests forwarded to a primary.
+    pub forwarded: u64,
+    /// Gets coordinated here.
+    pub gets_coordinated: u64,
+    /// Puts and deletes coordinated here.
+    pub writes_coordinated: u64,
+    /// Requests answered with a quorum failure.
+    pub quorum_failures: u64,
+    /// Writes refused because they would leave too many siblings.
+    pub sibling_limit_rejections: u64,
+    /// Requests refused as busy.
+    pub busy_rejections: u64,
+    /// Requests refused as invalid.
+    pub invalid_requests: u64,
+    /// Read repairs sent (one per stale replica).
+    pub read_repairs: u64,
+    /// Hints stored (new or merged) for other nodes.
+    pub hints_stored: u64,
+    /// Hints the target acknowledged, deleted here.
+    pub hints_replayed: u64,
+    /// Hints dropped because the target's hint storage was full.
+    pub hints_dropped_full: u64,
+    /// Hints dropped because they were older than the age bound.
+    pub hints_dropped_expired: u64,
+    /// Hints dropped because they failed their checks.
+    pub hints_dropped_corrupt: u64,
+    /// Store operations that failed.
+    pub store_failures: u64,
+    /// Peer messages dropped as malformed or unexpected.
+    pub malformed_messages: u64,
+    /// Duplicate forwarded requests dropped.
+    pub duplicate_forwards: u64,
+    /// Outgoing messages shed because the output queue was full.
+    pub outputs_shed: u64,
+}
+
+/// What exists only once the node has started on its store.
+#[derive(Debug)]
+struct Started {
+    actor: Actor,
+    hints: Hints,
+}
+
+/// One timer: an operation's retry or deadline.
+type Timer = (Instant, u64);
+
+/// A Shoal node: coordinator, replica and hint keeper. See the module docs.
+#[derive(Debug)]
+pub struct Node {
+    config: Config,
+    id: NodeId,
+    rng: ChaCha8Rng,
+    partitioner: Partitioner,
+    started: Option<Started>,
+    placement: Option<Placement>,
+    liveness: BTreeMap<NodeId, Liveness>,
+    operations: BTreeMap<u64, Operation>,
+    timers: BTreeSet<Timer>,
+    next_operation: u64,
+    forwards_seen: VecDeque<(NodeId, u64)>,
+    forwards_seen_set: BTreeSet<(NodeId, u64)>,
+    next_replay: Option<Instant>,
+    outputs: VecDeque<Output>,
+    metrics: Metrics,
+    timestamp_last: u64,
+    wall_clock_origin: Option<(Instant, u64)>,
+}
+
+impl Node {
+    /// A node with identity `id`, its chance seeded by `seed`. It starts on
+    /// its store (taking a new epoch) at its first input that carries one.
+    pub fn new(config: Config, id: NodeId, seed: u64) -> Result<Node, ConfigError> {
+        config.validate()?;
+        let partitioner = Partitioner::new(config.partition_count).map_err(|error| {
+            ConfigError::Invalid(format!("partition_count: {error:?}"))
+        })?;
+        Ok(Node {
+            config,
+            id,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            partitioner,
+            started: None,
+            placement: None,
+            liveness: BTreeMap::new(),
+            operations: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            next_operation: 1,
+            forwards_seen: VecDeque::new(),
+            forwards_seen_set: BTreeSet::new(),
+            next_replay: None,
+            outputs: VecDeque::new(),
+            metrics: Metrics::default(),
+            timestamp_last: 0,
+            wall_clock_origin: None,
+        })
+    }
+
+    /// This node's identity.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The epoch of this start, once started.
+    pub fn epoch(&self) -> Option<u32> {
+        self.started.as_ref().map(|started| started.actor.epoch)
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Operations in flight (coordinated or forwarded).
+    pub fn operations_in_flight(&self) -> usize {
+        self.operations.len()
+    }
+
+    /// Bytes of hints held for `target`.
+    pub fn hint_bytes(&self, target: NodeId) -> u64 {
+        self.started
+            .as_ref()
+            .map_or(0, |started| started.hints.bytes(target))
+    }
+
+    /// Bytes of hints held for all targets.
+    pub fn hint_bytes_total(&self) -> u64 {
+        self.started
+            .as_ref()
+            .map_or(0, |started| started.hints.bytes_total())
+    }
+
+    /// The placement in use, once a ring was given.
+    pub fn placement(&self) -> Option<&Placement> {
+        self.placement.as_ref()
+    }
+
+    /// The partition of a user key.
+    pub fn partition_of(&self, key: &[u8]) -> Partition {
+        self.partitioner.partition_of(key)
+    }
+
+    /// Ties the node's hybrid logical clock to wall time: `now` is
+    /// `unix_time_micros`. Without it, the first instant seen is time zero.
+    pub fn set_wall_clock(&mut self, now: Instant, unix_time_micros: u64) {
+        self.wall_clock_origin = Some((now, unix_time_micros));
+    }
+
+    /// A new ring (membership change): placement is recomputed from it.
+    pub fn handle_ring(&mut self, _now: Instant, ring: Ring) {
+        self.placement = Some(Placement::new(
+            &ring,
+            self.config.partition_count,
+            self.config.replication_factor,
+        ));
+    }
+
+    /// What membership now believes about `node`. A member reported alive
+    /// gets its hints replayed at once.
+    pub fn handle_liveness(&mut self, now: Instant, node: NodeId, liveness: Liveness) {
+        if !self.liveness.contains_key(&node) && self.liveness.len() >= self.config.members_max {
+            return;
+        }
+        self.liveness.insert(node, liveness);
+        if liveness == Liveness::Alive && self.hint_bytes(node) > 0 {
+            self.next_replay = Some(now);
+        }
+    }
+
+    /// Takes the next output, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let timer = self.timers.first().map(|(when, _)| *when);
+        match (timer, self.next_replay) {
+            (Some(timer), Some(replay)) => Some(timer.min(replay)),
+            (timer, replay) => timer.or(replay),
+        }
+    }
+
+    /// Time passed: retries, deadlines and hint replay that are due run now.
+    pub fn handle_timeout(&mut self, now: Instant, store: &mut impl Store) {
+        if !self.ensure_started(now, store) {
+            return;
+        }
+        while let Some(&(when, operation)) = self.timers.first() {
+            if when > now {
+                break;
+            }
+            self.timers.remove(&(when, operation));
+            self.operation_timer(now, operation, store);
+        }
+        if self.next_replay.is_some_and(|when| when <= now) {
+            self.replay_hints(now, store);
+        }
+    }
+
+    /// A client request. It is answered through [`Output::Respond`].
+    pub fn handle_request(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        request: Request,
+        store: &mut impl Store,
+    ) {
+        self.metrics.requests += 1;
+        let origin = Origin::Client(id);
+        if let Err(error) = self.validate(&request) {
+            self.metrics.invalid_requests += 1;
+            self.respond(origin, Response::Failed(error));
+            return;
+        }
+        if !self.ensure_started(now, store) {
+            self.respond(
+                origin,
+                Response::Failed(RequestError::Unavailable("store failed at start".into())),
+            );
+            return;
+        }
+        if self.operations.len() >= self.config.requests_in_flight_max {
+            self.metrics.busy_rejections += 1;
+            self.respond(origin, Response::Failed(RequestError::Busy));
+            return;
+        }
+        let partition = self.partitioner.partition_of(request.key());
+        let primaries = match self.primaries(partition) {
+            Ok(primaries) => primaries,
+            Err(error) => {
+                self.respond(origin, Response::Failed(error));
+                return;
+            }
+        };
+        if primaries.contains(&self.id) {
+            self.coordinate(now, origin, request, partition, primaries, store);
+        } else {
+            self.forward(now, id, request, primaries);
+        }
+    }
+
+    /// A message from a peer.
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        message: Message,
+        store: &mut impl Store,
+    ) {
+        if !self.ensure_started(now, store) {
+            return;
+        }
+        match message {
+            Message::Forward {
+                forward_id,
+                request,
+            } => self.receive_forward(now, from, forward_id, request, store),
+            Message::ForwardReply {
+                forward_id,
+                response,
+            } => match self.operations.get(&forward_id) {
+                Some(Operation::Forward(forward)) if forward.to == from => {
+                    let request_id = forward.request_id;
+                    self.operations.remove(&forward_id);
+                    self.respond(Origin::Client(request_id), response);
+                }
+                // A late or duplicated reply: the request was already answered.
+                _ => {}
+            },
+            Message::Replicate {
+                operation,
+                key,
+                state,
+                durable,
+                hint_for,
+            } => self.receive_replicate(now, from, operation, key, state, durable, hint_for, store),
+            Message::ReplicateAck { operation, outcome } => {
+                self.receive_replicate_ack(now, from, operation, outcome, store)
+            }
+            Message::Read {
+                operation,
+                key,
+                hint_for,
+            } => self.receive_read(from, operation, key, hint_for, store),
+            Message::ReadReply { operation, state } => {
+                self.receive_read_reply(now, from, operation, state, store)
+            }
+            Message::Repair { key, state } => {
+                if self.key_is_valid(&key) {
+                    let partition = self.partitioner.partition_of(&key);
+                    if self.apply_data(partition, &key, &state, Durability::Buffered, store).is_err() {
+                        self.metrics.store_failures += 1;
+                    }
+                }
+            }
+            Message::HintReplay {
+                key,
+                state,
+                hint_digest,
+            } => {
+                if !self.key_is_valid(&key) {
+                    return;
+                }
+                let partition = self.partitioner.partition_of(&key);
+                // Replayed hints are synced: the fallback deletes its copy on the ack.
+                match self.apply_data(partition, &key, &state, Durability::Durable, store) {
+                    Ok(()) => self.send(from, Message::HintAck { key, hint_digest }),
+                    Err(_) => self.metrics.store_failures += 1,
+                }
+            }
+            Message::HintAck { key, hint_digest } => {
+                if !self.key_is_valid(&key) {
+                    return;
+                }
+                let partition = self.partitioner.partition_of(&key);
+                let Some(started) = self.started.as_mut() else { return };
+                match started.hints.acknowledge(store, from, partition, &key, hint_digest) {
+                    Ok(true) => self.metrics.hints_replayed += 1,
+                    Ok(false) => {}
+                    Err(_) => self.metrics.store_failures += 1,
+                }
+            }
+        }
+    }
+
+    // ---- starting ----------------------------------------------------------
+
+    fn ensure_started(&mut self, now: Instant, store: &mut impl Store) -> bool {
+        if self.started.is_some() {
+            return true;
+        }
+        let epoch = match replica::start_epoch(store) {
+            Ok(epoch) => epoch,
+            Err(_) => {
+                self.metrics.store_failures += 1;
+                return false;
+            }
+        };
+        let limits = HintLimits {
+            bytes_per_target_max: self.config.hint_bytes_per_target_max,
+            age_max_micros: u64::try_from(self.config.hint_age_max.as_micros()).unwrap_or(u64::MAX),
+            replay_batch_max: self.config.hint_replay_batch_max,
+        };
+        let hints = match Hints::load(store, limits) {
+            Ok(hints) => hints,
+            Err(_) => {
+                self.metrics.store_failures += 1;
+                return false;
+            }
+        };
+        if !hints.targets().is_empty() {
+            self.next_replay = Some(now);
+        }
+        self.started = Some(Started {
+            actor: replica::actor(self.id, epoch),
+            hints,
+        });
+        true
+    }
+
+    // ---- helpers -----------------------------------------------------------
+
+    fn wall_micros(&mut self, now: Instant) -> u64 {
+        let (origin, origin_micros) = *self.wall_clock_origin.get_or_insert((now, 0));
+        let elapsed = now.saturating_duration_since(origin);
+        origin_micros.saturating_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// The next hybrid-logical-clock timestamp: wall time, but strictly increasing.
+    fn next_timestamp(&mut self, now: Instant) -> u64 {
+        let wall = self.wall_micros(now);
+        self.timestamp_last = wall.max(self.timestamp_last.saturating_add(1));
+        self.timestamp_last
+    }
+
+    fn is_alive(&self, node: NodeId) -> bool {
+        node == self.id
+            || matches!(self.liveness.get(&node), None | Some(Liveness::Alive))
+    }
+
+    fn limits(&self) -> ReplicaLimits {
+        ReplicaLimits {
+            conflict_policy: self.config.conflict_policy,
+            sibling_count_max: self.config.sibling_count_max,
+            key_state_size_max_bytes: self.config.key_state_size_max_bytes,
+        }
+    }
+
+    fn primaries(&self, partition: Partition) -> Result<Vec<NodeId>, RequestError> {
+        let placement = self
+            .placement
+            .as_ref()
+            .ok_or_else(|| RequestError::Unavailable("no ring yet".into()))?;
+        let primaries = placement.primaries(partition).to_vec();
+        if primaries.is_empty() {
+            return Err(RequestError::Unavailable("the ring has no owners".into()));
+        }
+        Ok(primaries)
+    }
+
+    fn preference_list(&self, partition: Partition) -> Vec<NodeId> {
+        self.placement
+            .as_ref()
+            .map(|placement| placement.preference_list(partition).to_vec())
+            .unwrap_or_default()
+    }
+
+    fn key_is_valid(&mut self, key: &[u8]) -> bool {
+        let valid = !key.is_empty() && key.len() <= self.config.key_size_max_bytes;
+        if !valid {
+            self.metrics.malformed_messages += 1;
+        }
+        valid
+    }
+
+    fn validate(&self, request: &Request) -> Result<(), RequestError> {
+        let key = request.key();
+        if key.is_empty() {
+            return Err(RequestError::InvalidArgument("empty key".into()));
+        }
+        if key.len() > self.config.key_size_max_bytes {
+            return Err(RequestError::InvalidArgument(format!(
+                "key of {} bytes is over the limit of {}",
+                key.len(),
+                self.config.key_size_max_bytes
+            )));
+        }
+        if let Request::Put { value, .. } = request {
+            if value.len() > self.config.value_size_max_bytes {
+                return Err(RequestError::InvalidArgument(format!(
+                    "value of {} bytes is over the limit of {}",
+                    value.len(),
+                    self.config.value_size_max_bytes
+                )));
+            }
+        }
+        let quorum = match request {
+            Request::Get { options, .. } => options.r,
+            Request::Put { options, .. } | Request::Delete { options, .. } => options.w,
+        };
+        if let Some(quorum) = quorum {
+            quorum
+                .required(self.config.replication_factor)
+                .map_err(RequestError::InvalidArgument)?;
+        }
+        Ok(())
+    }
+
+    fn required(&self, request: &Request) -> usize {
+        let quorum = match request {
+            Request::Get { options, .. } => options.r.unwrap_or(self.config.read_quorum_default),
+            Request::Put { options, .. } | Request::Delete { options, .. } => {
+                options.w.unwrap_or(self.config.write_quorum_default)
+            }
+        };
+        // Validated on receipt, and the defaults by `Config::validate`.
+        quorum.required(self.config.replication_factor).unwrap_or(1)
+    }
+
+    fn timeout_of(&self, request: &Request) -> Duration {
+        match request {
+            Request::Get { options, .. } => options.timeout,
+            Request::Put { options, .. } | Request::Delete { options, .. } => options.timeout,
+        }
+        .unwrap_or(self.config.request_timeout)
+    }
+
+    fn send(&mut self, to: NodeId, message: Message) {
+        if self.outputs.len() >= self.config.output_queue_max {
+            self.metrics.outputs_shed += 1;
+            return;
+        }
+        self.outputs.push_back(Output::Send { to, message });
+    }
+
+    fn respond(&mut self, origin: Origin, response: Response) {
+        if matches!(
+            response,
+            Response::Failed(RequestError::QuorumNotReached { .. })
+        ) {
+            self.metrics.quorum_failures += 1;
+        }
+        match origin {
+            Origin::Client(id) => self.outputs.push_back(Output::Respond { id, response }),
+            Origin::Forwarded { from, forward_id } => {
+                self.send(from, Message::ForwardReply { forward_id, response })
+            }
+        }
+    }
+
+    fn new_operation_id(&mut self) -> u64 {
+        let id = self.next_operation;
+        self.next_operation += 1;
+        id
+    }
+
+    fn apply_data(
+        &mut self,
+        partition: Partition,
+        key: &[u8],
+        state: &KeyState,
+        durability: Durability,
+        store: &mut impl Store,
+    ) -> Result<(), ReplicaError> {
+        let limits = self.limits();
+        replica::apply_sync(store, partition, key, state, &limits, durability).map(|_| ())
+    }
+
+    // ---- forwarding --------------------------------------------------------
+
+    fn forward(&mut self, now: Instant, id: RequestId, request: Request, primaries: Vec<NodeId>) {
+        let alive: Vec<NodeId> = primaries.iter().copied().filter(|node| self.is_alive(*node)).collect();
+        if alive.is_empty() {
+            self.respond(
+                Origin::Client(id),
+                Response::Failed(RequestError::Unavailable(
+                    "no primary of the key is believed alive".into(),
+                )),
+            );
+            return;
+        }
+        let to = alive[self.rng.random_range(0..alive.len())];
+        let operation = self.new_operation_id();
+        // The coordinator answers by its own deadline; one more answer-timeout
+        // covers the two hops.
+        let deadline = now + self.timeout_of(&request) + self.config.replica_answer_timeout;
+        let required = self.required(&request);
+        self.metrics.forwarded += 1;
+        self.operations.insert(
+            operation,
+            Operation::Forward(ForwardOperation {
+                request_id: id,
+                to,
+                required,
+                deadline,
+            }),
+        );
+        self.timers.insert((deadline, operation));
+        self.send(
+            to,
+            Message::Forward {
+                forward_id: operation,
+                request,
+            },
+        );
+    }
+
+    fn receive_forward(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        forward_id: u64,
+        request: Request,
+        store: &mut impl Store,
+    ) {
+        let origin = Origin::Forwarded { from, forward_id };
+        if self.forwards_seen_set.contains(&(from, forward_id)) {
+            self.metrics.duplicate_forwards += 1;
+            return;
+        }
+        if self.forwards_seen.len() >= self.config.forwarded_ids_remembered_max {
+            if let Some(oldest) = self.forwards_seen.pop_front() {
+                self.forwards_seen_set.remove(&oldest);
+            }
+        }
+        self.forwards_seen.push_back((from, forward_id));
+        self.forwards_seen_set.insert((from, forward_id));
+        if let Err(error) = self.validate(&request) {
+            self.metrics.invalid_requests += 1;
+            self.respond(origin, Response::Failed(error));
+            return;
+        }
+        if self.operations.len() >= self.config.requests_in_flight_max {
+            self.metrics.busy_rejections += 1;
+            self.respond(origin, Response::Failed(RequestError::Busy));
+            return;
+        }
+        let partition = self.partitioner.partition_of(request.key());
+        match self.primaries(partition) {
+            Ok(primaries) if primaries.contains(&self.id) => {
+                self.coordinate(now, origin, request, partition, primaries, store)
+            }
+            // Forwarding is one hop only: a node that is not a primary (its
+            // ring differs from the forwarder's) refuses rather than forwards.
+            Ok(_) => self.respond(
+                origin,
+                Response::Failed(RequestError::Unavailable("not a primary of the key".into())),
+            ),
+            Err(error) => self.respond(origin, Response::Failed(error)),
+        }
+    }
+
+    // ---- coordinating ------------------------------------------------------
+
+    fn coordinate(
+        &mut self,
+        now: Instant,
+        origin: Origin,
+        request: Request,
+        partition: Partition,
+        primaries: Vec<NodeId>,
+        store: &mut impl Store,
+    ) {
+        let required = self.required(&request);
+        let timeout = self.timeout_of(&request);
+        match request {
+            Request::Get { key, options } => {
+                self.coordinate_read(now, origin, key, options, required, timeout, partition, primaries, store)
+            }
+            Request::Put {
+                key,
+                value,
+                context,
+                options,
+            } => self.coordinate_write(
+                now,
+                origin,
+                key,
+                SiblingValue::Value(value),
+                context,
+                options,
+                required,
+                timeout,
+                partition,
+                primaries,
+                store,
+            ),
+            Request::Delete {
+                key,
+                context,
+                options,
+            } => self.coordinate_write(
+                now,
+                origin,
+                key,
+                SiblingValue::Tombstone,
+                context,
+                options,
+                required,
+                timeout,
+                partition,
+                primaries,
+                store,
+            ),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn coordinate_write(
+        &mut self,
+        now: Instant,
+        origin: Origin,
+        key: Bytes,
+        value: SiblingValue,
+        context: VersionVector,
+        options: WriteOptions,
+        required: usize,
+        timeout: Duration,
+        partition: Partition,
+        primaries: Vec<NodeId>,
+        store: &mut impl Store,
+    ) {
+        self.metrics.writes_coordinated += 1;
+        let sloppy = options.sloppy.unwrap_or(self.config.sloppy_default);
+        let durable = options.durable.unwrap_or(self.config.durable_default);
+        let durability = if durable { Durability::Durable } else { Durability::Buffered };
+        let Some(actor) = self.started.as_ref().map(|started| started.actor) else {
+            return;
+        };
+        let timestamp = self.next_timestamp(now);
+        let limits = self.limits();
+        let (state, dot) = match replica::coordinate_write(
+            store, partition, &key, actor, &context, value, timestamp, &limits, durability,
+        ) {
+            Ok(written) => written,
+            Err(ReplicaError::TooManySiblings { count, max }) => {
+                self.metrics.sibling_limit_rejections += 1;
+                self.respond(origin, Response::Failed(RequestError::TooManySiblings { count, max }));
+                return;
+            }
+            Err(ReplicaError::TooLarge { size, max }) => {
+                self.metrics.invalid_requests += 1;
+                self.respond(
+                    origin,
+                    Response::Failed(RequestError::InvalidArgument(format!(
+                        "key state of {size} bytes would exceed the limit of {max}"
+                    ))),
+                );
+                return;
+            }
+            Err(error) => {
+                self.metrics.store_failures += 1;
+                self.respond(origin, Response::Failed(RequestError::StoreFailed(error.to_string())));
+                return;
+            }
+        };
+        let mut operation = WriteOperation {
+            origin,
+            key,
+            partition,
+            state,
+            dot,
+            durable,
+            sloppy,
+            primaries: primaries.clone(),
+            handoffs: BTreeMap::new(),
+            stored: BTreeSet::new(),
+            tracker: QuorumTracker::new(required),
+            responded: false,
+            deadline: now + timeout,
+        };
+        operation.tracker.asked(self.id);
+        operation.record(self.id, true);
+        let id = self.new_operation_id();
+        for primary in primaries {
+            if primary == self.id {
+                continue;
+            }
+            if self.is_alive(primary) {
+                operation.tracker.asked(primary);
+                self.send_replicate(id, &operation, primary, None);
+            } else {
+                self.hand_off(id, &mut operation, primary);
+            }
+        }
+        self.settle_write(now, id, operation, true);
+    }
+
+    fn send_replicate(&mut self, id: u64, operation: &WriteOperation, to: NodeId, hint_for: Option<NodeId>) {
+        self.send(
+            to,
+            Message::Replicate {
+                operation: id,
+                key: operation.key.clone(),
+                state: operation.state.clone(),
+                durable: operation.durable,
+                hint_for,
+            },
+        );
+    }
+
+    /// Sends the write to the next fallback as a hint for `primary`.
+    fn hand_off(&mut self, id: u64, operation: &mut WriteOperation, primary: NodeId) {
+        let list = self.preference_list(operation.partition);
+        let used: BTreeSet<NodeId> = operation.handoffs.values().copied().chain(operation.stored.iter().copied()).collect();
+        let fallback = next_fallback(&list, self.config.replication_factor, self.id, &used, |node| self.is_alive(node));
+        if let Some(fallback) = fallback {
+            operation.handoffs.insert(primary, fallback);
+            operation.tracker.asked(fallback);
+            self.send_replicate(id, operation, fallback, Some(primary));
+        }
+    }
+
+    /// Answers, finishes or keeps a write after any change.
+    /// `is_new`: the operation has no timers yet.
+    fn settle_write(&mut self, now: Instant, id: u64, mut operation: WriteOperation, is_new: bool) {
+        if !operation.responded {
+            match operation.tracker.outcome() {
+                QuorumOutcome::Reached => {
+                    operation.responded = true;
+                    let response = operation.success();
+                    self.respond(operation.origin, response);
+                }
+                QuorumOutcome::Failed if operation.uncovered().is_empty() => {
+                    // Every primary is covered and still too few counted:
+                    // nothing more can count (a strict quorum with hints).
+                    operation.responded = true;
+                    let response = operation.failure();
+                    self.respond(operation.origin, response);
+                }
+                _ => {}
+            }
+        }
+        if operation.uncovered().is_empty() && operation.responded {
+            return;
+        }
+        if is_new {
+            let retry = (now + self.config.replica_answer_timeout).min(operation.deadline);
+            self.timers.insert((retry, id));
+            self.timers.insert((operation.deadline, id));
+        }
+        self.operations.insert(id, Operation::Write(operation));
+    }
+
+    fn write_timer(&mut self, now: Instant, id: u64, mut operation: WriteOperation) {
+        if now >= operation.deadline {
+            if !operation.responded {
+                operation.responded = true;
+                let response = operation.failure();
+                self.respond(operation.origin, response);
+            }
+            return;
+        }
+        // Retry: resend to silent primaries believed alive, and give every
+        // uncovered primary a fallback holding a hint (sloppy quorum).
+        for primary in operation.uncovered() {
+            if primary == self.id {
+                continue;
+            }
+            if self.is_alive(primary) {
+                self.send_replicate(id, &operation, primary, None);
+            }
+            let fallback_answered = operation
+                .handoffs
+                .get(&primary)
+                .is_some_and(|fallback| operation.tracker.has_answered(*fallback));
+            if !operation.handoffs.contains_key(&primary) || fallback_answered {
+                self.hand_off(id, &mut operation, primary);
+            } else if let Some(&fallback) = operation.handoffs.get(&primary) {
+                self.send_replicate(id, &operation, fallback, Some(primary));
+            }
+        }
+        let retry = (now + self.config.replica_answer_timeout).min(operation.deadline);
+        self.timers.insert((retry, id));
+        self.operations.insert(id, Operation::Write(operation));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn receive_replicate(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        operation: u64,
+        key: Bytes,
+        state: KeyState,
+        durable: bool,
+        hint_for: Option<NodeId>,
+        store: &mut impl Store,
+    ) {
+        if !self.key_is_valid(&key) {
+            return;
+        }
+        let partition = self.partitioner.partition_of(&key);
+        let durability = if durable { Durability::Durable } else { Durability::Buffered };
+        let stored = match hint_for {
+            Some(target) if target != self.id => {
+                let now_micros = self.wall_micros(now);
+                let Some(started) = self.started.as_mut() else { return };
+                match started.hints.store(store, target, partition, &key, &state, now_micros, durability) {
+                    Ok(HintOutcome::Stored) => {
+                        self.metrics.hints_stored += 1;
+                        if self.next_replay.is_none() {
+                            self.next_replay = Some(now + self.config.hint_replay_interval);
+                        }
+                        true
+                    }
+                    Ok(HintOutcome::Dropped) => {
+                        self.metrics.hints_dropped_full += 1;
+                        false
+                    }
+                    Err(_) => {
+                        self.metrics.store_failures += 1;
+                        false
+                    }
+                }
+            }
+            _ => match self.apply_data(partition, &key, &state, durability, store) {
+                Ok(()) => true,
+                Err(_) => {
+                    self.metrics.store_failures += 1;
+                    false
+                }
+            },
+        };
+        let outcome = if stored { ReplicaOutcome::Stored } else { ReplicaOutcome::Refused };
+        self.send(from, Message::ReplicateAck { operation, outcome });
+    }
+
+    fn receive_replicate_ack(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        id: u64,
+        outcome: ReplicaOutcome,
+        _store: &mut impl Store,
+    ) {
+        let Some(Operation::Write(mut operation)) = self.operations.remove(&id) else {
+            // Late, duplicated or for a finished operation: nothing waits for it.
+            return;
+        };
+        operation.record(from, outcome == ReplicaOutcome::Stored);
+        self.settle_write(now, id, operation, false);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn coordinate_read(
+        &mut self,
+        now: Instant,
+        origin: Origin,
+        key: Bytes,
+        options: ReadOptions,
+        required: usize,
+        timeout: Duration,
+        partition: Partition,
+        primaries: Vec<NodeId>,
+        store: &mut impl Store,
+    ) {
+        self.metrics.gets_coordinated += 1;
+        let sloppy = options.sloppy.unwrap_or(self.config.sloppy_default);
+        let mut operation = ReadOperation {
+            origin,
+            key: key.clone(),
+            partition,
+            sloppy,
+            primaries: primaries.clone(),
+            substitutes: BTreeMap::new(),
+            primary_replies: Vec::new(),
+            fallback_replies: Vec::new(),
+            tracker: QuorumTracker::new(required),
+            responded: false,
+            deadline: now + timeout,
+        };
+        operation.tracker.asked(self.id);
+        match replica::read_state(store, partition, &key) {
+            Ok(state) => {
+                operation.record(self.id, Some(state));
+            }
+            Err(_) => {
+                self.metrics.store_failures += 1;
+                operation.record(self.id, None);
+            }
+        }
+        let id = self.new_operation_id();
+        for primary in primaries {
+            if primary == self.id {
+                continue;
+            }
+            if self.is_alive(primary) {
+                operation.tracker.asked(primary);
+                self.send(primary, Message::Read { operation: id, key: key.clone(), hint_for: None });
+            } else if sloppy {
+                self.substitute(id, &mut operation, primary);
+            }
+        }
+        self.settle_read(now, id, operation, true, store);
+    }
+
+    /// Asks the next fallback for its hint for `primary`.
+    fn substitute(&mut self, id: u64, operation: &mut ReadOperation, primary: NodeId) {
+        let list = self.preference_list(operation.partition);
+        let used: BTreeSet<NodeId> = operation.substitutes.keys().copied().collect();
+        let fallback = next_fallback(&list, self.config.replication_factor, self.id, &used, |node| self.is_alive(node));
+        if let Some(fallback) = fallback {
+            operation.substitutes.insert(fallback, primary);
+            operation.tracker.asked(fallback);
+            self.send(
+                fallback,
+                Message::Read {
+                    operation: id,
+                    key: operation.key.clone(),
+                    hint_for: Some(primary),
+                },
+            );
+        }
+    }
+
+    /// Answers, repairs and finishes, or keeps a read after any change.
+    /// `is_new`: the operation has no timers yet.
+    fn settle_read(
+        &mut self,
+        now: Instant,
+        id: u64,
+        mut operation: ReadOperation,
+        is_new: bool,
+        store: &mut impl Store,
+    ) {
+        if !operation.responded {
+            match operation.tracker.outcome() {
+                QuorumOutcome::Reached => {
+                    operation.responded = true;
+                    let response = operation.success();
+                    self.respond(operation.origin, response);
+                }
+                QuorumOutcome::Failed => {
+                    operation.responded = true;
+                    let response = operation.failure();
+                    self.respond(operation.origin, response);
+                }
+                QuorumOutcome::Pending => {}
+            }
+        }
+        if operation.tracker.all_answered() && operation.responded {
+            self.repair(&operation, store);
+            return;
+        }
+        if is_new {
+            let retry = (now + self.config.replica_answer_timeout).min(operation.deadline);
+            self.timers.insert((retry, id));
+            self.timers.insert((operation.deadline, id));
+        }
+        self.operations.insert(id, Operation::Read(operation));
+    }
+
+    /// Read repair: every primary that answered with less gets the merge.
+    fn repair(&mut self, operation: &ReadOperation, store: &mut impl Store) {
+        let (merged, stale) = operation.repairs();
+        for node in stale {
+            self.metrics.read_repairs += 1;
+            if node == self.id {
+                if self
+                    .apply_data(operation.partition, &operation.key, &merged, Durability::Buffered, store)
+                    .is_err()
+                {
+                    self.metrics.store_failures += 1;
+                }
+            } else {
+                self.send(
+                    node,
+                    Message::Repair {
+                        key: operation.key.clone(),
+                        state: merged.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn read_timer(&mut self, now: Instant, id: u64, mut operation: ReadOperation, store: &mut impl Store) {
+        if now >= operation.deadline {
+            if !operation.responded {
+                operation.responded = true;
+                let response = operation.failure();
+                self.respond(operation.origin, response);
+            }
+            self.repair(&operation, store);
+            return;
+        }
+        // Retry: ask silent primaries again, and under a sloppy quorum ask a
+        // fallback in place of each silent one.
+        let silent: Vec<NodeId> = operation
+            .primaries
+            .iter()
+            .copied()
+            .filter(|node| *node != self.id && !operation.tracker.has_answered(*node))
+            .collect();
+        for primary in silent {
+            if self.is_alive(primary) {
+                operation.tracker.asked(primary);
+                self.send(primary, Message::Read { operation: id, key: operation.key.clone(), hint_for: None });
+            }
+            let substituted = operation.substitutes.values().any(|node| *node == primary);
+            if operation.sloppy && !substituted {
+                self.substitute(id, &mut operation, primary);
+            }
+        }
+        let retry = (now + self.config.replica_answer_timeout).min(operation.deadline);
+        self.timers.insert((retry, id));
+        self.operations.insert(id, Operation::Read(operation));
+    }
+
+    fn receive_read(
+        &mut self,
+        from: NodeId,
+        operation: u64,
+        key: Bytes,
+        hint_for: Option<NodeId>,
+        store: &mut impl Store,
+    ) {
+        if !self.key_is_valid(&key) {
+            return;
+        }
+        let partition = self.partitioner.partition_of(&key);
+        let state = match hint_for {
+            Some(target) if target != self.id => {
+                let Some(started) = self.started.as_ref() else { return };
+                started.hints.read(store, target, partition, &key)
+            }
+            _ => replica::read_state(store, partition, &key),
+        };
+        let state = match state {
+            Ok(state) => Some(state),
+            Err(_) => {
+                self.metrics.store_failures += 1;
+                None
+            }
+        };
+        self.send(from, Message::ReadReply { operation, state });
+    }
+
+    fn receive_read_reply(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        id: u64,
+        state: Option<KeyState>,
+        store: &mut impl Store,
+    ) {
+        let Some(Operation::Read(mut operation)) = self.operations.remove(&id) else {
+            return;
+        };
+        operation.record(from, state);
+        self.settle_read(now, id, operation, false, store);
+    }
+
+    fn operation_timer(&mut self, now: Instant, id: u64, store: &mut impl Store) {
+        match self.operations.remove(&id) {
+            None => {}
+            Some(Operation::Write(operation)) => self.write_timer(now, id, operation),
+            Some(Operation::Read(operation)) => self.read_timer(now, id, operation, store),
+            Some(Operation::Forward(forward)) => {
+                if now >= forward.deadline {
+                    self.respond(
+                        Origin::Client(forward.request_id),
+                        Response::Failed(RequestError::QuorumNotReached {
+                            acks: 0,
+                            required: forward.required,
+                        }),
+                    );
+                } else {
+                    self.operations.insert(id, Operation::Forward(forward));
+                }
+            }
+        }
+    }
+
+    // ---- hinted handoff ----------------------------------------------------
+
+    /// One replay round: hints go to live targets; every target's hints are
+    /// checked for age on the way (so hints for dead targets expire too).
+    fn replay_hints(&mut self, now: Instant, store: &mut impl Store) {
+        let now_micros = self.wall_micros(now);
+        let targets = self
+            .started
+            .as_ref()
+            .map(|started| started.hints.targets())
+            .unwrap_or_default();
+        for target in targets {
+            let alive = self.is_alive(target);
+            let Some(started) = self.started.as_mut() else { return };
+            let batch = match started.hints.replay_batch(store, target, now_micros) {
+                Ok(batch) => batch,
+                Err(_) => {
+                    self.metrics.store_failures += 1;
+                    continue;
+                }
+            };
+            self.metrics.hints_dropped_expired += batch.expired;
+            self.metrics.hints_dropped_corrupt += batch.corrupt;
+            if alive {
+                for hint in batch.hints {
+                    self.send(
+                        target,
+                        Message::HintReplay {
+                            key: hint.key,
+                            state: hint.state,
+                            hint_digest: hint.digest,
+                        },
+                    );
+                }
+            }
+        }
+        self.next_replay = if self.hint_bytes_total() > 0 {
+            Some(now + self.config.hint_replay_interval)
+        } else {
+            None
+        };
+    }
+}

@@ -1,0 +1,150 @@
+//! Counting the answers of a quorum operation (Dynamo §4.5: `R + W > N` gives
+//! quorum-like behaviour; §4.6: with a sloppy quorum, answers from fallbacks
+//! standing in for a primary count too).
+//!
+//! Invariants: a node's answer is counted at most once however often it is
+//! duplicated; an answer that does not count (a fallback under a strict
+//! quorum, a refusal) never moves the outcome to [`QuorumOutcome::Reached`];
+//! the required count is always in `1..=N`.
+
+use std::collections::BTreeSet;
+
+use crate::id::NodeId;
+use crate::message::Quorum;
+
+impl Quorum {
+    /// How many of `replication_factor` replicas this quorum needs, or why it
+    /// cannot be met.
+    pub fn required(self, replication_factor: usize) -> Result<usize, String> {
+        let required = match self {
+            Quorum::One => 1,
+            Quorum::Quorum => replication_factor / 2 + 1,
+            Quorum::All => replication_factor,
+            Quorum::Count(count) => usize::from(count),
+        };
+        if required == 0 || required > replication_factor {
+            return Err(format!(
+                "quorum of {required} is not within 1..={replication_factor}"
+            ));
+        }
+        Ok(required)
+    }
+}
+
+/// Where a quorum operation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuorumOutcome {
+    /// Not enough answers yet, and more may come.
+    Pending,
+    /// Enough answers counted.
+    Reached,
+    /// Enough answers can no longer arrive (every asked replica answered).
+    Failed,
+}
+
+/// The answers an operation has gathered.
+#[derive(Debug, Clone)]
+pub struct QuorumTracker {
+    required: usize,
+    counted: BTreeSet<NodeId>,
+    answered: BTreeSet<NodeId>,
+    asked: BTreeSet<NodeId>,
+}
+
+impl QuorumTracker {
+    /// A tracker needing `required` counted answers.
+    pub fn new(required: usize) -> QuorumTracker {
+        QuorumTracker {
+            required,
+            counted: BTreeSet::new(),
+            answered: BTreeSet::new(),
+            asked: BTreeSet::new(),
+        }
+    }
+
+    /// Notes that `node` was asked (so that its silence matters).
+    pub fn asked(&mut self, node: NodeId) {
+        self.asked.insert(node);
+    }
+
+    /// Records `node`'s answer; `counts` says whether it counts toward the quorum.
+    pub fn record(&mut self, node: NodeId, counts: bool) -> QuorumOutcome {
+        self.answered.insert(node);
+        if counts {
+            self.counted.insert(node);
+        }
+        self.outcome()
+    }
+
+    /// Whether `node` has answered (counted or not).
+    pub fn has_answered(&self, node: NodeId) -> bool {
+        self.answered.contains(&node)
+    }
+
+    /// Whether every asked node has answered.
+    pub fn all_answered(&self) -> bool {
+        self.asked.iter().all(|node| self.answered.contains(node))
+    }
+
+    /// Counted answers so far.
+    pub fn counted(&self) -> usize {
+        self.counted.len()
+    }
+
+    /// Answers needed.
+    pub fn required(&self) -> usize {
+        self.required
+    }
+
+    /// Where the operation stands.
+    pub fn outcome(&self) -> QuorumOutcome {
+        if self.counted.len() >= self.required {
+            QuorumOutcome::Reached
+        } else if self.all_answered() {
+            QuorumOutcome::Failed
+        } else {
+            QuorumOutcome::Pending
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorum_of_three_is_two() {
+        assert_eq!(Quorum::Quorum.required(3), Ok(2));
+        assert_eq!(Quorum::Quorum.required(5), Ok(3));
+        assert_eq!(Quorum::All.required(3), Ok(3));
+        assert_eq!(Quorum::One.required(3), Ok(1));
+    }
+
+    #[test]
+    fn count_outside_one_to_n_is_refused() {
+        assert!(Quorum::Count(0).required(3).is_err());
+        assert!(Quorum::Count(4).required(3).is_err());
+        assert_eq!(Quorum::Count(3).required(3), Ok(3));
+    }
+
+    #[test]
+    fn duplicated_answers_count_once() {
+        let mut tracker = QuorumTracker::new(2);
+        tracker.asked(NodeId(1));
+        tracker.asked(NodeId(2));
+        assert_eq!(tracker.record(NodeId(1), true), QuorumOutcome::Pending);
+        assert_eq!(tracker.record(NodeId(1), true), QuorumOutcome::Pending);
+        assert_eq!(tracker.counted(), 1);
+        assert_eq!(tracker.record(NodeId(2), true), QuorumOutcome::Reached);
+    }
+
+    #[test]
+    fn answers_that_do_not_count_never_reach_the_quorum() {
+        let mut tracker = QuorumTracker::new(2);
+        tracker.asked(NodeId(1));
+        tracker.asked(NodeId(2));
+        tracker.record(NodeId(1), true);
+        assert_eq!(tracker.record(NodeId(2), false), QuorumOutcome::Failed);
+        assert_eq!(tracker.counted(), 1);
+    }
+}
