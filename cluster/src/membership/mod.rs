@@ -71,6 +71,10 @@ pub struct Config {
     pub suspicion_multiplier: u32,
     /// `β`: suspicion `Max = β·Min` (Lifeguard only).
     pub suspicion_max_multiplier: u32,
+    /// When a suspicion times out, probe the suspect once more (directly and through
+    /// `k` relays, carrying the suspicion) and declare it dead only if that fails
+    /// too. Costs one period of detection; makes a missed refutation harmless.
+    pub suspicion_verify: bool,
     /// Lifeguard on: local health, nacks, dynamic suspicion, buddy rule. Off: plain SWIM
     /// with the fixed suspicion timeout `Min`.
     pub lifeguard: bool,
@@ -126,6 +130,7 @@ impl Default for Config {
             retransmit_multiplier: 4,
             suspicion_multiplier: 4,
             suspicion_max_multiplier: 6,
+            suspicion_verify: true,
             lifeguard: true,
             local_health_max: 8,
             gossip_interval: Duration::from_millis(200),
@@ -278,6 +283,8 @@ struct Suspicion {
     started: Instant,
     deadline: Instant,
     accusers: Vec<u64>,
+    /// The sequence of the last-chance probe, once sent.
+    verification: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -391,6 +398,7 @@ pub struct Swim {
     next_probe_at: Instant,
     sequence: u32,
     relays: VecDeque<Relay>,
+    verifications: HashMap<u32, NodeId>,
     local_health: u32,
 
     broadcasts: BroadcastQueue,
@@ -458,6 +466,7 @@ impl Swim {
             next_probe_at,
             sequence: 0,
             relays: VecDeque::new(),
+            verifications: HashMap::new(),
             local_health: 0,
             broadcasts,
             suspicion_deadlines: BTreeSet::new(),
@@ -617,6 +626,11 @@ impl Swim {
                     && probe.sequence == sequence
                 {
                     probe.nacks += 1;
+                    // Every relay reached us and none reached the target: the
+                    // evidence is in, so conclude now rather than at period end.
+                    if !probe.acked && probe.nacks >= probe.expected_nacks {
+                        self.finish_probe(now);
+                    }
                 }
             }
             Body::Gossip | Body::SyncEntries => {}
@@ -944,11 +958,25 @@ impl Swim {
     /// rule for a suspect (Lifeguard), or the accusation behind a tombstone.
     fn send(
         &mut self,
+        now: Instant,
+        to: Option<NodeId>,
+        address: SocketAddr,
+        body: Body,
+        piggyback: bool,
+    ) {
+        self.send_directed(now, to, address, body, piggyback, false);
+    }
+
+    /// [`Swim::send`], carrying the recipient's suspicion even without Lifeguard
+    /// when `tell_suspect`.
+    fn send_directed(
+        &mut self,
         _now: Instant,
         to: Option<NodeId>,
         address: SocketAddr,
         body: Body,
         piggyback: bool,
+        tell_suspect: bool,
     ) {
         let header = self.header();
         let Some(mut writer) = MessageWriter::new(&header, &body, self.config.datagram_size_max_bytes)
@@ -964,7 +992,8 @@ impl Swim {
             && let Some(&i) = self.index.get(&to)
         {
             let member = &self.members[i];
-            let buddy = member.state == MemberState::Suspect && self.config.lifeguard;
+            let buddy =
+                member.state == MemberState::Suspect && (self.config.lifeguard || tell_suspect);
             if buddy || member.state == MemberState::Dead {
                 writer.try_push(&member.update());
                 directed = Some(to.0);
@@ -1170,6 +1199,7 @@ impl Swim {
             started: now,
             deadline,
             accusers: vec![accuser],
+            verification: None,
         });
         let (id, generation, incarnation) = (member.id, member.generation, member.incarnation);
         self.suspicion_deadlines.insert((deadline, id));
@@ -1185,6 +1215,9 @@ impl Swim {
         if let Some(suspicion) = member.suspicion.take() {
             self.suspicion_deadlines
                 .remove(&(suspicion.deadline, member.id));
+            if let Some(sequence) = suspicion.verification {
+                self.verifications.remove(&sequence);
+            }
         }
     }
 
@@ -1223,10 +1256,73 @@ impl Swim {
         if self.members[i].state != MemberState::Suspect {
             return;
         }
+        let unverified = self.members[i]
+            .suspicion
+            .as_ref()
+            .is_some_and(|suspicion| suspicion.verification.is_none());
+        if self.config.suspicion_verify && unverified {
+            self.verify_suspect(now, i);
+            return;
+        }
         let mut update = self.members[i].update();
         update.state = MemberState::Dead;
         update.from = self.id.0;
         self.replace(now, i, &update);
+    }
+
+    /// The last-chance probe of a suspect whose suspicion timed out.
+    fn verify_suspect(&mut self, now: Instant, i: usize) {
+        self.sequence = self.sequence.wrapping_add(1);
+        let sequence = self.sequence;
+        let deadline = now + self.config.protocol_period;
+        let (id, address) = (self.members[i].id, self.members[i].address);
+        if let Some(suspicion) = &mut self.members[i].suspicion {
+            suspicion.verification = Some(sequence);
+            suspicion.deadline = deadline;
+        }
+        self.suspicion_deadlines.insert((deadline, id));
+        self.verifications.insert(sequence, id);
+        self.send_directed(now, Some(id), address, Body::Ping { sequence, target: id.0 }, true, true);
+        let mut exclude = vec![id];
+        for _ in 0..self.config.indirect_probes {
+            let Some(r) = self.random_live_member(&exclude) else {
+                break;
+            };
+            exclude.push(self.members[r].id);
+        }
+        for relay in exclude[1..].to_vec() {
+            let Some(&r) = self.index.get(&relay) else {
+                continue;
+            };
+            let relay_address = self.members[r].address;
+            self.send(
+                now,
+                Some(relay),
+                relay_address,
+                Body::PingRequest {
+                    sequence,
+                    target: id.0,
+                    target_address: address,
+                    nack: false,
+                },
+                true,
+            );
+        }
+    }
+
+    /// The suspect answered its last-chance probe: it is alive and has been told
+    /// of the suspicion, so wait another `Min` for its refutation.
+    fn suspect_answered(&mut self, now: Instant, node: NodeId) {
+        let Some(&i) = self.index.get(&node) else {
+            return;
+        };
+        let deadline = now + self.suspicion_min();
+        if let Some(suspicion) = &mut self.members[i].suspicion {
+            self.suspicion_deadlines.remove(&(suspicion.deadline, node));
+            suspicion.verification = None;
+            suspicion.deadline = deadline;
+            self.suspicion_deadlines.insert((deadline, node));
+        }
     }
 
     fn collect_tombstone(&mut self, node: NodeId, generation: u64, incarnation: u64) {
@@ -1422,6 +1518,10 @@ impl Swim {
             && probe.sequence == sequence
         {
             probe.acked = true;
+            return;
+        }
+        if let Some(node) = self.verifications.remove(&sequence) {
+            self.suspect_answered(now, node);
             return;
         }
         if let Some(position) = self.relays.iter().position(|r| r.sequence == sequence) {
