@@ -1035,11 +1035,93 @@ mod tests {
     #[test]
     fn steady_state_sends_two_messages_per_node_per_period() {
         for seed in 1..=2 {
-            let mut args = SwimArgs::new(Scenario::Steady, 200, seed);
-            args.periods = Some(120);
+            let mut args = SwimArgs::new(Scenario::Steady, 300, seed);
+            args.periods = Some(100);
             let report = run(args);
-            assert!(report.max_datagram_bytes <= 1200);
+            assert!((1.9..=2.2).contains(&report.msgs_per_node_per_period));
+            assert_eq!(report.false_suspicions, 0);
         }
+    }
+
+    #[test]
+    fn message_load_is_flat_in_group_size() {
+        let load = |nodes| {
+            let mut args = SwimArgs::new(Scenario::Steady, nodes, 3);
+            args.periods = Some(100);
+            run(args).msgs_per_node_per_period
+        };
+        let (small, large) = (load(50), load(400));
+        assert!((large / small - 1.0).abs() <= 0.05, "{small} vs {large}");
+    }
+
+    #[test]
+    fn single_kills_are_detected_and_disseminated_within_the_bounds() {
+        for seed in 1..=2 {
+            let mut args = SwimArgs::new(Scenario::Kill, 150, seed);
+            args.kill = Some(6);
+            let report = run(args);
+            assert_eq!(report.killed, 6);
+            assert_eq!(report.undetected, 0);
+        }
+    }
+
+    #[test]
+    fn burst_of_kills_under_loss_kills_no_healthy_member() {
+        let mut args = SwimArgs::new(Scenario::Burst, 300, 4);
+        args.kill = Some(15);
+        args.loss = 5.0;
+        args.periods = Some(80);
+        let report = run(args);
+        assert_eq!(report.killed, 15);
+        assert_eq!(report.false_positives_healthy, 0);
+    }
+
+    #[test]
+    fn ten_percent_loss_causes_suspicions_but_no_false_death() {
+        let mut args = SwimArgs::new(Scenario::Loss, 150, 5);
+        args.loss = 10.0;
+        args.periods = Some(200);
+        let report = run(args);
+        // Each probe fails with (1-(1-p)^2)(1-(1-p)^4)^k = 0.77 % (research note A7).
+        let expected = 150.0 * 190.0 * 0.0077;
+        let measured = report.false_suspicions as f64;
+        assert!((measured / expected - 1.0).abs() < 0.3, "{measured} vs {expected}");
+        assert_eq!(report.false_positives, 0);
+    }
+
+    #[test]
+    fn lifeguard_suppresses_false_suspicions_caused_by_slow_members() {
+        let mut args = SwimArgs::new(Scenario::Slow, 100, 6);
+        args.periods = Some(200);
+        let report = run(args);
+        assert!(report.false_suspicions_lifeguard_off.unwrap_or(0) >= 50 * report.false_suspicions.max(1));
+    }
+
+    #[test]
+    fn join_storm_through_three_seeds_converges() {
+        let mut args = SwimArgs::new(Scenario::Join, 300, 7);
+        args.periods = Some(40);
+        let report = run(args);
+        assert!(report.converge_periods.is_some_and(|p| p <= 30.0));
+    }
+
+    #[test]
+    fn healed_partition_converges_to_one_view() {
+        let mut args = SwimArgs::new(Scenario::Partition, 150, 8);
+        args.partition_periods = 40;
+        args.periods = Some(20 + 40 + 25);
+        let report = run(args);
+        assert!(report.converge_periods.is_some_and(|p| p <= 20.0));
+    }
+
+    #[test]
+    fn graceful_leavers_are_never_suspected() {
+        let mut args = SwimArgs::new(Scenario::Leave, 300, 9);
+        args.leave = Some(3);
+        args.periods = Some(40);
+        let report = run(args);
+        assert_eq!(report.left_everywhere.count, 3);
+        assert_eq!(report.leaver_suspicions, 0);
     }
 
     #[test]
