@@ -266,7 +266,13 @@ mod tests {
             primaries: vec![NodeId(1), NodeId(2), NodeId(3)],
             handoffs: BTreeMap::from([(NodeId(3), NodeId(4))]),
             stored: BTreeSet::new(),
-            tracker: QuorumTracker::new(required),
+            tracker: {
+                let mut tracker = QuorumTracker::new(required);
+                for node in [1, 2, 4] {
+                    tracker.asked(NodeId(node));
+                }
+                tracker
+            },
             responded: false,
             deadline: Instant::now(),
         }

@@ -191,6 +191,14 @@ impl Node {
             .map_or(0, |started| started.hints.bytes_total())
     }
 
+    /// What this node believes about `node` (members never reported are alive).
+    pub fn liveness_of(&self, node: NodeId) -> Liveness {
+        if node == self.id {
+            return Liveness::Alive;
+        }
+        self.liveness.get(&node).copied().unwrap_or(Liveness::Alive)
+    }
+
     /// The placement in use, once a ring was given.
     pub fn placement(&self) -> Option<&Placement> {
         self.placement.as_ref()
@@ -1218,3 +1226,6 @@ impl Node {
         };
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,463 @@
+//! Behaviour of one or several `Node`s driven by hand: a tiny in-order
+//! network, manual time, and stores that can crash.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::message::Quorum;
+use crate::sim::world::build_ring;
+use crate::store::MemStore;
+
+struct Cluster {
+    nodes: Vec<Node>,
+    stores: Vec<MemStore>,
+    up: Vec<bool>,
+    now: Instant,
+    network: VecDeque<(NodeId, NodeId, Message)>,
+    responses: BTreeMap<RequestId, Response>,
+    next_request: u64,
+    /// Messages to these nodes are lost (a silent replica).
+    silent: Vec<bool>,
+    config: Config,
+}
+
+fn id(index: usize) -> NodeId {
+    NodeId(index as u64 + 1)
+}
+
+fn index(node: NodeId) -> usize {
+    node.0 as usize - 1
+}
+
+impl Cluster {
+    fn new(members: usize, config: Config) -> Cluster {
+        let now = Instant::now();
+        let ring = build_ring(members);
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            stores: (0..members).map(|_| MemStore::new()).collect(),
+            up: vec![true; members],
+            now,
+            network: VecDeque::new(),
+            responses: BTreeMap::new(),
+            next_request: 1,
+            silent: vec![false; members],
+            config: config.clone(),
+        };
+        for member in 0..members {
+            let mut node = Node::new(config.clone(), id(member), member as u64).unwrap();
+            node.handle_ring(now, ring.clone());
+            node.handle_timeout(now, &mut cluster.stores[member]);
+            cluster.nodes.push(node);
+        }
+        cluster
+    }
+
+    fn collect(&mut self, member: usize) {
+        while let Some(output) = self.nodes[member].poll_output() {
+            match output {
+                Output::Send { to, message } => self.network.push_back((id(member), to, message)),
+                Output::Respond { id, response } => {
+                    assert!(self.responses.insert(id, response).is_none(), "answered twice");
+                }
+            }
+        }
+    }
+
+    fn request(&mut self, member: usize, request: Request) -> RequestId {
+        let request_id = RequestId(self.next_request);
+        self.next_request += 1;
+        self.nodes[member].handle_request(self.now, request_id, request, &mut self.stores[member]);
+        self.collect(member);
+        self.run();
+        request_id
+    }
+
+    /// Delivers messages until none are left.
+    fn run(&mut self) {
+        while let Some((from, to, message)) = self.network.pop_front() {
+            let target = index(to);
+            if !self.up[target] || self.silent[target] {
+                continue;
+            }
+            self.nodes[target].handle_message(self.now, from, message, &mut self.stores[target]);
+            self.collect(target);
+        }
+    }
+
+    /// Moves time forward, firing due timers, and delivers what they send.
+    fn advance(&mut self, duration: Duration) {
+        let end = self.now + duration;
+        loop {
+            let next = (0..self.nodes.len())
+                .filter(|member| self.up[*member])
+                .filter_map(|member| self.nodes[member].poll_timeout().map(|when| (when, member)))
+                .filter(|(when, _)| *when <= end)
+                .min();
+            let Some((when, member)) = next else { break };
+            self.now = self.now.max(when);
+            self.nodes[member].handle_timeout(self.now, &mut self.stores[member]);
+            self.collect(member);
+            self.run();
+        }
+        self.now = end;
+    }
+
+    fn crash(&mut self, member: usize, machine: bool) {
+        self.up[member] = false;
+        if machine {
+            self.stores[member].crash_machine();
+        } else {
+            self.stores[member].crash_process();
+        }
+    }
+
+    fn restart(&mut self, member: usize) {
+        let ring = build_ring(self.nodes.len());
+        let mut node = Node::new(self.config.clone(), id(member), 99).unwrap();
+        node.handle_ring(self.now, ring);
+        node.handle_timeout(self.now, &mut self.stores[member]);
+        self.nodes[member] = node;
+        self.up[member] = true;
+        self.collect(member);
+    }
+
+    /// Every other node learns `member`'s liveness.
+    fn report(&mut self, member: usize, liveness: Liveness) {
+        for observer in 0..self.nodes.len() {
+            if observer != member && self.up[observer] {
+                self.nodes[observer].handle_liveness(self.now, id(member), liveness);
+            }
+        }
+    }
+
+    fn response(&self, request: RequestId) -> &Response {
+        self.responses.get(&request).expect("the request was answered")
+    }
+
+    fn primaries(&self, key: &[u8]) -> Vec<usize> {
+        let partition = self.nodes[0].partition_of(key);
+        let placement = self.nodes[0].placement().unwrap();
+        placement.primaries(partition).iter().map(|node| index(*node)).collect()
+    }
+
+    fn non_primary(&self, key: &[u8]) -> usize {
+        let primaries = self.primaries(key);
+        (0..self.nodes.len()).find(|member| !primaries.contains(member)).unwrap()
+    }
+
+    fn local_state(&mut self, member: usize, key: &[u8]) -> KeyState {
+        let partition = self.nodes[member].partition_of(key);
+        replica::read_state(&mut self.stores[member], partition, key).unwrap()
+    }
+}
+
+fn put(key: &'static str, value: &'static str, context: VersionVector, w: Quorum, sloppy: bool) -> Request {
+    Request::Put {
+        key: Bytes::from_static(key.as_bytes()),
+        value: Bytes::from_static(value.as_bytes()),
+        context,
+        options: WriteOptions {
+            w: Some(w),
+            sloppy: Some(sloppy),
+            durable: None,
+            timeout: None,
+        },
+    }
+}
+
+fn get(key: &'static str, r: Quorum) -> Request {
+    Request::Get {
+        key: Bytes::from_static(key.as_bytes()),
+        options: ReadOptions {
+            r: Some(r),
+            sloppy: Some(false),
+            timeout: None,
+        },
+    }
+}
+
+fn written(response: &Response) -> &crate::message::WriteResult {
+    match response {
+        Response::Written(result) => result,
+        other => panic!("expected a successful write, got {other:?}"),
+    }
+}
+
+fn read(response: &Response) -> &crate::message::ReadResult {
+    match response {
+        Response::Value(result) => result,
+        other => panic!("expected a successful read, got {other:?}"),
+    }
+}
+
+#[test]
+fn put_then_get_returns_the_value_from_every_primary() {
+    let mut cluster = Cluster::new(5, Config::default());
+    let coordinator = cluster.primaries(b"k")[0];
+    let request = cluster.request(coordinator, put("k", "v", VersionVector::default(), Quorum::All, true));
+    let result = written(cluster.response(request));
+    assert_eq!(result.acks, 3);
+    for primary in cluster.primaries(b"k") {
+        assert_eq!(cluster.local_state(primary, b"k").values().count(), 1);
+    }
+    let request = cluster.request(coordinator, get("k", Quorum::All));
+    assert_eq!(read(cluster.response(request)).siblings, vec![Bytes::from_static(b"v")]);
+}
+
+#[test]
+fn put_succeeds_with_one_replica_down_and_a_fallback_keeps_a_hint() {
+    let mut cluster = Cluster::new(5, Config::default());
+    let primaries = cluster.primaries(b"k");
+    cluster.crash(primaries[2], false);
+    cluster.report(primaries[2], Liveness::Dead);
+    let request = cluster.request(primaries[0], put("k", "v", VersionVector::default(), Quorum::All, true));
+    assert_eq!(written(cluster.response(request)).acks, 3);
+    let hints: u64 = cluster.nodes.iter().map(|node| node.hint_bytes(id(primaries[2]))).sum();
+    assert!(hints > 0);
+    // Nothing went into any fallback's data.
+    for member in 0..5 {
+        if !primaries.contains(&member) {
+            assert!(cluster.local_state(member, b"k").sibling_count() == 0);
+        }
+    }
+}
+
+#[test]
+fn strict_put_with_two_primaries_down_fails_saying_how_many_answered() {
+    let mut cluster = Cluster::new(5, Config::default());
+    let primaries = cluster.primaries(b"k");
+    for down in [primaries[1], primaries[2]] {
+        cluster.crash(down, false);
+        cluster.report(down, Liveness::Dead);
+    }
+    let request = cluster.request(primaries[0], put("k", "v", VersionVector::default(), Quorum::Quorum, false));
+    assert_eq!(
+        cluster.response(request),
+        &Response::Failed(RequestError::QuorumNotReached { acks: 1, required: 2 })
+    );
+    // The same write under a sloppy quorum succeeds on the fallbacks' hints.
+    let request = cluster.request(primaries[0], put("k", "v", VersionVector::default(), Quorum::Quorum, true));
+    assert_eq!(written(cluster.response(request)).acks, 2);
+}
+
+#[test]
+fn request_to_silent_replicas_fails_at_its_deadline_instead_of_hanging() {
+    let mut cluster = Cluster::new(3, Config::default());
+    let primaries = cluster.primaries(b"k");
+    cluster.silent[primaries[1]] = true;
+    cluster.silent[primaries[2]] = true;
+    let request = cluster.request(primaries[0], put("k", "v", VersionVector::default(), Quorum::All, false));
+    assert!(cluster.responses.get(&request).is_none());
+    cluster.advance(Config::default().request_timeout + Duration::from_millis(1));
+    assert_eq!(
+        cluster.response(request),
+        &Response::Failed(RequestError::QuorumNotReached { acks: 1, required: 3 })
+    );
+    assert_eq!(cluster.nodes[primaries[0]].metrics().quorum_failures, 1);
+    assert_eq!(cluster.nodes[primaries[0]].operations_in_flight(), 0);
+}
+
+#[test]
+fn request_to_a_node_that_is_not_a_primary_is_forwarded_one_hop() {
+    let mut cluster = Cluster::new(5, Config::default());
+    let outsider = cluster.non_primary(b"k");
+    let request = cluster.request(outsider, put("k", "v", VersionVector::default(), Quorum::All, true));
+    assert_eq!(written(cluster.response(request)).acks, 3);
+    assert_eq!(cluster.nodes[outsider].metrics().forwarded, 1);
+    assert_eq!(cluster.local_state(outsider, b"k").sibling_count(), 0);
+    let request = cluster.request(outsider, get("k", Quorum::One));
+    assert_eq!(read(cluster.response(request)).siblings.len(), 1);
+}
+
+#[test]
+fn concurrent_blind_writes_become_siblings_and_a_context_write_resolves_them() {
+    let mut cluster = Cluster::new(3, Config::default());
+    let primaries = cluster.primaries(b"k");
+    cluster.request(primaries[0], put("k", "a", VersionVector::default(), Quorum::All, true));
+    cluster.request(primaries[1], put("k", "b", VersionVector::default(), Quorum::All, true));
+    let request = cluster.request(primaries[2], get("k", Quorum::All));
+    let result = read(cluster.response(request)).clone();
+    assert_eq!(result.siblings.len(), 2);
+    cluster.request(primaries[2], put("k", "ab", result.context, Quorum::All, true));
+    let request = cluster.request(primaries[0], get("k", Quorum::All));
+    assert_eq!(read(cluster.response(request)).siblings, vec![Bytes::from_static(b"ab")]);
+}
+
+#[test]
+fn read_repairs_every_replica_that_answered_with_less() {
+    let mut cluster = Cluster::new(3, Config::default());
+    let primaries = cluster.primaries(b"k");
+    // The write reaches only the coordinator.
+    cluster.silent[primaries[1]] = true;
+    cluster.silent[primaries[2]] = true;
+    let request = cluster.request(primaries[0], put("k", "v", VersionVector::default(), Quorum::One, false));
+    written(cluster.response(request));
+    cluster.advance(Duration::from_secs(3));
+    cluster.silent = vec![false; 3];
+    assert_eq!(cluster.local_state(primaries[1], b"k").sibling_count(), 0);
+    let request = cluster.request(primaries[0], get("k", Quorum::All));
+    assert_eq!(read(cluster.response(request)).siblings.len(), 1);
+    assert_eq!(cluster.nodes[primaries[0]].metrics().read_repairs, 2);
+    for primary in primaries {
+        assert_eq!(cluster.local_state(primary, b"k").sibling_count(), 1);
+    }
+}
+
+#[test]
+fn hint_is_delivered_when_the_node_rejoins_and_deleted_after_the_ack() {
+    let mut cluster = Cluster::new(5, Config::default());
+    let primaries = cluster.primaries(b"k");
+    let down = primaries[2];
+    cluster.crash(down, false);
+    cluster.report(down, Liveness::Dead);
+    cluster.request(primaries[0], put("k", "v", VersionVector::default(), Quorum::Quorum, true));
+    let holder = (0..5).find(|member| cluster.nodes[*member].hint_bytes(id(down)) > 0).unwrap();
+    // Replay rounds while the target is down send nothing and keep the hint.
+    cluster.advance(Duration::from_secs(5));
+    assert!(cluster.nodes[holder].hint_bytes(id(down)) > 0);
+    cluster.restart(down);
+    cluster.report(down, Liveness::Alive);
+    cluster.advance(Duration::from_millis(1));
+    assert_eq!(cluster.nodes[holder].hint_bytes(id(down)), 0);
+    assert_eq!(cluster.nodes[holder].metrics().hints_replayed, 1);
+    assert_eq!(cluster.local_state(down, b"k").values().count(), 1);
+}
+
+#[test]
+fn hint_whose_ack_is_lost_is_replayed_again() {
+    let mut cluster = Cluster::new(5, Config::default());
+    let primaries = cluster.primaries(b"k");
+    let down = primaries[2];
+    cluster.report(down, Liveness::Dead);
+    cluster.request(primaries[0], put("k", "v", VersionVector::default(), Quorum::Quorum, true));
+    let holder = (0..5).find(|member| cluster.nodes[*member].hint_bytes(id(down)) > 0).unwrap();
+    // The target is alive but silent: replays are lost, the hint stays.
+    cluster.silent[down] = true;
+    cluster.report(down, Liveness::Alive);
+    cluster.advance(Duration::from_secs(3));
+    assert!(cluster.nodes[holder].hint_bytes(id(down)) > 0);
+    cluster.silent[down] = false;
+    cluster.advance(Config::default().hint_replay_interval);
+    assert_eq!(cluster.nodes[holder].hint_bytes(id(down)), 0);
+}
+
+#[test]
+fn write_over_the_sibling_limit_is_refused_and_counted() {
+    let config = Config {
+        sibling_count_max: 2,
+        ..Config::default()
+    };
+    let mut cluster = Cluster::new(3, config);
+    let coordinator = cluster.primaries(b"k")[0];
+    for value in ["a", "b"] {
+        let request = cluster.request(coordinator, put("k", value, VersionVector::default(), Quorum::All, true));
+        written(cluster.response(request));
+    }
+    let request = cluster.request(coordinator, put("k", "c", VersionVector::default(), Quorum::All, true));
+    assert_eq!(
+        cluster.response(request),
+        &Response::Failed(RequestError::TooManySiblings { count: 3, max: 2 })
+    );
+    assert_eq!(cluster.nodes[coordinator].metrics().sibling_limit_rejections, 1);
+}
+
+#[test]
+fn oversized_key_and_value_are_refused_as_invalid() {
+    let config = Config {
+        key_size_max_bytes: 4,
+        value_size_max_bytes: 4,
+        ..Config::default()
+    };
+    let mut cluster = Cluster::new(3, config);
+    let request = cluster.request(0, put("too-long", "v", VersionVector::default(), Quorum::One, true));
+    assert!(matches!(cluster.response(request), Response::Failed(RequestError::InvalidArgument(_))));
+    let request = cluster.request(0, put("k", "too-long", VersionVector::default(), Quorum::One, true));
+    assert!(matches!(cluster.response(request), Response::Failed(RequestError::InvalidArgument(_))));
+    let request = cluster.request(0, get("k", Quorum::Count(4)));
+    assert!(matches!(cluster.response(request), Response::Failed(RequestError::InvalidArgument(_))));
+}
+
+#[test]
+fn restart_after_a_crash_takes_a_new_epoch_and_issues_new_dots() {
+    let mut cluster = Cluster::new(3, Config::default());
+    let coordinator = cluster.primaries(b"k")[0];
+    let first_epoch = cluster.nodes[coordinator].epoch().unwrap();
+    let request = cluster.request(coordinator, put("k", "a", VersionVector::default(), Quorum::One, false));
+    let before = written(cluster.response(request)).dot;
+    cluster.crash(coordinator, true);
+    cluster.restart(coordinator);
+    assert_eq!(cluster.nodes[coordinator].epoch(), Some(first_epoch + 1));
+    let request = cluster.request(coordinator, put("k", "b", VersionVector::default(), Quorum::One, false));
+    let after = written(cluster.response(request)).dot;
+    assert_ne!(before.actor, after.actor);
+}
+
+#[test]
+fn durable_write_survives_machine_crashes_of_every_replica() {
+    let mut cluster = Cluster::new(3, Config::default());
+    let coordinator = cluster.primaries(b"k")[0];
+    let request = cluster.request(
+        coordinator,
+        Request::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+            context: VersionVector::default(),
+            options: WriteOptions {
+                w: Some(Quorum::All),
+                sloppy: Some(false),
+                durable: Some(true),
+                timeout: None,
+            },
+        },
+    );
+    written(cluster.response(request));
+    for member in 0..3 {
+        cluster.crash(member, true);
+        cluster.restart(member);
+    }
+    let request = cluster.request(coordinator, get("k", Quorum::All));
+    assert_eq!(read(cluster.response(request)).siblings, vec![Bytes::from_static(b"v")]);
+}
+
+#[test]
+fn duplicated_forward_is_coordinated_once() {
+    let mut cluster = Cluster::new(5, Config::default());
+    let outsider = cluster.non_primary(b"k");
+    let request_id = RequestId(77);
+    cluster.nodes[outsider].handle_request(
+        cluster.now,
+        request_id,
+        put("k", "v", VersionVector::default(), Quorum::All, true),
+        &mut cluster.stores[outsider],
+    );
+    cluster.collect(outsider);
+    let forward = cluster.network.front().cloned().unwrap();
+    cluster.network.push_back(forward);
+    cluster.run();
+    written(cluster.response(request_id));
+    let writes: u64 = cluster.nodes.iter().map(|node| node.metrics().writes_coordinated).sum();
+    assert_eq!(writes, 1);
+    let duplicates: u64 = cluster.nodes.iter().map(|node| node.metrics().duplicate_forwards).sum();
+    assert_eq!(duplicates, 1);
+}
+
+#[test]
+fn malformed_peer_message_is_counted_and_dropped() {
+    let mut cluster = Cluster::new(3, Config::default());
+    cluster.nodes[0].handle_message(
+        cluster.now,
+        id(1),
+        Message::Read {
+            operation: 1,
+            key: Bytes::new(),
+            hint_for: None,
+        },
+        &mut cluster.stores[0],
+    );
+    assert_eq!(cluster.nodes[0].metrics().malformed_messages, 1);
+    assert!(cluster.nodes[0].poll_output().is_none());
+}
