@@ -296,7 +296,8 @@ struct Member {
     address: SocketAddr,
     /// The last accuser (for Suspect and Dead).
     from: u64,
-    suspicion: Option<Suspicion>,
+    /// Boxed: rare, and the record stays small for cache locality at large `n`.
+    suspicion: Option<Box<Suspicion>>,
 }
 
 impl Member {
@@ -493,7 +494,11 @@ impl Swim {
     /// Joins the group through `seeds`: announces itself and asks each seed for
     /// its view, retrying until some member answers.
     pub fn join(&mut self, now: Instant, seeds: &[SocketAddr]) {
-        self.seeds = seeds.iter().copied().filter(|s| *s != self.address).collect();
+        self.seeds = seeds
+            .iter()
+            .copied()
+            .filter(|s| *s != self.address)
+            .collect();
         self.broadcasts.push(self.self_update(MemberState::Alive));
         self.next_join_at = Some(now);
         self.send_join(now);
@@ -620,7 +625,9 @@ impl Swim {
                 target,
                 target_address,
                 nack,
-            } => self.handle_ping_request(now, source, from, sequence, target, target_address, nack),
+            } => {
+                self.handle_ping_request(now, source, from, sequence, target, target_address, nack)
+            }
             Body::Nack { sequence } => {
                 if let Some(probe) = &mut self.probe
                     && probe.sequence == sequence
@@ -979,7 +986,8 @@ impl Swim {
         tell_suspect: bool,
     ) {
         let header = self.header();
-        let Some(mut writer) = MessageWriter::new(&header, &body, self.config.datagram_size_max_bytes)
+        let Some(mut writer) =
+            MessageWriter::new(&header, &body, self.config.datagram_size_max_bytes)
         else {
             self.stats.dropped_outputs += 1;
             return;
@@ -1177,16 +1185,24 @@ impl Swim {
                     generation,
                     incarnation,
                 });
-                self.tombstones
-                    .push_back((now + self.config.dead_retention, id, generation, incarnation));
+                self.tombstones.push_back((
+                    now + self.config.dead_retention,
+                    id,
+                    generation,
+                    incarnation,
+                ));
             }
             MemberState::Left => {
                 self.push_event(Event::MemberLeft {
                     node: id,
                     generation,
                 });
-                self.tombstones
-                    .push_back((now + self.config.dead_retention, id, generation, incarnation));
+                self.tombstones.push_back((
+                    now + self.config.dead_retention,
+                    id,
+                    generation,
+                    incarnation,
+                ));
             }
         }
         self.broadcasts.push(self.members[i].update());
@@ -1195,12 +1211,12 @@ impl Swim {
     fn start_suspicion(&mut self, now: Instant, i: usize, accuser: u64) {
         let deadline = now + self.suspicion_timeout(0);
         let member = &mut self.members[i];
-        member.suspicion = Some(Suspicion {
+        member.suspicion = Some(Box::new(Suspicion {
             started: now,
             deadline,
             accusers: vec![accuser],
             verification: None,
-        });
+        }));
         let (id, generation, incarnation) = (member.id, member.generation, member.incarnation);
         self.suspicion_deadlines.insert((deadline, id));
         self.push_event(Event::MemberSuspect {
@@ -1282,7 +1298,17 @@ impl Swim {
         }
         self.suspicion_deadlines.insert((deadline, id));
         self.verifications.insert(sequence, id);
-        self.send_directed(now, Some(id), address, Body::Ping { sequence, target: id.0 }, true, true);
+        self.send_directed(
+            now,
+            Some(id),
+            address,
+            Body::Ping {
+                sequence,
+                target: id.0,
+            },
+            true,
+            true,
+        );
         let mut exclude = vec![id];
         for _ in 0..self.config.indirect_probes {
             let Some(r) = self.random_live_member(&exclude) else {
@@ -1290,7 +1316,7 @@ impl Swim {
             };
             exclude.push(self.members[r].id);
         }
-        for relay in exclude[1..].to_vec() {
+        for relay in exclude[1..].iter().copied() {
             let Some(&r) = self.index.get(&relay) else {
                 continue;
             };
@@ -1587,7 +1613,11 @@ impl Swim {
                 && at <= now
             {
                 relay.nack_at = None;
-                nacks.push((relay.requester, relay.requester_address, relay.requester_sequence));
+                nacks.push((
+                    relay.requester,
+                    relay.requester_address,
+                    relay.requester_sequence,
+                ));
             }
         }
         self.relays.retain(|relay| relay.expires_at > now);
@@ -1633,9 +1663,19 @@ impl Swim {
             let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
             buckets[Self::bucket(node)] ^= hash as u32;
         };
-        add(self.id.0, self.generation, self.incarnation, MemberState::Alive);
+        add(
+            self.id.0,
+            self.generation,
+            self.incarnation,
+            MemberState::Alive,
+        );
         for member in &self.members {
-            add(member.id.0, member.generation, member.incarnation, member.state);
+            add(
+                member.id.0,
+                member.generation,
+                member.incarnation,
+                member.state,
+            );
         }
         buckets
     }
@@ -1763,9 +1803,11 @@ impl Swim {
         let mut rest = entries;
         let mut datagrams = 0;
         while !rest.is_empty() && datagrams < self.config.sync_datagrams_max {
-            let Some(mut writer) =
-                MessageWriter::new(&header, &Body::SyncEntries, self.config.datagram_size_max_bytes)
-            else {
+            let Some(mut writer) = MessageWriter::new(
+                &header,
+                &Body::SyncEntries,
+                self.config.datagram_size_max_bytes,
+            ) else {
                 return;
             };
             let mut taken = 0;
@@ -1797,11 +1839,21 @@ impl Swim {
         }
     }
 
-    fn consider_metadata(&mut self, now: Instant, header: &Header, source: NodeId, from: SocketAddr) {
+    fn consider_metadata(
+        &mut self,
+        now: Instant,
+        header: &Header,
+        source: NodeId,
+        from: SocketAddr,
+    ) {
         if !self.wants_metadata(header.metadata_version, header.metadata_digest) {
             return;
         }
-        if self.fetch.as_ref().is_some_and(|fetch| now < fetch.deadline) {
+        if self
+            .fetch
+            .as_ref()
+            .is_some_and(|fetch| now < fetch.deadline)
+        {
             return;
         }
         self.fetch = Some(Fetch {

@@ -106,47 +106,98 @@ mod tests {
 
     #[test]
     fn suspect_beats_alive_at_equal_incarnation_but_not_a_newer_one() {
-        assert_eq!(judge(Some(claim(1, 3, Alive)), claim(1, 3, Suspect)), Verdict::Replace);
-        assert_eq!(judge(Some(claim(1, 4, Alive)), claim(1, 3, Suspect)), Verdict::Ignore);
+        assert_eq!(
+            judge(Some(claim(1, 3, Alive)), claim(1, 3, Suspect)),
+            Verdict::Replace
+        );
+        assert_eq!(
+            judge(Some(claim(1, 4, Alive)), claim(1, 3, Suspect)),
+            Verdict::Ignore
+        );
     }
 
     #[test]
     fn alive_with_higher_incarnation_refutes_suspicion_and_death() {
-        assert_eq!(judge(Some(claim(1, 3, Suspect)), claim(1, 4, Alive)), Verdict::Replace);
-        assert_eq!(judge(Some(claim(1, 3, Dead)), claim(1, 4, Alive)), Verdict::Replace);
+        assert_eq!(
+            judge(Some(claim(1, 3, Suspect)), claim(1, 4, Alive)),
+            Verdict::Replace
+        );
+        assert_eq!(
+            judge(Some(claim(1, 3, Dead)), claim(1, 4, Alive)),
+            Verdict::Replace
+        );
     }
 
     #[test]
     fn stale_alive_never_resurrects_a_dead_incarnation() {
-        assert_eq!(judge(Some(claim(1, 3, Dead)), claim(1, 3, Alive)), Verdict::Stale);
-        assert_eq!(judge(Some(claim(1, 3, Dead)), claim(1, 2, Alive)), Verdict::Stale);
-        assert_eq!(judge(Some(claim(1, 3, Suspect)), claim(1, 3, Alive)), Verdict::Stale);
-        assert_eq!(judge(Some(claim(2, 0, Dead)), claim(1, 9, Alive)), Verdict::Ignore);
+        assert_eq!(
+            judge(Some(claim(1, 3, Dead)), claim(1, 3, Alive)),
+            Verdict::Stale
+        );
+        assert_eq!(
+            judge(Some(claim(1, 3, Dead)), claim(1, 2, Alive)),
+            Verdict::Stale
+        );
+        assert_eq!(
+            judge(Some(claim(1, 3, Suspect)), claim(1, 3, Alive)),
+            Verdict::Stale
+        );
+        assert_eq!(
+            judge(Some(claim(2, 0, Dead)), claim(1, 9, Alive)),
+            Verdict::Ignore
+        );
     }
 
     #[test]
     fn equal_suspicion_is_a_confirmation() {
-        assert_eq!(judge(Some(claim(1, 3, Suspect)), claim(1, 3, Suspect)), Verdict::Confirm);
+        assert_eq!(
+            judge(Some(claim(1, 3, Suspect)), claim(1, 3, Suspect)),
+            Verdict::Confirm
+        );
     }
 
     #[test]
     fn dead_beats_alive_and_suspect_and_left_beats_dead() {
-        assert_eq!(judge(Some(claim(1, 3, Suspect)), claim(1, 3, Dead)), Verdict::Replace);
-        assert_eq!(judge(Some(claim(1, 3, Alive)), claim(1, 3, Dead)), Verdict::Replace);
-        assert_eq!(judge(Some(claim(1, 3, Dead)), claim(1, 3, Left)), Verdict::Replace);
-        assert_eq!(judge(Some(claim(1, 3, Dead)), claim(1, 3, Dead)), Verdict::Ignore);
+        assert_eq!(
+            judge(Some(claim(1, 3, Suspect)), claim(1, 3, Dead)),
+            Verdict::Replace
+        );
+        assert_eq!(
+            judge(Some(claim(1, 3, Alive)), claim(1, 3, Dead)),
+            Verdict::Replace
+        );
+        assert_eq!(
+            judge(Some(claim(1, 3, Dead)), claim(1, 3, Left)),
+            Verdict::Replace
+        );
+        assert_eq!(
+            judge(Some(claim(1, 3, Dead)), claim(1, 3, Dead)),
+            Verdict::Ignore
+        );
     }
 
     #[test]
     fn left_is_final_within_its_generation() {
-        assert_eq!(judge(Some(claim(1, 3, Left)), claim(1, 9, Alive)), Verdict::Ignore);
-        assert_eq!(judge(Some(claim(1, 3, Left)), claim(2, 0, Alive)), Verdict::Replace);
+        assert_eq!(
+            judge(Some(claim(1, 3, Left)), claim(1, 9, Alive)),
+            Verdict::Ignore
+        );
+        assert_eq!(
+            judge(Some(claim(1, 3, Left)), claim(2, 0, Alive)),
+            Verdict::Replace
+        );
     }
 
     #[test]
     fn newer_generation_replaces_and_older_is_ignored() {
-        assert_eq!(judge(Some(claim(1, 9, Dead)), claim(2, 0, Alive)), Verdict::Replace);
-        assert_eq!(judge(Some(claim(2, 0, Alive)), claim(1, 9, Suspect)), Verdict::Ignore);
+        assert_eq!(
+            judge(Some(claim(1, 9, Dead)), claim(2, 0, Alive)),
+            Verdict::Replace
+        );
+        assert_eq!(
+            judge(Some(claim(2, 0, Alive)), claim(1, 9, Suspect)),
+            Verdict::Ignore
+        );
     }
 
     #[test]
@@ -164,7 +215,8 @@ mod tests {
                                 let incoming = claim(generation, incarnation, state);
                                 if judge(Some(held), incoming) == Verdict::Replace {
                                     assert!(
-                                        (generation, incarnation) >= (held_generation, held_incarnation),
+                                        (generation, incarnation)
+                                            >= (held_generation, held_incarnation),
                                         "{held:?} replaced by {incoming:?}"
                                     );
                                 }

@@ -286,7 +286,10 @@ pub fn run_swim(args: SwimArgs) -> i32 {
         object.insert("detect_p99_ms".into(), report.detect.p99_ms.into());
         object.insert("detect_max_ms".into(), report.detect.max_ms.into());
         object.insert("detect_mean_ms".into(), report.detect.mean_ms.into());
-        object.insert("disseminate_p99_ms".into(), report.disseminate.p99_ms.into());
+        object.insert(
+            "disseminate_p99_ms".into(),
+            report.disseminate.p99_ms.into(),
+        );
         object.insert(
             "dead_everywhere_p99_ms".into(),
             report.dead_everywhere.p99_ms.into(),
@@ -324,7 +327,10 @@ fn check(args: &SwimArgs, scenario: Scenario, report: &mut Report) {
             "every datagram within 1200 bytes".into(),
             report.oversized_datagrams == 0 && report.max_datagram_bytes <= 1200,
         ),
-        ("no datagram rejected as malformed".into(), report.malformed_datagrams == 0),
+        (
+            "no datagram rejected as malformed".into(),
+            report.malformed_datagrams == 0,
+        ),
     ];
     match scenario {
         Scenario::Steady | Scenario::Auto => {
@@ -336,13 +342,20 @@ fn check(args: &SwimArgs, scenario: Scenario, report: &mut Report) {
             checks.push(("no false death".into(), report.false_positives == 0));
         }
         Scenario::Loss => {
-            checks.push(("no false death of a healthy member".into(), report.false_positives_healthy == 0));
+            checks.push((
+                "no false death of a healthy member".into(),
+                report.false_positives_healthy == 0,
+            ));
         }
         Scenario::Kill | Scenario::Burst => {
             let probe_timeout = config.probe_timeout.as_secs_f64() * 1000.0;
             let n = args.nodes as f64;
-            let suspicion_min = f64::from(config.suspicion_multiplier) * n.log10().max(1.0) * period;
-            checks.push(("every kill detected and dead everywhere".into(), report.undetected == 0));
+            let suspicion_min =
+                f64::from(config.suspicion_multiplier) * n.log10().max(1.0) * period;
+            checks.push((
+                "every kill detected and dead everywhere".into(),
+                report.undetected == 0,
+            ));
             if scenario == Scenario::Kill {
                 checks.push((
                     "first detection mean <= 1.6 periods + probe timeout".into(),
@@ -357,7 +370,10 @@ fn check(args: &SwimArgs, scenario: Scenario, report: &mut Report) {
                 "detection -> dead everywhere p99 <= suspicion Min + 3 periods".into(),
                 report.detect_to_dead_everywhere.p99_ms <= suspicion_min + 3.0 * period,
             ));
-            checks.push(("no false death of a healthy member".into(), report.false_positives_healthy == 0));
+            checks.push((
+                "no false death of a healthy member".into(),
+                report.false_positives_healthy == 0,
+            ));
         }
         Scenario::Slow => {
             let off = report.false_suspicions_lifeguard_off.unwrap_or(0);
@@ -365,7 +381,10 @@ fn check(args: &SwimArgs, scenario: Scenario, report: &mut Report) {
                 "Lifeguard: >= 50x fewer false suspicions of healthy members than off".into(),
                 report.false_suspicions.saturating_mul(50) <= off && off > 0,
             ));
-            checks.push(("Lifeguard: no false death of a healthy member".into(), report.false_positives_healthy == 0));
+            checks.push((
+                "Lifeguard: no false death of a healthy member".into(),
+                report.false_positives_healthy == 0,
+            ));
         }
         Scenario::Join => {
             checks.push((
@@ -380,7 +399,10 @@ fn check(args: &SwimArgs, scenario: Scenario, report: &mut Report) {
             ));
         }
         Scenario::Leave => {
-            checks.push(("no suspicion of a leaver".into(), report.leaver_suspicions == 0));
+            checks.push((
+                "no suspicion of a leaver".into(),
+                report.leaver_suspicions == 0,
+            ));
             checks.push((
                 "every leaver left everywhere".into(),
                 report.left_everywhere.count == args.leave.unwrap_or((args.nodes / 100).max(1)),
@@ -558,7 +580,10 @@ impl<'a> Simulation<'a> {
             Scenario::Kill => {
                 let kills = args.kill.unwrap_or(30);
                 for k in 0..kills as u64 {
-                    actions.push(((20 + 30 * k) * period + rng.random_range(0..period), Action::Kill));
+                    actions.push((
+                        (20 + 30 * k) * period + rng.random_range(0..period),
+                        Action::Kill,
+                    ));
                 }
             }
             Scenario::Burst => {
@@ -621,7 +646,11 @@ impl<'a> Simulation<'a> {
             false_deaths: HashSet::new(),
             false_suspicions: HashSet::new(),
             leavers: HashMap::new(),
-            converge_from: if scenario == Scenario::Join { Some(0) } else { None },
+            converge_from: if scenario == Scenario::Join {
+                Some(0)
+            } else {
+                None
+            },
             converged_at: None,
             report,
             trace_hash: 0,
@@ -653,8 +682,9 @@ impl<'a> Simulation<'a> {
             }
             return;
         }
-        let members: Vec<(NodeId, SocketAddr)> =
-            (0..n).map(|i| (self.slots[i as usize].id, node_address(i))).collect();
+        let members: Vec<(NodeId, SocketAddr)> = (0..n)
+            .map(|i| (self.slots[i as usize].id, node_address(i)))
+            .collect();
         for index in 0..n as usize {
             for (j, &(id, address)) in members.iter().enumerate() {
                 if j != index {
@@ -673,7 +703,9 @@ impl<'a> Simulation<'a> {
             if scheduled.at > self.end {
                 break;
             }
-            while self.next_action < self.actions.len() && self.actions[self.next_action].0 <= scheduled.at {
+            while self.next_action < self.actions.len()
+                && self.actions[self.next_action].0 <= scheduled.at
+            {
                 let (at, action) = self.actions[self.next_action];
                 self.next_action += 1;
                 self.now = at;
@@ -688,9 +720,10 @@ impl<'a> Simulation<'a> {
                     if !slot.alive || slot.swim.has_left() {
                         continue;
                     }
-                    self.trace_hash = (self.trace_hash.rotate_left(7) ^ scheduled.at ^ u64::from(to))
-                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                        ^ xxhash_rust::xxh3::xxh3_64(&bytes);
+                    self.trace_hash =
+                        (self.trace_hash.rotate_left(7) ^ scheduled.at ^ u64::from(to))
+                            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                            ^ xxhash_rust::xxh3::xxh3_64(&bytes);
                     slot.swim.handle_datagram(now, node_address(from), &bytes);
                     self.after(to);
                 }
@@ -706,7 +739,8 @@ impl<'a> Simulation<'a> {
             }
         }
         self.now = self.end;
-        while self.next_action < self.actions.len() && self.actions[self.next_action].0 <= self.end {
+        while self.next_action < self.actions.len() && self.actions[self.next_action].0 <= self.end
+        {
             let (at, action) = self.actions[self.next_action];
             self.next_action += 1;
             self.now = at;
@@ -787,12 +821,19 @@ impl<'a> Simulation<'a> {
                     return;
                 }
                 if self.slots[subject as usize].leaving_since.is_some() {
-                    if self.false_suspicions.insert((subject, generation, incarnation)) {
+                    if self
+                        .false_suspicions
+                        .insert((subject, generation, incarnation))
+                    {
                         self.report.leaver_suspicions += 1;
                     }
                     return;
                 }
-                if self.now >= self.warm_at && self.false_suspicions.insert((subject, generation, incarnation)) {
+                if self.now >= self.warm_at
+                    && self
+                        .false_suspicions
+                        .insert((subject, generation, incarnation))
+                {
                     if self.is_slow(subject) {
                         self.report.false_suspicions_slow += 1;
                     } else {
@@ -866,7 +907,11 @@ impl<'a> Simulation<'a> {
         for _ in 0..10_000 {
             let i = self.rng.random_range(0..n);
             let slot = &self.slots[i as usize];
-            if slot.alive && slot.leaving_since.is_none() && !(avoid_seeds && i < 3) && slot.slow_delay_micros == 0 {
+            if slot.alive
+                && slot.leaving_since.is_none()
+                && !(avoid_seeds && i < 3)
+                && slot.slow_delay_micros == 0
+            {
                 return Some(i);
             }
         }
@@ -921,7 +966,8 @@ impl<'a> Simulation<'a> {
                 };
                 let now = self.instant(self.now);
                 self.slots[leaver as usize].leaving_since = Some(self.now);
-                self.leavers.insert(leaver, (self.now, HashSet::new(), None));
+                self.leavers
+                    .insert(leaver, (self.now, HashSet::new(), None));
                 self.live -= 1;
                 self.slots[leaver as usize].swim.leave(now);
                 self.after(leaver);
@@ -952,7 +998,8 @@ impl<'a> Simulation<'a> {
                 }
                 let slot = &self.slots[subject as usize];
                 match swim.member(slot.id) {
-                    Some(info) if info.state.is_live() && info.generation == slot.swim.generation() => {}
+                    Some(info)
+                        if info.state.is_live() && info.generation == slot.swim.generation() => {}
                     _ => return false,
                 }
             }
@@ -1008,7 +1055,8 @@ impl<'a> Simulation<'a> {
                 bytes as f64 / per_node / (self.period as f64 / 1_000_000.0);
         }
         if let (Some(from), Some(at)) = (self.converge_from, self.converged_at) {
-            self.report.converge_periods = Some(at.saturating_sub(from) as f64 / self.period as f64);
+            self.report.converge_periods =
+                Some(at.saturating_sub(from) as f64 / self.period as f64);
         }
         let left: Vec<u64> = self
             .leavers
@@ -1085,7 +1133,10 @@ mod tests {
         // Each probe fails with (1-(1-p)^2)(1-(1-p)^4)^k = 0.77 % (research note A7).
         let expected = 150.0 * 190.0 * 0.0077;
         let measured = report.false_suspicions as f64;
-        assert!((measured / expected - 1.0).abs() < 0.3, "{measured} vs {expected}");
+        assert!(
+            (measured / expected - 1.0).abs() < 0.3,
+            "{measured} vs {expected}"
+        );
         assert_eq!(report.false_positives, 0);
     }
 
@@ -1094,7 +1145,10 @@ mod tests {
         let mut args = SwimArgs::new(Scenario::Slow, 100, 6);
         args.periods = Some(200);
         let report = run(args);
-        assert!(report.false_suspicions_lifeguard_off.unwrap_or(0) >= 50 * report.false_suspicions.max(1));
+        assert!(
+            report.false_suspicions_lifeguard_off.unwrap_or(0)
+                >= 50 * report.false_suspicions.max(1)
+        );
     }
 
     #[test]

@@ -64,7 +64,9 @@ impl Net {
                     moved = true;
                     assert!(transmit.bytes.len() <= 1200);
                     let to = Net::index_of(transmit.address);
-                    if self.down.contains(&from) || self.down.contains(&to) || to >= self.nodes.len()
+                    if self.down.contains(&from)
+                        || self.down.contains(&to)
+                        || to >= self.nodes.len()
                     {
                         continue;
                     }
@@ -92,7 +94,10 @@ impl Net {
                 if self.down.contains(&i) {
                     continue;
                 }
-                if self.nodes[i].poll_timeout().is_some_and(|at| at <= self.now) {
+                if self.nodes[i]
+                    .poll_timeout()
+                    .is_some_and(|at| at <= self.now)
+                {
                     self.nodes[i].handle_timeout(self.now);
                 }
             }
@@ -147,7 +152,10 @@ fn update(node: usize, incarnation: u64, state: MemberState, from: usize) -> Upd
 #[test]
 fn wire_round_trips_every_message_kind() {
     let bodies = [
-        Body::Ping { sequence: 1, target: 2 },
+        Body::Ping {
+            sequence: 1,
+            target: 2,
+        },
         Body::Ack { sequence: 3 },
         Body::PingRequest {
             sequence: 4,
@@ -163,7 +171,10 @@ fn wire_round_trips_every_message_kind() {
             buckets: vec![9; wire::SYNC_BUCKETS],
         },
         Body::SyncEntries,
-        Body::MetadataRequest { version: 7, digest: 8 },
+        Body::MetadataRequest {
+            version: 7,
+            digest: 8,
+        },
         Body::MetadataChunk {
             version: 7,
             digest: 8,
@@ -184,7 +195,14 @@ fn wire_round_trips_every_message_kind() {
 
 #[test]
 fn every_datagram_fits_the_budget_with_the_widest_updates() {
-    let mut node = Swim::new(quiet_config(), NodeId(u64::MAX), u64::MAX, address(0), 1, Instant::now());
+    let mut node = Swim::new(
+        quiet_config(),
+        NodeId(u64::MAX),
+        u64::MAX,
+        address(0),
+        1,
+        Instant::now(),
+    );
     let now = Instant::now();
     // Thousands of members with the widest encodings, all pending gossip.
     for k in 0..3000u64 {
@@ -200,18 +218,36 @@ fn every_datagram_fits_the_budget_with_the_widest_updates() {
     }
     assert!(node.pending_broadcasts() > 1000);
     node.handle_timeout(now + Duration::from_secs(2));
-    let joiner = datagram(5, Body::SyncDigest { reply: true, join: true, buckets: vec![0; wire::SYNC_BUCKETS] }, &[]);
+    let joiner = datagram(
+        5,
+        Body::SyncDigest {
+            reply: true,
+            join: true,
+            buckets: vec![0; wire::SYNC_BUCKETS],
+        },
+        &[],
+    );
     node.handle_datagram(now, address(5), &joiner);
     let mut count = 0;
     let mut largest = 0;
     while let Some(transmit) = node.poll_transmit() {
         largest = largest.max(transmit.bytes.len());
-        assert!(transmit.bytes.len() <= 1200, "{} bytes", transmit.bytes.len());
+        assert!(
+            transmit.bytes.len() <= 1200,
+            "{} bytes",
+            transmit.bytes.len()
+        );
         wire::decode(&transmit.bytes, 1200).expect("decodable");
         count += 1;
     }
-    assert!(count > 10, "ping, gossip and a multi-datagram sync answer: {count}");
-    assert!(largest > 1000, "datagrams are packed close to the budget: {largest}");
+    assert!(
+        count > 10,
+        "ping, gossip and a multi-datagram sync answer: {count}"
+    );
+    assert!(
+        largest > 1000,
+        "datagrams are packed close to the budget: {largest}"
+    );
 }
 
 #[test]
@@ -270,28 +306,51 @@ fn silent_member_gets_k_ping_requests_then_suspicion_then_death() {
         .count();
     assert_eq!(requests, 3, "k = 3 relays asked");
     assert!(
-        net.log.iter().any(|(_, to, d)| *to == 0 && matches!(d.body, Body::Nack { .. })),
+        net.log
+            .iter()
+            .any(|(_, to, d)| *to == 0 && matches!(d.body, Body::Nack { .. })),
         "relays nack when the target is silent"
     );
-    assert!(net.events.iter().any(|(o, e)| *o == 0 && matches!(e, Event::MemberSuspect { node, .. } if *node == id(5))));
+    assert!(
+        net.events
+            .iter()
+            .any(|(o, e)| *o == 0
+                && matches!(e, Event::MemberSuspect { node, .. } if *node == id(5)))
+    );
     // Min = 4 s for n < 10, Max = 24 s; with K = 2 confirmations from the other
     // probers the timeout falls to Min, then one verification period.
     net.run(Duration::from_secs(30));
     for observer in 0..5 {
-        assert_eq!(net.state(observer, 5), Some(MemberState::Dead), "observer {observer}");
+        assert_eq!(
+            net.state(observer, 5),
+            Some(MemberState::Dead),
+            "observer {observer}"
+        );
     }
-    assert!(net.events.iter().any(|(_, e)| matches!(e, Event::MemberDown { node, .. } if *node == id(5))));
+    assert!(
+        net.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::MemberDown { node, .. } if *node == id(5)))
+    );
 }
 
 #[test]
 fn suspected_member_refutes_with_a_higher_incarnation() {
     let mut net = Net::full(3, quiet_config());
     let now = net.now;
-    let accusation = datagram(id(1).0, Body::Gossip, &[update(0, 0, MemberState::Suspect, 1)]);
+    let accusation = datagram(
+        id(1).0,
+        Body::Gossip,
+        &[update(0, 0, MemberState::Suspect, 1)],
+    );
     net.nodes[0].handle_datagram(now, address(1), &accusation);
     assert_eq!(net.nodes[0].incarnation(), 1);
     assert_eq!(net.nodes[0].stats().refutations, 1);
-    assert_eq!(net.nodes[0].local_health(), 1, "refuting raises local health");
+    assert_eq!(
+        net.nodes[0].local_health(),
+        1,
+        "refuting raises local health"
+    );
     net.run(Duration::from_secs(1));
     for observer in 1..3 {
         let member = net.nodes[observer].member(id(0)).expect("known");
@@ -303,20 +362,53 @@ fn suspected_member_refutes_with_a_higher_incarnation() {
 fn buddy_rule_puts_the_suspicion_first_on_a_ping_to_the_suspect() {
     let mut net = Net::full(3, quiet_config());
     let now = net.now;
-    let accusation = datagram(id(2).0, Body::Gossip, &[update(1, 0, MemberState::Suspect, 2)]);
+    let accusation = datagram(
+        id(2).0,
+        Body::Gossip,
+        &[update(1, 0, MemberState::Suspect, 2)],
+    );
     net.nodes[0].handle_datagram(now, address(2), &accusation);
     assert_eq!(net.state(0, 1), Some(MemberState::Suspect));
-    net.nodes[0].send(now, Some(id(1)), address(1), Body::Ping { sequence: 9, target: id(1).0 }, true);
+    net.nodes[0].send(
+        now,
+        Some(id(1)),
+        address(1),
+        Body::Ping {
+            sequence: 9,
+            target: id(1).0,
+        },
+        true,
+    );
     let transmit = net.nodes[0].poll_transmit().expect("a ping");
     let ping = wire::decode(&transmit.bytes, 1200).expect("valid");
     assert_eq!(ping.updates[0], update(1, 0, MemberState::Suspect, 2));
     // Without Lifeguard the ping carries no such entry first.
-    let mut plain = Net::full(3, Config { lifeguard: false, ..quiet_config() });
+    let mut plain = Net::full(
+        3,
+        Config {
+            lifeguard: false,
+            ..quiet_config()
+        },
+    );
     plain.nodes[0].handle_datagram(now, address(2), &accusation);
     while plain.nodes[0].poll_transmit().is_some() {}
-    plain.nodes[0].send(now, Some(id(1)), address(1), Body::Ping { sequence: 9, target: id(1).0 }, false);
+    plain.nodes[0].send(
+        now,
+        Some(id(1)),
+        address(1),
+        Body::Ping {
+            sequence: 9,
+            target: id(1).0,
+        },
+        false,
+    );
     let transmit = plain.nodes[0].poll_transmit().expect("a ping");
-    assert!(wire::decode(&transmit.bytes, 1200).expect("valid").updates.is_empty());
+    assert!(
+        wire::decode(&transmit.bytes, 1200)
+            .expect("valid")
+            .updates
+            .is_empty()
+    );
 }
 
 #[test]
@@ -327,14 +419,29 @@ fn stale_alive_never_resurrects_a_dead_member_and_is_answered() {
     net.nodes[0].handle_datagram(now, address(2), &death);
     assert_eq!(net.state(0, 1), Some(MemberState::Dead));
     while net.nodes[0].poll_transmit().is_some() {}
-    let stale = datagram(id(2).0, Body::Gossip, &[update(1, 4, MemberState::Alive, 1)]);
+    let stale = datagram(
+        id(2).0,
+        Body::Gossip,
+        &[update(1, 4, MemberState::Alive, 1)],
+    );
     net.nodes[0].handle_datagram(now, address(2), &stale);
     assert_eq!(net.state(0, 1), Some(MemberState::Dead));
-    let requeued = net.nodes[0].broadcasts.get(id(1).0).expect("accusation requeued");
+    let requeued = net.nodes[0]
+        .broadcasts
+        .get(id(1).0)
+        .expect("accusation requeued");
     assert_eq!(requeued.state, MemberState::Dead);
-    let newer = datagram(id(2).0, Body::Gossip, &[update(1, 5, MemberState::Alive, 1)]);
+    let newer = datagram(
+        id(2).0,
+        Body::Gossip,
+        &[update(1, 5, MemberState::Alive, 1)],
+    );
     net.nodes[0].handle_datagram(now, address(2), &newer);
-    assert_eq!(net.state(0, 1), Some(MemberState::Alive), "a refutation revives");
+    assert_eq!(
+        net.state(0, 1),
+        Some(MemberState::Alive),
+        "a refutation revives"
+    );
 }
 
 #[test]
@@ -345,7 +452,16 @@ fn dead_member_that_talks_hears_of_its_death_and_refutes() {
     net.nodes[0].handle_datagram(now, address(2), &death);
     net.flush();
     // Node 1 pings node 0, which answers with the accusation first.
-    net.nodes[1].send(now, Some(id(0)), address(0), Body::Ping { sequence: 1, target: id(0).0 }, false);
+    net.nodes[1].send(
+        now,
+        Some(id(0)),
+        address(0),
+        Body::Ping {
+            sequence: 1,
+            target: id(0).0,
+        },
+        false,
+    );
     net.run(Duration::from_secs(2));
     assert!(net.nodes[1].incarnation() >= 1);
     assert_eq!(net.state(0, 1), Some(MemberState::Alive));
@@ -372,15 +488,47 @@ fn independent_confirmations_bring_the_deadline_forward() {
     let mut net = Net::full(20, quiet_config());
     let now = net.now;
     let node = &mut net.nodes[0];
-    node.handle_datagram(now, address(2), &datagram(id(2).0, Body::Gossip, &[update(9, 0, MemberState::Suspect, 2)]));
+    node.handle_datagram(
+        now,
+        address(2),
+        &datagram(
+            id(2).0,
+            Body::Gossip,
+            &[update(9, 0, MemberState::Suspect, 2)],
+        ),
+    );
     let first = node.suspicion_deadlines.first().expect("timer").0;
-    node.handle_datagram(now, address(3), &datagram(id(3).0, Body::Gossip, &[update(9, 0, MemberState::Suspect, 3)]));
+    node.handle_datagram(
+        now,
+        address(3),
+        &datagram(
+            id(3).0,
+            Body::Gossip,
+            &[update(9, 0, MemberState::Suspect, 3)],
+        ),
+    );
     // The same accuser again is not a confirmation.
-    node.handle_datagram(now, address(3), &datagram(id(3).0, Body::Gossip, &[update(9, 0, MemberState::Suspect, 3)]));
+    node.handle_datagram(
+        now,
+        address(3),
+        &datagram(
+            id(3).0,
+            Body::Gossip,
+            &[update(9, 0, MemberState::Suspect, 3)],
+        ),
+    );
     assert_eq!(node.suspicion_accusers(id(9)), 2);
     let second = node.suspicion_deadlines.first().expect("timer").0;
     assert!(second < first);
-    node.handle_datagram(now, address(4), &datagram(id(4).0, Body::Gossip, &[update(9, 0, MemberState::Suspect, 4)]));
+    node.handle_datagram(
+        now,
+        address(4),
+        &datagram(
+            id(4).0,
+            Body::Gossip,
+            &[update(9, 0, MemberState::Suspect, 4)],
+        ),
+    );
     let third = node.suspicion_deadlines.first().expect("timer").0;
     assert_eq!(third, now + node.suspicion_min());
 }
@@ -398,7 +546,10 @@ fn local_health_rises_on_missed_nacks_and_scales_the_period() {
     let before = net.nodes[0].stats().probes;
     net.run(Duration::from_secs(8));
     let probes = net.nodes[0].stats().probes - before;
-    assert!(probes <= 3, "a degraded node probes less often: {probes} probes in 8 s");
+    assert!(
+        probes <= 3,
+        "a degraded node probes less often: {probes} probes in 8 s"
+    );
     assert!(net.nodes[0].stats().degraded_timeouts > 0);
     // Healthy again: successes bring the score back down.
     net.down.clear();
@@ -414,11 +565,23 @@ fn joiner_learns_the_view_through_a_seed_and_everyone_learns_the_joiner() {
     let now = net.now;
     net.nodes[5].join(now, &[address(0)]);
     net.flush();
-    assert!(net.events.iter().any(|(o, e)| *o == 5 && *e == Event::Joined));
-    assert_eq!(net.nodes[5].live_member_count(), 5, "the seed's answer carries its view");
+    assert!(
+        net.events
+            .iter()
+            .any(|(o, e)| *o == 5 && *e == Event::Joined)
+    );
+    assert_eq!(
+        net.nodes[5].live_member_count(),
+        5,
+        "the seed's answer carries its view"
+    );
     net.run(Duration::from_secs(3));
     for observer in 0..5 {
-        assert_eq!(net.state(observer, 5), Some(MemberState::Alive), "observer {observer}");
+        assert_eq!(
+            net.state(observer, 5),
+            Some(MemberState::Alive),
+            "observer {observer}"
+        );
     }
 }
 
@@ -431,12 +594,23 @@ fn graceful_leave_is_announced_and_never_suspected() {
     net.run(Duration::from_secs(5));
     assert!(net.nodes[3].has_left());
     for observer in (0..8).filter(|&o| o != 3) {
-        assert_eq!(net.state(observer, 3), Some(MemberState::Left), "observer {observer}");
+        assert_eq!(
+            net.state(observer, 3),
+            Some(MemberState::Left),
+            "observer {observer}"
+        );
     }
-    assert!(!net.events.iter().any(|(_, e)| matches!(e, Event::MemberSuspect { node, .. } if *node == id(3))));
+    assert!(
+        !net.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::MemberSuspect { node, .. } if *node == id(3)))
+    );
     let before = net.log.len();
     net.run(Duration::from_secs(2));
-    assert!(net.log[before..].iter().all(|(from, _, _)| *from != 3), "silent after leaving");
+    assert!(
+        net.log[before..].iter().all(|(from, _, _)| *from != 3),
+        "silent after leaving"
+    );
 }
 
 #[test]
@@ -449,13 +623,23 @@ fn push_pull_repairs_a_member_the_gossip_missed() {
     net.down.insert(2);
     let now = net.now;
     // Node 1 alone hears of node 7, as a sync entry (not re-gossiped).
-    let entry = datagram(id(2).0, Body::SyncEntries, &[update(7, 3, MemberState::Alive, 7)]);
+    let entry = datagram(
+        id(2).0,
+        Body::SyncEntries,
+        &[update(7, 3, MemberState::Alive, 7)],
+    );
     net.nodes[1].handle_datagram(now, address(2), &entry);
     assert_eq!(net.nodes[1].pending_broadcasts(), 0);
     net.run(Duration::from_secs(5));
-    let learned = net.nodes[0].member(id(7)).expect("learned through push-pull");
+    let learned = net.nodes[0]
+        .member(id(7))
+        .expect("learned through push-pull");
     assert_eq!(learned.incarnation, 3);
-    assert!(net.log.iter().any(|(_, _, d)| matches!(d.body, Body::SyncDigest { .. })));
+    assert!(
+        net.log
+            .iter()
+            .any(|(_, _, d)| matches!(d.body, Body::SyncDigest { .. }))
+    );
 }
 
 #[test]
@@ -466,7 +650,11 @@ fn tombstones_are_collected_after_the_retention() {
     };
     let mut net = Net::full(3, config);
     let now = net.now;
-    net.nodes[0].handle_datagram(now, address(1), &datagram(id(1).0, Body::Gossip, &[update(2, 0, MemberState::Left, 2)]));
+    net.nodes[0].handle_datagram(
+        now,
+        address(1),
+        &datagram(id(1).0, Body::Gossip, &[update(2, 0, MemberState::Left, 2)]),
+    );
     assert_eq!(net.state(0, 2), Some(MemberState::Left));
     net.down.insert(2);
     net.run(Duration::from_secs(11));
@@ -481,14 +669,31 @@ fn tombstones_are_collected_after_the_retention() {
 fn newer_metadata_version_spreads_in_chunks() {
     let mut net = Net::full(4, quiet_config());
     let blob: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
-    net.nodes[2].set_metadata(3, blob.clone()).expect("within the limit");
+    net.nodes[2]
+        .set_metadata(3, blob.clone())
+        .expect("within the limit");
     net.run(Duration::from_secs(8));
     for observer in 0..4 {
-        assert_eq!(net.nodes[observer].metadata(), (3, blob.as_slice()), "observer {observer}");
+        assert_eq!(
+            net.nodes[observer].metadata(),
+            (3, blob.as_slice()),
+            "observer {observer}"
+        );
     }
-    assert!(net.events.iter().any(|(o, e)| *o == 0 && *e == Event::MetadataChanged { version: 3 }));
-    let chunks = net.log.iter().filter(|(_, _, d)| matches!(d.body, Body::MetadataChunk { .. })).count();
-    assert!(chunks >= 3 * 5, "5 chunks of 1 KiB to each of 3 nodes: {chunks}");
+    assert!(
+        net.events
+            .iter()
+            .any(|(o, e)| *o == 0 && *e == Event::MetadataChanged { version: 3 })
+    );
+    let chunks = net
+        .log
+        .iter()
+        .filter(|(_, _, d)| matches!(d.body, Body::MetadataChunk { .. }))
+        .count();
+    assert!(
+        chunks >= 3 * 5,
+        "5 chunks of 1 KiB to each of 3 nodes: {chunks}"
+    );
     // An older version does not replace a newer one.
     net.nodes[1].set_metadata(2, vec![1]).expect("small");
     net.run(Duration::from_secs(4));
@@ -514,17 +719,31 @@ fn metadata_merge_joins_concurrent_changes() {
     net.nodes[3].set_metadata(1, vec![2, 7]).expect("small");
     net.run(Duration::from_secs(10));
     for observer in 0..4 {
-        assert_eq!(net.nodes[observer].metadata().1, &[1, 2, 5, 7], "observer {observer}");
+        assert_eq!(
+            net.nodes[observer].metadata().1,
+            &[1, 2, 5, 7],
+            "observer {observer}"
+        );
     }
     let version = net.nodes[0].metadata().0;
-    assert!((1..4).all(|o| net.nodes[o].metadata().0 == version), "one version everywhere");
+    assert!(
+        (1..4).all(|o| net.nodes[o].metadata().0 == version),
+        "one version everywhere"
+    );
 }
 
 #[test]
 fn a_ping_for_another_node_is_ignored() {
     let mut net = Net::full(2, quiet_config());
     let now = net.now;
-    let misrouted = datagram(id(1).0, Body::Ping { sequence: 1, target: 4242 }, &[]);
+    let misrouted = datagram(
+        id(1).0,
+        Body::Ping {
+            sequence: 1,
+            target: 4242,
+        },
+        &[],
+    );
     net.nodes[0].handle_datagram(now, address(1), &misrouted);
     assert!(net.nodes[0].poll_transmit().is_none());
 }
@@ -533,10 +752,28 @@ fn a_ping_for_another_node_is_ignored() {
 fn restarted_member_replaces_its_old_generation() {
     let mut net = Net::full(2, quiet_config());
     let now = net.now;
-    let death = datagram(id(1).0, Body::Gossip, &[Update { generation: 1, ..update(5, 2, MemberState::Dead, 1) }]);
+    let death = datagram(
+        id(1).0,
+        Body::Gossip,
+        &[Update {
+            generation: 1,
+            ..update(5, 2, MemberState::Dead, 1)
+        }],
+    );
     net.nodes[0].handle_datagram(now, address(1), &death);
-    net.nodes[0].handle_datagram(now, address(1), &datagram(id(1).0, Body::Gossip, &[update(5, 0, MemberState::Alive, 5)]));
-    let reborn = Update { generation: 2, ..update(5, 0, MemberState::Alive, 5) };
+    net.nodes[0].handle_datagram(
+        now,
+        address(1),
+        &datagram(
+            id(1).0,
+            Body::Gossip,
+            &[update(5, 0, MemberState::Alive, 5)],
+        ),
+    );
+    let reborn = Update {
+        generation: 2,
+        ..update(5, 0, MemberState::Alive, 5)
+    };
     net.nodes[0].handle_datagram(now, address(1), &datagram(id(1).0, Body::Gossip, &[reborn]));
     let member = net.nodes[0].member(id(5)).expect("known");
     assert_eq!((member.generation, member.state), (2, MemberState::Alive));
