@@ -50,6 +50,10 @@ pub enum Scenario {
     Partition,
     /// `--leave K` nodes leave gracefully.
     Leave,
+    /// `--restart-percent` of nodes crash and come back with a new generation and
+    /// an empty view, one every half period, then rejoin through the seeds
+    /// (memberlist#311: nobody may stay dead).
+    Restart,
 }
 
 /// Arguments of `shoal-sim swim`.
@@ -91,6 +95,9 @@ pub struct SwimArgs {
     /// Nodes leaving gracefully (`leave`; default 1 %).
     #[arg(long)]
     pub leave: Option<usize>,
+    /// Percentage of nodes restarted (`restart`).
+    #[arg(long, default_value_t = 10.0)]
+    pub restart_percent: f64,
     /// `k`: indirect probes (default from `Config`).
     #[arg(long)]
     pub indirect_probes: Option<usize>,
@@ -118,6 +125,7 @@ impl SwimArgs {
             slow_delay_ms: 1000,
             partition_periods: 60,
             leave: None,
+            restart_percent: 10.0,
             indirect_probes: None,
             suspicion_multiplier: None,
             retransmit_multiplier: None,
@@ -398,6 +406,12 @@ fn check(args: &SwimArgs, scenario: Scenario, report: &mut Report) {
                 report.converge_periods.is_some_and(|p| p <= 20.0),
             ));
         }
+        Scenario::Restart => {
+            checks.push((
+                "restarts: every view holds every new generation alive within 30 periods".into(),
+                report.converge_periods.is_some_and(|p| p <= 30.0),
+            ));
+        }
         Scenario::Leave => {
             checks.push((
                 "no suspicion of a leaver".into(),
@@ -457,6 +471,12 @@ enum Action {
     Leave,
     Check,
     Warm,
+    /// Crash a node that restarts two periods later.
+    Crash,
+    /// Bring back the next crashed node with a new generation.
+    Restart,
+    /// Start the convergence clock.
+    Settle,
 }
 
 #[derive(Debug)]
@@ -509,6 +529,7 @@ struct Simulation<'a> {
     report: Report,
     trace_hash: u64,
     warm_at: u64,
+    restarting: Vec<u32>,
 }
 
 fn node_address(index: u32) -> SocketAddr {
@@ -539,6 +560,10 @@ impl<'a> Simulation<'a> {
             Scenario::Join => 60,
             Scenario::Partition => 20 + args.partition_periods + 60,
             Scenario::Leave => 80,
+            Scenario::Restart => {
+                let restarts = (n as f64 * args.restart_percent / 100.0).ceil() as u64;
+                20 + restarts.div_ceil(2) + 60
+            }
         });
         let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0x5157_494d);
         let config = args.config(lifeguard);
@@ -605,6 +630,21 @@ impl<'a> Simulation<'a> {
                     actions.push((p * period / 4, Action::Check));
                 }
             }
+            Scenario::Restart => {
+                let restarts = (n as f64 * args.restart_percent / 100.0).ceil() as u64;
+                let mut last = 20 * period;
+                for r in 0..restarts {
+                    last = 20 * period + r * period / 2;
+                    actions.push((last, Action::Crash));
+                }
+                // Each crashed node comes back two periods later; measure
+                // convergence from the last return.
+                let back = last + 2 * period;
+                actions.push((back, Action::Settle));
+                for p in 0..(periods * period).saturating_sub(back) / (period / 4) {
+                    actions.push((back + p * period / 4, Action::Check));
+                }
+            }
             Scenario::Leave => {
                 let leavers = args.leave.unwrap_or((n / 100).max(1));
                 for _ in 0..leavers {
@@ -655,6 +695,7 @@ impl<'a> Simulation<'a> {
             report,
             trace_hash: 0,
             warm_at: warm_periods * period,
+            restarting: Vec::new(),
         }
     }
 
@@ -820,7 +861,12 @@ impl<'a> Simulation<'a> {
                     }
                     return;
                 }
-                if self.slots[subject as usize].leaving_since.is_some() {
+                let slot = &self.slots[subject as usize];
+                if !slot.alive || slot.swim.generation() != generation {
+                    // A verdict on a crashed process's old generation is true.
+                    return;
+                }
+                if slot.leaving_since.is_some() {
                     if self
                         .false_suspicions
                         .insert((subject, generation, incarnation))
@@ -859,7 +905,12 @@ impl<'a> Simulation<'a> {
                     self.check_all_dead(k);
                     return;
                 }
-                if self.slots[subject as usize].leaving_since.is_some() {
+                let slot = &self.slots[subject as usize];
+                if !slot.alive || slot.swim.generation() != generation {
+                    // A verdict on a crashed process's old generation is true.
+                    return;
+                }
+                if slot.leaving_since.is_some() {
                     return;
                 }
                 if self.false_deaths.insert((subject, generation, incarnation)) {
@@ -971,6 +1022,43 @@ impl<'a> Simulation<'a> {
                 self.live -= 1;
                 self.slots[leaver as usize].swim.leave(now);
                 self.after(leaver);
+            }
+            Action::Crash => {
+                let Some(victim) = self.random_live(true) else {
+                    return;
+                };
+                self.slots[victim as usize].alive = false;
+                self.live -= 1;
+                self.restarting.push(victim);
+                let at = self.now + 2 * self.period;
+                let position = self.actions[self.next_action..]
+                    .partition_point(|(when, _)| *when <= at)
+                    + self.next_action;
+                self.actions.insert(position, (at, Action::Restart));
+            }
+            Action::Restart => {
+                if self.restarting.is_empty() {
+                    return;
+                }
+                let index = self.restarting.remove(0);
+                let old = &self.slots[index as usize];
+                let (id, generation) = (old.id, old.swim.generation() + 1);
+                let config = self.args.config(self.lifeguard);
+                let seed = self.rng.random::<u64>();
+                let now = self.instant(self.now);
+                let mut swim = Swim::new(config, id, generation, node_address(index), seed, now);
+                let seeds: Vec<SocketAddr> = (0..3).map(node_address).collect();
+                swim.join(now, &seeds);
+                let slot = &mut self.slots[index as usize];
+                slot.swim = swim;
+                slot.alive = true;
+                slot.scheduled = None;
+                slot.sent_at_warm = (0, 0);
+                self.live += 1;
+                self.after(index);
+            }
+            Action::Settle => {
+                self.converge_from = Some(self.now);
             }
             Action::Check => {
                 if self.converged_at.is_none() && self.views_match_truth() {
@@ -1176,6 +1264,15 @@ mod tests {
         let report = run(args);
         assert_eq!(report.left_everywhere.count, 3);
         assert_eq!(report.leaver_suspicions, 0);
+    }
+
+    #[test]
+    fn restarted_members_rejoin_in_a_new_generation_and_none_stays_dead() {
+        let mut args = SwimArgs::new(Scenario::Restart, 200, 10);
+        args.restart_percent = 20.0;
+        let report = run(args);
+        assert!(report.converge_periods.is_some_and(|p| p <= 30.0));
+        assert_eq!(report.false_positives, 0);
     }
 
     #[test]
