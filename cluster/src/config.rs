@@ -135,7 +135,10 @@ impl Config {
             ("hint_replay_batch_max", self.hint_replay_batch_max),
             ("requests_in_flight_max", self.requests_in_flight_max),
             ("output_queue_max", self.output_queue_max),
-            ("forwarded_ids_remembered_max", self.forwarded_ids_remembered_max),
+            (
+                "forwarded_ids_remembered_max",
+                self.forwarded_ids_remembered_max,
+            ),
             ("members_max", self.members_max),
         ];
         for (name, value) in positive {

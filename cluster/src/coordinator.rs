@@ -250,7 +250,10 @@ mod tests {
     fn write_operation(sloppy: bool, required: usize) -> WriteOperation {
         let mut state = KeyState::default();
         let dot = state.coordinate_write(
-            Actor { node: NodeId(1), epoch: 1 },
+            Actor {
+                node: NodeId(1),
+                epoch: 1,
+            },
             &VersionVector::default(),
             SiblingValue::Value(Bytes::from_static(b"v")),
             1,
@@ -299,16 +302,29 @@ mod tests {
         assert!(!operation.covered(NodeId(2)));
         assert_eq!(
             operation.failure(),
-            Response::Failed(RequestError::QuorumNotReached { acks: 1, required: 2 })
+            Response::Failed(RequestError::QuorumNotReached {
+                acks: 1,
+                required: 2
+            })
         );
     }
 
     #[test]
     fn fallback_is_the_first_live_unused_node_after_the_primaries() {
-        let list = [NodeId(1), NodeId(2), NodeId(3), NodeId(4), NodeId(5), NodeId(6)];
+        let list = [
+            NodeId(1),
+            NodeId(2),
+            NodeId(3),
+            NodeId(4),
+            NodeId(5),
+            NodeId(6),
+        ];
         let used = BTreeSet::from([NodeId(4)]);
         let alive = |node: NodeId| node != NodeId(5);
-        assert_eq!(next_fallback(&list, 3, NodeId(1), &used, alive), Some(NodeId(6)));
+        assert_eq!(
+            next_fallback(&list, 3, NodeId(1), &used, alive),
+            Some(NodeId(6))
+        );
         assert_eq!(next_fallback(&list, 3, NodeId(6), &used, alive), None);
     }
 }

@@ -117,11 +117,19 @@ fn encode_hint(created_micros: u64, state: &KeyState) -> Vec<u8> {
 
 fn decode_hint(value: &[u8]) -> Result<(u64, KeyState), ReplicaError> {
     if value.len() < 8 {
-        return Err(ReplicaError::Corrupt(format!("hint of {} bytes", value.len())));
+        return Err(ReplicaError::Corrupt(format!(
+            "hint of {} bytes",
+            value.len()
+        )));
     }
     let (created, state) = value.split_at(8);
-    let created = u64::from_be_bytes(created.try_into().map_err(|_| ReplicaError::Corrupt("hint header".into()))?);
-    let state = KeyState::decode(state).map_err(|error| ReplicaError::Corrupt(format!("{error:?}")))?;
+    let created = u64::from_be_bytes(
+        created
+            .try_into()
+            .map_err(|_| ReplicaError::Corrupt("hint header".into()))?,
+    );
+    let state =
+        KeyState::decode(state).map_err(|error| ReplicaError::Corrupt(format!("{error:?}")))?;
     Ok((created, state))
 }
 
@@ -155,7 +163,8 @@ impl Hints {
             next.push(0);
             for (key, value) in &page {
                 if let Some((target, _, _)) = parse_hint_key(key) {
-                    *hints.bytes_per_target.entry(target).or_insert(0) += (key.len() + value.len()) as u64;
+                    *hints.bytes_per_target.entry(target).or_insert(0) +=
+                        (key.len() + value.len()) as u64;
                 }
             }
             if page.len() < LOAD_PAGE_ENTRIES {
@@ -272,7 +281,8 @@ impl Hints {
         for (stored_key, value) in page {
             let size = stored_key.len() + value.len();
             let decoded = decode_hint(&value);
-            let user_key = parse_hint_key(&stored_key).map(|(_, _, key)| Bytes::copy_from_slice(key));
+            let user_key =
+                parse_hint_key(&stored_key).map(|(_, _, key)| Bytes::copy_from_slice(key));
             match (decoded, user_key) {
                 (Ok((created, state)), Some(key)) => {
                     if now_micros.saturating_sub(created) > self.limits.age_max_micros {
@@ -338,8 +348,16 @@ mod tests {
 
     fn state(node: u64, text: &'static str) -> KeyState {
         let mut state = KeyState::default();
-        let actor = Actor { node: NodeId(node), epoch: 1 };
-        state.coordinate_write(actor, &VersionVector::default(), SiblingValue::Value(Bytes::from_static(text.as_bytes())), 1);
+        let actor = Actor {
+            node: NodeId(node),
+            epoch: 1,
+        };
+        state.coordinate_write(
+            actor,
+            &VersionVector::default(),
+            SiblingValue::Value(Bytes::from_static(text.as_bytes())),
+            1,
+        );
         state
     }
 
@@ -348,8 +366,34 @@ mod tests {
         let mut store = MemStore::new();
         let mut hints = Hints::load(&mut store, limits(1 << 20)).unwrap();
         let target = NodeId(7);
-        assert_eq!(hints.store(&mut store, target, Partition(3), b"k", &state(1, "a"), 0, Durability::Buffered).unwrap(), HintOutcome::Stored);
-        assert_eq!(hints.store(&mut store, target, Partition(3), b"k", &state(2, "b"), 0, Durability::Buffered).unwrap(), HintOutcome::Stored);
+        assert_eq!(
+            hints
+                .store(
+                    &mut store,
+                    target,
+                    Partition(3),
+                    b"k",
+                    &state(1, "a"),
+                    0,
+                    Durability::Buffered
+                )
+                .unwrap(),
+            HintOutcome::Stored
+        );
+        assert_eq!(
+            hints
+                .store(
+                    &mut store,
+                    target,
+                    Partition(3),
+                    b"k",
+                    &state(2, "b"),
+                    0,
+                    Durability::Buffered
+                )
+                .unwrap(),
+            HintOutcome::Stored
+        );
         assert_eq!(store.len(), 1);
         let held = hints.read(&mut store, target, Partition(3), b"k").unwrap();
         assert_eq!(held.sibling_count(), 2);
@@ -360,16 +404,46 @@ mod tests {
     fn hint_over_the_byte_bound_is_dropped_and_nothing_changes() {
         let mut store = MemStore::new();
         let mut hints = Hints::load(&mut store, limits(1 << 20)).unwrap();
-        hints.store(&mut store, NodeId(7), Partition(0), b"a", &state(1, "a"), 0, Durability::Buffered).unwrap();
+        hints
+            .store(
+                &mut store,
+                NodeId(7),
+                Partition(0),
+                b"a",
+                &state(1, "a"),
+                0,
+                Durability::Buffered,
+            )
+            .unwrap();
         let one_hint = hints.bytes(NodeId(7));
         let mut hints = Hints::load(&mut store, limits(one_hint + 1)).unwrap();
         assert_eq!(hints.bytes(NodeId(7)), one_hint);
-        let outcome = hints.store(&mut store, NodeId(7), Partition(0), b"b", &state(1, "b"), 0, Durability::Buffered).unwrap();
+        let outcome = hints
+            .store(
+                &mut store,
+                NodeId(7),
+                Partition(0),
+                b"b",
+                &state(1, "b"),
+                0,
+                Durability::Buffered,
+            )
+            .unwrap();
         assert_eq!(outcome, HintOutcome::Dropped);
         assert_eq!(hints.bytes(NodeId(7)), one_hint);
         assert_eq!(store.len(), 1);
         // Another target has its own bound.
-        let outcome = hints.store(&mut store, NodeId(8), Partition(0), b"b", &state(1, "b"), 0, Durability::Buffered).unwrap();
+        let outcome = hints
+            .store(
+                &mut store,
+                NodeId(8),
+                Partition(0),
+                b"b",
+                &state(1, "b"),
+                0,
+                Durability::Buffered,
+            )
+            .unwrap();
         assert_eq!(outcome, HintOutcome::Stored);
     }
 
@@ -378,15 +452,49 @@ mod tests {
         let mut store = MemStore::new();
         let mut hints = Hints::load(&mut store, limits(1 << 20)).unwrap();
         let target = NodeId(7);
-        hints.store(&mut store, target, Partition(0), b"k", &state(1, "a"), 0, Durability::Buffered).unwrap();
+        hints
+            .store(
+                &mut store,
+                target,
+                Partition(0),
+                b"k",
+                &state(1, "a"),
+                0,
+                Durability::Buffered,
+            )
+            .unwrap();
         let batch = hints.replay_batch(&mut store, target, 10).unwrap();
         assert_eq!(batch.hints.len(), 1);
         let sent = batch.hints[0].digest;
         // Updated while the replay was in flight: the old acknowledgement must not delete it.
-        hints.store(&mut store, target, Partition(0), b"k", &state(2, "b"), 20, Durability::Buffered).unwrap();
-        assert!(!hints.acknowledge(&mut store, target, Partition(0), b"k", sent).unwrap());
+        hints
+            .store(
+                &mut store,
+                target,
+                Partition(0),
+                b"k",
+                &state(2, "b"),
+                20,
+                Durability::Buffered,
+            )
+            .unwrap();
+        assert!(
+            !hints
+                .acknowledge(&mut store, target, Partition(0), b"k", sent)
+                .unwrap()
+        );
         let batch = hints.replay_batch(&mut store, target, 30).unwrap();
-        assert!(hints.acknowledge(&mut store, target, Partition(0), b"k", batch.hints[0].digest).unwrap());
+        assert!(
+            hints
+                .acknowledge(
+                    &mut store,
+                    target,
+                    Partition(0),
+                    b"k",
+                    batch.hints[0].digest
+                )
+                .unwrap()
+        );
         assert_eq!(hints.bytes(target), 0);
         assert!(store.is_empty());
         assert!(hints.targets().is_empty());
@@ -396,8 +504,20 @@ mod tests {
     fn expired_hints_are_dropped_and_counted() {
         let mut store = MemStore::new();
         let mut hints = Hints::load(&mut store, limits(1 << 20)).unwrap();
-        hints.store(&mut store, NodeId(7), Partition(0), b"k", &state(1, "a"), 0, Durability::Buffered).unwrap();
-        let batch = hints.replay_batch(&mut store, NodeId(7), 2_000_000).unwrap();
+        hints
+            .store(
+                &mut store,
+                NodeId(7),
+                Partition(0),
+                b"k",
+                &state(1, "a"),
+                0,
+                Durability::Buffered,
+            )
+            .unwrap();
+        let batch = hints
+            .replay_batch(&mut store, NodeId(7), 2_000_000)
+            .unwrap();
         assert_eq!(batch.expired, 1);
         assert!(batch.hints.is_empty());
         assert_eq!(hints.bytes(NodeId(7)), 0);
@@ -406,7 +526,13 @@ mod tests {
     #[test]
     fn corrupt_hint_is_dropped_and_counted_not_a_panic() {
         let mut store = MemStore::new();
-        store.write(&hint_key(NodeId(7), Partition(0), b"k"), Some(b"bad"), Durability::Buffered).unwrap();
+        store
+            .write(
+                &hint_key(NodeId(7), Partition(0), b"k"),
+                Some(b"bad"),
+                Durability::Buffered,
+            )
+            .unwrap();
         let mut hints = Hints::load(&mut store, limits(1 << 20)).unwrap();
         assert!(hints.bytes(NodeId(7)) > 0);
         let batch = hints.replay_batch(&mut store, NodeId(7), 0).unwrap();
@@ -419,23 +545,71 @@ mod tests {
         let mut store = MemStore::new();
         let mut hints = Hints::load(&mut store, limits(1 << 20)).unwrap();
         for key in [b"a", b"b", b"c"] {
-            hints.store(&mut store, NodeId(7), Partition(0), key, &state(1, "v"), 0, Durability::Buffered).unwrap();
+            hints
+                .store(
+                    &mut store,
+                    NodeId(7),
+                    Partition(0),
+                    key,
+                    &state(1, "v"),
+                    0,
+                    Durability::Buffered,
+                )
+                .unwrap();
         }
-        let keys = |batch: ReplayBatch| batch.hints.into_iter().map(|hint| hint.key).collect::<Vec<_>>();
-        assert_eq!(keys(hints.replay_batch(&mut store, NodeId(7), 0).unwrap()), vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
-        assert_eq!(keys(hints.replay_batch(&mut store, NodeId(7), 0).unwrap()), vec![Bytes::from_static(b"c")]);
-        assert_eq!(keys(hints.replay_batch(&mut store, NodeId(7), 0).unwrap()).len(), 2);
+        let keys = |batch: ReplayBatch| {
+            batch
+                .hints
+                .into_iter()
+                .map(|hint| hint.key)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys(hints.replay_batch(&mut store, NodeId(7), 0).unwrap()),
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+        );
+        assert_eq!(
+            keys(hints.replay_batch(&mut store, NodeId(7), 0).unwrap()),
+            vec![Bytes::from_static(b"c")]
+        );
+        assert_eq!(
+            keys(hints.replay_batch(&mut store, NodeId(7), 0).unwrap()).len(),
+            2
+        );
     }
 
     #[test]
     fn accounting_survives_a_restart() {
         let mut store = MemStore::new();
         let mut hints = Hints::load(&mut store, limits(1 << 20)).unwrap();
-        hints.store(&mut store, NodeId(7), Partition(0), b"k", &state(1, "a"), 0, Durability::Buffered).unwrap();
-        hints.store(&mut store, NodeId(u64::MAX), Partition(0), b"k", &state(1, "a"), 0, Durability::Buffered).unwrap();
+        hints
+            .store(
+                &mut store,
+                NodeId(7),
+                Partition(0),
+                b"k",
+                &state(1, "a"),
+                0,
+                Durability::Buffered,
+            )
+            .unwrap();
+        hints
+            .store(
+                &mut store,
+                NodeId(u64::MAX),
+                Partition(0),
+                b"k",
+                &state(1, "a"),
+                0,
+                Durability::Buffered,
+            )
+            .unwrap();
         let reloaded = Hints::load(&mut store, limits(1 << 20)).unwrap();
         assert_eq!(reloaded.bytes(NodeId(7)), hints.bytes(NodeId(7)));
-        assert_eq!(reloaded.bytes(NodeId(u64::MAX)), hints.bytes(NodeId(u64::MAX)));
+        assert_eq!(
+            reloaded.bytes(NodeId(u64::MAX)),
+            hints.bytes(NodeId(u64::MAX))
+        );
         assert_eq!(reloaded.targets(), vec![NodeId(7), NodeId(u64::MAX)]);
     }
 }

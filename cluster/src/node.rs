@@ -30,8 +30,8 @@ use crate::coordinator::{
 use crate::hinted_handoff::{HintLimits, HintOutcome, Hints};
 use crate::id::{Actor, NodeId, Partition};
 use crate::message::{
-    Message, Output, ReadOptions, ReplicaOutcome, Request, RequestError, RequestId,
-    Response, WriteOptions,
+    Message, Output, ReadOptions, ReplicaOutcome, Request, RequestError, RequestId, Response,
+    WriteOptions,
 };
 use crate::partitioner::Partitioner;
 use crate::placement::Placement;
@@ -133,9 +133,8 @@ impl Node {
     /// its store (taking a new epoch) at its first input that carries one.
     pub fn new(config: Config, id: NodeId, seed: u64) -> Result<Node, ConfigError> {
         config.validate()?;
-        let partitioner = Partitioner::new(config.partition_count).map_err(|error| {
-            ConfigError::Invalid(format!("partition_count: {error:?}"))
-        })?;
+        let partitioner = Partitioner::new(config.partition_count)
+            .map_err(|error| ConfigError::Invalid(format!("partition_count: {error:?}")))?;
         Ok(Node {
             config,
             id,
@@ -358,7 +357,10 @@ impl Node {
             Message::Repair { key, state } => {
                 if self.key_is_valid(&key) {
                     let partition = self.partitioner.partition_of(&key);
-                    if self.apply_data(partition, &key, &state, Durability::Buffered, store).is_err() {
+                    if self
+                        .apply_data(partition, &key, &state, Durability::Buffered, store)
+                        .is_err()
+                    {
                         self.metrics.store_failures += 1;
                     }
                 }
@@ -383,8 +385,13 @@ impl Node {
                     return;
                 }
                 let partition = self.partitioner.partition_of(&key);
-                let Some(started) = self.started.as_mut() else { return };
-                match started.hints.acknowledge(store, from, partition, &key, hint_digest) {
+                let Some(started) = self.started.as_mut() else {
+                    return;
+                };
+                match started
+                    .hints
+                    .acknowledge(store, from, partition, &key, hint_digest)
+                {
                     Ok(true) => self.metrics.hints_replayed += 1,
                     Ok(false) => {}
                     Err(_) => self.metrics.store_failures += 1,
@@ -444,8 +451,7 @@ impl Node {
     }
 
     fn is_alive(&self, node: NodeId) -> bool {
-        node == self.id
-            || matches!(self.liveness.get(&node), None | Some(Liveness::Alive))
+        node == self.id || matches!(self.liveness.get(&node), None | Some(Liveness::Alive))
     }
 
     fn limits(&self) -> ReplicaLimits {
@@ -495,14 +501,14 @@ impl Node {
                 self.config.key_size_max_bytes
             )));
         }
-        if let Request::Put { value, .. } = request {
-            if value.len() > self.config.value_size_max_bytes {
-                return Err(RequestError::InvalidArgument(format!(
-                    "value of {} bytes is over the limit of {}",
-                    value.len(),
-                    self.config.value_size_max_bytes
-                )));
-            }
+        if let Request::Put { value, .. } = request
+            && value.len() > self.config.value_size_max_bytes
+        {
+            return Err(RequestError::InvalidArgument(format!(
+                "value of {} bytes is over the limit of {}",
+                value.len(),
+                self.config.value_size_max_bytes
+            )));
         }
         let quorum = match request {
             Request::Get { options, .. } => options.r,
@@ -552,9 +558,13 @@ impl Node {
         }
         match origin {
             Origin::Client(id) => self.outputs.push_back(Output::Respond { id, response }),
-            Origin::Forwarded { from, forward_id } => {
-                self.send(from, Message::ForwardReply { forward_id, response })
-            }
+            Origin::Forwarded { from, forward_id } => self.send(
+                from,
+                Message::ForwardReply {
+                    forward_id,
+                    response,
+                },
+            ),
         }
     }
 
@@ -579,7 +589,11 @@ impl Node {
     // ---- forwarding --------------------------------------------------------
 
     fn forward(&mut self, now: Instant, id: RequestId, request: Request, primaries: Vec<NodeId>) {
-        let alive: Vec<NodeId> = primaries.iter().copied().filter(|node| self.is_alive(*node)).collect();
+        let alive: Vec<NodeId> = primaries
+            .iter()
+            .copied()
+            .filter(|node| self.is_alive(*node))
+            .collect();
         if alive.is_empty() {
             self.respond(
                 Origin::Client(id),
@@ -628,10 +642,10 @@ impl Node {
             self.metrics.duplicate_forwards += 1;
             return;
         }
-        if self.forwards_seen.len() >= self.config.forwarded_ids_remembered_max {
-            if let Some(oldest) = self.forwards_seen.pop_front() {
-                self.forwards_seen_set.remove(&oldest);
-            }
+        if self.forwards_seen.len() >= self.config.forwarded_ids_remembered_max
+            && let Some(oldest) = self.forwards_seen.pop_front()
+        {
+            self.forwards_seen_set.remove(&oldest);
         }
         self.forwards_seen.push_back((from, forward_id));
         self.forwards_seen_set.insert((from, forward_id));
@@ -674,9 +688,9 @@ impl Node {
         let required = self.required(&request);
         let timeout = self.timeout_of(&request);
         match request {
-            Request::Get { key, options } => {
-                self.coordinate_read(now, origin, key, options, required, timeout, partition, primaries, store)
-            }
+            Request::Get { key, options } => self.coordinate_read(
+                now, origin, key, options, required, timeout, partition, primaries, store,
+            ),
             Request::Put {
                 key,
                 value,
@@ -733,7 +747,11 @@ impl Node {
         self.metrics.writes_coordinated += 1;
         let sloppy = options.sloppy.unwrap_or(self.config.sloppy_default);
         let durable = options.durable.unwrap_or(self.config.durable_default);
-        let durability = if durable { Durability::Durable } else { Durability::Buffered };
+        let durability = if durable {
+            Durability::Durable
+        } else {
+            Durability::Buffered
+        };
         let Some(actor) = self.started.as_ref().map(|started| started.actor) else {
             return;
         };
@@ -745,7 +763,10 @@ impl Node {
             Ok(written) => written,
             Err(ReplicaError::TooManySiblings { count, max }) => {
                 self.metrics.sibling_limit_rejections += 1;
-                self.respond(origin, Response::Failed(RequestError::TooManySiblings { count, max }));
+                self.respond(
+                    origin,
+                    Response::Failed(RequestError::TooManySiblings { count, max }),
+                );
                 return;
             }
             Err(ReplicaError::TooLarge { size, max }) => {
@@ -760,7 +781,10 @@ impl Node {
             }
             Err(error) => {
                 self.metrics.store_failures += 1;
-                self.respond(origin, Response::Failed(RequestError::StoreFailed(error.to_string())));
+                self.respond(
+                    origin,
+                    Response::Failed(RequestError::StoreFailed(error.to_string())),
+                );
                 return;
             }
         };
@@ -796,7 +820,13 @@ impl Node {
         self.settle_write(now, id, operation, true);
     }
 
-    fn send_replicate(&mut self, id: u64, operation: &WriteOperation, to: NodeId, hint_for: Option<NodeId>) {
+    fn send_replicate(
+        &mut self,
+        id: u64,
+        operation: &WriteOperation,
+        to: NodeId,
+        hint_for: Option<NodeId>,
+    ) {
         self.send(
             to,
             Message::Replicate {
@@ -812,8 +842,19 @@ impl Node {
     /// Sends the write to the next fallback as a hint for `primary`.
     fn hand_off(&mut self, id: u64, operation: &mut WriteOperation, primary: NodeId) {
         let list = self.preference_list(operation.partition);
-        let used: BTreeSet<NodeId> = operation.handoffs.values().copied().chain(operation.stored.iter().copied()).collect();
-        let fallback = next_fallback(&list, self.config.replication_factor, self.id, &used, |node| self.is_alive(node));
+        let used: BTreeSet<NodeId> = operation
+            .handoffs
+            .values()
+            .copied()
+            .chain(operation.stored.iter().copied())
+            .collect();
+        let fallback = next_fallback(
+            &list,
+            self.config.replication_factor,
+            self.id,
+            &used,
+            |node| self.is_alive(node),
+        );
         if let Some(fallback) = fallback {
             operation.handoffs.insert(primary, fallback);
             operation.tracker.asked(fallback);
@@ -901,12 +942,20 @@ impl Node {
             return;
         }
         let partition = self.partitioner.partition_of(&key);
-        let durability = if durable { Durability::Durable } else { Durability::Buffered };
+        let durability = if durable {
+            Durability::Durable
+        } else {
+            Durability::Buffered
+        };
         let stored = match hint_for {
             Some(target) if target != self.id => {
                 let now_micros = self.wall_micros(now);
-                let Some(started) = self.started.as_mut() else { return };
-                match started.hints.store(store, target, partition, &key, &state, now_micros, durability) {
+                let Some(started) = self.started.as_mut() else {
+                    return;
+                };
+                match started.hints.store(
+                    store, target, partition, &key, &state, now_micros, durability,
+                ) {
                     Ok(HintOutcome::Stored) => {
                         self.metrics.hints_stored += 1;
                         if self.next_replay.is_none() {
@@ -932,7 +981,11 @@ impl Node {
                 }
             },
         };
-        let outcome = if stored { ReplicaOutcome::Stored } else { ReplicaOutcome::Refused };
+        let outcome = if stored {
+            ReplicaOutcome::Stored
+        } else {
+            ReplicaOutcome::Refused
+        };
         self.send(from, Message::ReplicateAck { operation, outcome });
     }
 
@@ -997,7 +1050,14 @@ impl Node {
             }
             if self.is_alive(primary) {
                 operation.tracker.asked(primary);
-                self.send(primary, Message::Read { operation: id, key: key.clone(), hint_for: None });
+                self.send(
+                    primary,
+                    Message::Read {
+                        operation: id,
+                        key: key.clone(),
+                        hint_for: None,
+                    },
+                );
             } else if sloppy {
                 self.substitute(id, &mut operation, primary);
             }
@@ -1009,7 +1069,13 @@ impl Node {
     fn substitute(&mut self, id: u64, operation: &mut ReadOperation, primary: NodeId) {
         let list = self.preference_list(operation.partition);
         let used: BTreeSet<NodeId> = operation.substitutes.keys().copied().collect();
-        let fallback = next_fallback(&list, self.config.replication_factor, self.id, &used, |node| self.is_alive(node));
+        let fallback = next_fallback(
+            &list,
+            self.config.replication_factor,
+            self.id,
+            &used,
+            |node| self.is_alive(node),
+        );
         if let Some(fallback) = fallback {
             operation.substitutes.insert(fallback, primary);
             operation.tracker.asked(fallback);
@@ -1068,7 +1134,13 @@ impl Node {
             self.metrics.read_repairs += 1;
             if node == self.id {
                 if self
-                    .apply_data(operation.partition, &operation.key, &merged, Durability::Buffered, store)
+                    .apply_data(
+                        operation.partition,
+                        &operation.key,
+                        &merged,
+                        Durability::Buffered,
+                        store,
+                    )
                     .is_err()
                 {
                     self.metrics.store_failures += 1;
@@ -1085,7 +1157,13 @@ impl Node {
         }
     }
 
-    fn read_timer(&mut self, now: Instant, id: u64, mut operation: ReadOperation, store: &mut impl Store) {
+    fn read_timer(
+        &mut self,
+        now: Instant,
+        id: u64,
+        mut operation: ReadOperation,
+        store: &mut impl Store,
+    ) {
         if now >= operation.deadline {
             if !operation.responded {
                 operation.responded = true;
@@ -1106,7 +1184,14 @@ impl Node {
         for primary in silent {
             if self.is_alive(primary) {
                 operation.tracker.asked(primary);
-                self.send(primary, Message::Read { operation: id, key: operation.key.clone(), hint_for: None });
+                self.send(
+                    primary,
+                    Message::Read {
+                        operation: id,
+                        key: operation.key.clone(),
+                        hint_for: None,
+                    },
+                );
             }
             let substituted = operation.substitutes.values().any(|node| *node == primary);
             if operation.sloppy && !substituted {
@@ -1132,7 +1217,9 @@ impl Node {
         let partition = self.partitioner.partition_of(&key);
         let state = match hint_for {
             Some(target) if target != self.id => {
-                let Some(started) = self.started.as_ref() else { return };
+                let Some(started) = self.started.as_ref() else {
+                    return;
+                };
                 started.hints.read(store, target, partition, &key)
             }
             _ => replica::read_state(store, partition, &key),
@@ -1196,7 +1283,9 @@ impl Node {
             .unwrap_or_default();
         for target in targets {
             let alive = self.is_alive(target);
-            let Some(started) = self.started.as_mut() else { return };
+            let Some(started) = self.started.as_mut() else {
+                return;
+            };
             let batch = match started.hints.replay_batch(store, target, now_micros) {
                 Ok(batch) => batch,
                 Err(_) => {

@@ -39,7 +39,10 @@ mod tests {
     fn written(node: u64, text: &'static str) -> KeyState {
         let mut state = KeyState::default();
         state.coordinate_write(
-            Actor { node: NodeId(node), epoch: 1 },
+            Actor {
+                node: NodeId(node),
+                epoch: 1,
+            },
             &VersionVector::default(),
             SiblingValue::Value(Bytes::from_static(text.as_bytes())),
             1,
@@ -57,7 +60,10 @@ mod tests {
         ];
         let merged = merge(replies.iter().map(|(_, state)| state));
         assert_eq!(merged.sibling_count(), 2);
-        assert_eq!(stale_replicas(&replies, &merged), vec![NodeId(1), NodeId(3)]);
+        assert_eq!(
+            stale_replicas(&replies, &merged),
+            vec![NodeId(1), NodeId(3)]
+        );
     }
 
     #[test]

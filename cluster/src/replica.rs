@@ -95,7 +95,9 @@ pub fn epoch_key() -> Vec<u8> {
 pub fn decode_state(bytes: Option<Vec<u8>>) -> Result<KeyState, ReplicaError> {
     match bytes {
         None => Ok(KeyState::default()),
-        Some(bytes) => KeyState::decode(&bytes).map_err(|error| ReplicaError::Corrupt(format!("{error:?}"))),
+        Some(bytes) => {
+            KeyState::decode(&bytes).map_err(|error| ReplicaError::Corrupt(format!("{error:?}")))
+        }
     }
 }
 
@@ -226,7 +228,10 @@ mod tests {
     fn data_key_is_prefix_partition_and_user_key() {
         let stored = data_key(Partition(0x0102_0304), b"k");
         assert_eq!(stored, vec![0x00, 1, 2, 3, 4, b'k']);
-        assert_eq!(parse_data_key(&stored), Some((Partition(0x0102_0304), &b"k"[..])));
+        assert_eq!(
+            parse_data_key(&stored),
+            Some((Partition(0x0102_0304), &b"k"[..]))
+        );
         assert_eq!(parse_data_key(&[0x01, 0, 0, 0, 0]), None);
         assert_eq!(parse_data_key(&[0x00, 0, 0]), None);
     }
@@ -243,15 +248,22 @@ mod tests {
     #[test]
     fn corrupt_epoch_record_is_an_error_not_a_panic() {
         let mut store = MemStore::new();
-        store.write(&epoch_key(), Some(b"xy"), Durability::Durable).unwrap();
-        assert!(matches!(start_epoch(&mut store), Err(ReplicaError::Corrupt(_))));
+        store
+            .write(&epoch_key(), Some(b"xy"), Durability::Durable)
+            .unwrap();
+        assert!(matches!(
+            start_epoch(&mut store),
+            Err(ReplicaError::Corrupt(_))
+        ));
     }
 
     #[test]
     fn corrupt_key_state_is_an_error_not_a_panic() {
         let mut store = MemStore::new();
         let key = data_key(Partition(0), b"k");
-        store.write(&key, Some(b"garbage"), Durability::Buffered).unwrap();
+        store
+            .write(&key, Some(b"garbage"), Durability::Buffered)
+            .unwrap();
         assert!(matches!(
             read_state(&mut store, Partition(0), b"k"),
             Err(ReplicaError::Corrupt(_))
@@ -264,10 +276,32 @@ mod tests {
         let actor = actor(NodeId(1), 1);
         let empty = VersionVector::default();
         for text in ["a", "b", "c"] {
-            coordinate_write(&mut store, Partition(0), b"k", actor, &empty, value(text), 1, &limits(), Durability::Buffered).unwrap();
+            coordinate_write(
+                &mut store,
+                Partition(0),
+                b"k",
+                actor,
+                &empty,
+                value(text),
+                1,
+                &limits(),
+                Durability::Buffered,
+            )
+            .unwrap();
         }
         let before = read_state(&mut store, Partition(0), b"k").unwrap();
-        let error = coordinate_write(&mut store, Partition(0), b"k", actor, &empty, value("d"), 1, &limits(), Durability::Buffered).unwrap_err();
+        let error = coordinate_write(
+            &mut store,
+            Partition(0),
+            b"k",
+            actor,
+            &empty,
+            value("d"),
+            1,
+            &limits(),
+            Durability::Buffered,
+        )
+        .unwrap_err();
         assert_eq!(error, ReplicaError::TooManySiblings { count: 4, max: 3 });
         assert_eq!(read_state(&mut store, Partition(0), b"k").unwrap(), before);
     }
@@ -277,11 +311,36 @@ mod tests {
         let mut store = MemStore::new();
         let actor = actor(NodeId(1), 1);
         let empty = VersionVector::default();
-        let (first, _) = coordinate_write(&mut store, Partition(0), b"k", actor, &empty, value("a"), 1, &limits(), Durability::Buffered).unwrap();
-        let (second, dot) = coordinate_write(&mut store, Partition(0), b"k", actor, &first.context(), value("b"), 2, &limits(), Durability::Buffered).unwrap();
+        let (first, _) = coordinate_write(
+            &mut store,
+            Partition(0),
+            b"k",
+            actor,
+            &empty,
+            value("a"),
+            1,
+            &limits(),
+            Durability::Buffered,
+        )
+        .unwrap();
+        let (second, dot) = coordinate_write(
+            &mut store,
+            Partition(0),
+            b"k",
+            actor,
+            &first.context(),
+            value("b"),
+            2,
+            &limits(),
+            Durability::Buffered,
+        )
+        .unwrap();
         assert_eq!(second.sibling_count(), 1);
         assert!(second.context().covers(&dot));
-        assert_eq!(second.values().cloned().collect::<Vec<_>>(), vec![Bytes::from_static(b"b")]);
+        assert_eq!(
+            second.values().cloned().collect::<Vec<_>>(),
+            vec![Bytes::from_static(b"b")]
+        );
     }
 
     #[test]
@@ -289,9 +348,39 @@ mod tests {
         let mut left = MemStore::new();
         let mut right = MemStore::new();
         let empty = VersionVector::default();
-        coordinate_write(&mut left, Partition(0), b"k", actor(NodeId(1), 1), &empty, value("a"), 1, &limits(), Durability::Buffered).unwrap();
-        let (theirs, _) = coordinate_write(&mut right, Partition(0), b"k", actor(NodeId(2), 1), &empty, value("b"), 1, &limits(), Durability::Buffered).unwrap();
-        let merged = apply_sync(&mut left, Partition(0), b"k", &theirs, &limits(), Durability::Buffered).unwrap();
+        coordinate_write(
+            &mut left,
+            Partition(0),
+            b"k",
+            actor(NodeId(1), 1),
+            &empty,
+            value("a"),
+            1,
+            &limits(),
+            Durability::Buffered,
+        )
+        .unwrap();
+        let (theirs, _) = coordinate_write(
+            &mut right,
+            Partition(0),
+            b"k",
+            actor(NodeId(2), 1),
+            &empty,
+            value("b"),
+            1,
+            &limits(),
+            Durability::Buffered,
+        )
+        .unwrap();
+        let merged = apply_sync(
+            &mut left,
+            Partition(0),
+            b"k",
+            &theirs,
+            &limits(),
+            Durability::Buffered,
+        )
+        .unwrap();
         assert_eq!(merged.sibling_count(), 2);
         assert_eq!(read_state(&mut left, Partition(0), b"k").unwrap(), merged);
     }
@@ -300,8 +389,27 @@ mod tests {
     fn durable_sync_of_an_unchanged_state_makes_it_survive_a_machine_crash() {
         let mut store = MemStore::new();
         let empty = VersionVector::default();
-        let (state, _) = coordinate_write(&mut store, Partition(0), b"k", actor(NodeId(1), 1), &empty, value("a"), 1, &limits(), Durability::Buffered).unwrap();
-        apply_sync(&mut store, Partition(0), b"k", &state, &limits(), Durability::Durable).unwrap();
+        let (state, _) = coordinate_write(
+            &mut store,
+            Partition(0),
+            b"k",
+            actor(NodeId(1), 1),
+            &empty,
+            value("a"),
+            1,
+            &limits(),
+            Durability::Buffered,
+        )
+        .unwrap();
+        apply_sync(
+            &mut store,
+            Partition(0),
+            b"k",
+            &state,
+            &limits(),
+            Durability::Durable,
+        )
+        .unwrap();
         store.crash_machine();
         assert_eq!(read_state(&mut store, Partition(0), b"k").unwrap(), state);
     }

@@ -61,7 +61,10 @@ impl Cluster {
             match output {
                 Output::Send { to, message } => self.network.push_back((id(member), to, message)),
                 Output::Respond { id, response } => {
-                    assert!(self.responses.insert(id, response).is_none(), "answered twice");
+                    assert!(
+                        self.responses.insert(id, response).is_none(),
+                        "answered twice"
+                    );
                 }
             }
         }
@@ -135,18 +138,26 @@ impl Cluster {
     }
 
     fn response(&self, request: RequestId) -> &Response {
-        self.responses.get(&request).expect("the request was answered")
+        self.responses
+            .get(&request)
+            .expect("the request was answered")
     }
 
     fn primaries(&self, key: &[u8]) -> Vec<usize> {
         let partition = self.nodes[0].partition_of(key);
         let placement = self.nodes[0].placement().unwrap();
-        placement.primaries(partition).iter().map(|node| index(*node)).collect()
+        placement
+            .primaries(partition)
+            .iter()
+            .map(|node| index(*node))
+            .collect()
     }
 
     fn non_primary(&self, key: &[u8]) -> usize {
         let primaries = self.primaries(key);
-        (0..self.nodes.len()).find(|member| !primaries.contains(member)).unwrap()
+        (0..self.nodes.len())
+            .find(|member| !primaries.contains(member))
+            .unwrap()
     }
 
     fn local_state(&mut self, member: usize, key: &[u8]) -> KeyState {
@@ -155,7 +166,13 @@ impl Cluster {
     }
 }
 
-fn put(key: &'static str, value: &'static str, context: VersionVector, w: Quorum, sloppy: bool) -> Request {
+fn put(
+    key: &'static str,
+    value: &'static str,
+    context: VersionVector,
+    w: Quorum,
+    sloppy: bool,
+) -> Request {
     Request::Put {
         key: Bytes::from_static(key.as_bytes()),
         value: Bytes::from_static(value.as_bytes()),
@@ -198,14 +215,20 @@ fn read(response: &Response) -> &crate::message::ReadResult {
 fn put_then_get_returns_the_value_from_every_primary() {
     let mut cluster = Cluster::new(5, Config::default());
     let coordinator = cluster.primaries(b"k")[0];
-    let request = cluster.request(coordinator, put("k", "v", VersionVector::default(), Quorum::All, true));
+    let request = cluster.request(
+        coordinator,
+        put("k", "v", VersionVector::default(), Quorum::All, true),
+    );
     let result = written(cluster.response(request));
     assert_eq!(result.acks, 3);
     for primary in cluster.primaries(b"k") {
         assert_eq!(cluster.local_state(primary, b"k").values().count(), 1);
     }
     let request = cluster.request(coordinator, get("k", Quorum::All));
-    assert_eq!(read(cluster.response(request)).siblings, vec![Bytes::from_static(b"v")]);
+    assert_eq!(
+        read(cluster.response(request)).siblings,
+        vec![Bytes::from_static(b"v")]
+    );
 }
 
 #[test]
@@ -214,9 +237,16 @@ fn put_succeeds_with_one_replica_down_and_a_fallback_keeps_a_hint() {
     let primaries = cluster.primaries(b"k");
     cluster.crash(primaries[2], false);
     cluster.report(primaries[2], Liveness::Dead);
-    let request = cluster.request(primaries[0], put("k", "v", VersionVector::default(), Quorum::All, true));
+    let request = cluster.request(
+        primaries[0],
+        put("k", "v", VersionVector::default(), Quorum::All, true),
+    );
     assert_eq!(written(cluster.response(request)).acks, 3);
-    let hints: u64 = cluster.nodes.iter().map(|node| node.hint_bytes(id(primaries[2]))).sum();
+    let hints: u64 = cluster
+        .nodes
+        .iter()
+        .map(|node| node.hint_bytes(id(primaries[2])))
+        .sum();
     assert!(hints > 0);
     // Nothing went into any fallback's data.
     for member in 0..5 {
@@ -234,13 +264,22 @@ fn strict_put_with_two_primaries_down_fails_saying_how_many_answered() {
         cluster.crash(down, false);
         cluster.report(down, Liveness::Dead);
     }
-    let request = cluster.request(primaries[0], put("k", "v", VersionVector::default(), Quorum::Quorum, false));
+    let request = cluster.request(
+        primaries[0],
+        put("k", "v", VersionVector::default(), Quorum::Quorum, false),
+    );
     assert_eq!(
         cluster.response(request),
-        &Response::Failed(RequestError::QuorumNotReached { acks: 1, required: 2 })
+        &Response::Failed(RequestError::QuorumNotReached {
+            acks: 1,
+            required: 2
+        })
     );
     // The same write under a sloppy quorum succeeds on the fallbacks' hints.
-    let request = cluster.request(primaries[0], put("k", "v", VersionVector::default(), Quorum::Quorum, true));
+    let request = cluster.request(
+        primaries[0],
+        put("k", "v", VersionVector::default(), Quorum::Quorum, true),
+    );
     assert_eq!(written(cluster.response(request)).acks, 2);
 }
 
@@ -250,12 +289,18 @@ fn request_to_silent_replicas_fails_at_its_deadline_instead_of_hanging() {
     let primaries = cluster.primaries(b"k");
     cluster.silent[primaries[1]] = true;
     cluster.silent[primaries[2]] = true;
-    let request = cluster.request(primaries[0], put("k", "v", VersionVector::default(), Quorum::All, false));
-    assert!(cluster.responses.get(&request).is_none());
+    let request = cluster.request(
+        primaries[0],
+        put("k", "v", VersionVector::default(), Quorum::All, false),
+    );
+    assert!(!cluster.responses.contains_key(&request));
     cluster.advance(Config::default().request_timeout + Duration::from_millis(1));
     assert_eq!(
         cluster.response(request),
-        &Response::Failed(RequestError::QuorumNotReached { acks: 1, required: 3 })
+        &Response::Failed(RequestError::QuorumNotReached {
+            acks: 1,
+            required: 3
+        })
     );
     assert_eq!(cluster.nodes[primaries[0]].metrics().quorum_failures, 1);
     assert_eq!(cluster.nodes[primaries[0]].operations_in_flight(), 0);
@@ -265,7 +310,10 @@ fn request_to_silent_replicas_fails_at_its_deadline_instead_of_hanging() {
 fn request_to_a_node_that_is_not_a_primary_is_forwarded_one_hop() {
     let mut cluster = Cluster::new(5, Config::default());
     let outsider = cluster.non_primary(b"k");
-    let request = cluster.request(outsider, put("k", "v", VersionVector::default(), Quorum::All, true));
+    let request = cluster.request(
+        outsider,
+        put("k", "v", VersionVector::default(), Quorum::All, true),
+    );
     assert_eq!(written(cluster.response(request)).acks, 3);
     assert_eq!(cluster.nodes[outsider].metrics().forwarded, 1);
     assert_eq!(cluster.local_state(outsider, b"k").sibling_count(), 0);
@@ -277,14 +325,26 @@ fn request_to_a_node_that_is_not_a_primary_is_forwarded_one_hop() {
 fn concurrent_blind_writes_become_siblings_and_a_context_write_resolves_them() {
     let mut cluster = Cluster::new(3, Config::default());
     let primaries = cluster.primaries(b"k");
-    cluster.request(primaries[0], put("k", "a", VersionVector::default(), Quorum::All, true));
-    cluster.request(primaries[1], put("k", "b", VersionVector::default(), Quorum::All, true));
+    cluster.request(
+        primaries[0],
+        put("k", "a", VersionVector::default(), Quorum::All, true),
+    );
+    cluster.request(
+        primaries[1],
+        put("k", "b", VersionVector::default(), Quorum::All, true),
+    );
     let request = cluster.request(primaries[2], get("k", Quorum::All));
     let result = read(cluster.response(request)).clone();
     assert_eq!(result.siblings.len(), 2);
-    cluster.request(primaries[2], put("k", "ab", result.context, Quorum::All, true));
+    cluster.request(
+        primaries[2],
+        put("k", "ab", result.context, Quorum::All, true),
+    );
     let request = cluster.request(primaries[0], get("k", Quorum::All));
-    assert_eq!(read(cluster.response(request)).siblings, vec![Bytes::from_static(b"ab")]);
+    assert_eq!(
+        read(cluster.response(request)).siblings,
+        vec![Bytes::from_static(b"ab")]
+    );
 }
 
 #[test]
@@ -294,7 +354,10 @@ fn read_repairs_every_replica_that_answered_with_less() {
     // The write reaches only the coordinator.
     cluster.silent[primaries[1]] = true;
     cluster.silent[primaries[2]] = true;
-    let request = cluster.request(primaries[0], put("k", "v", VersionVector::default(), Quorum::One, false));
+    let request = cluster.request(
+        primaries[0],
+        put("k", "v", VersionVector::default(), Quorum::One, false),
+    );
     written(cluster.response(request));
     cluster.advance(Duration::from_secs(3));
     cluster.silent = vec![false; 3];
@@ -314,8 +377,13 @@ fn hint_is_delivered_when_the_node_rejoins_and_deleted_after_the_ack() {
     let down = primaries[2];
     cluster.crash(down, false);
     cluster.report(down, Liveness::Dead);
-    cluster.request(primaries[0], put("k", "v", VersionVector::default(), Quorum::Quorum, true));
-    let holder = (0..5).find(|member| cluster.nodes[*member].hint_bytes(id(down)) > 0).unwrap();
+    cluster.request(
+        primaries[0],
+        put("k", "v", VersionVector::default(), Quorum::Quorum, true),
+    );
+    let holder = (0..5)
+        .find(|member| cluster.nodes[*member].hint_bytes(id(down)) > 0)
+        .unwrap();
     // Replay rounds while the target is down send nothing and keep the hint.
     cluster.advance(Duration::from_secs(5));
     assert!(cluster.nodes[holder].hint_bytes(id(down)) > 0);
@@ -333,8 +401,13 @@ fn hint_whose_ack_is_lost_is_replayed_again() {
     let primaries = cluster.primaries(b"k");
     let down = primaries[2];
     cluster.report(down, Liveness::Dead);
-    cluster.request(primaries[0], put("k", "v", VersionVector::default(), Quorum::Quorum, true));
-    let holder = (0..5).find(|member| cluster.nodes[*member].hint_bytes(id(down)) > 0).unwrap();
+    cluster.request(
+        primaries[0],
+        put("k", "v", VersionVector::default(), Quorum::Quorum, true),
+    );
+    let holder = (0..5)
+        .find(|member| cluster.nodes[*member].hint_bytes(id(down)) > 0)
+        .unwrap();
     // The target is alive but silent: replays are lost, the hint stays.
     cluster.silent[down] = true;
     cluster.report(down, Liveness::Alive);
@@ -354,15 +427,26 @@ fn write_over_the_sibling_limit_is_refused_and_counted() {
     let mut cluster = Cluster::new(3, config);
     let coordinator = cluster.primaries(b"k")[0];
     for value in ["a", "b"] {
-        let request = cluster.request(coordinator, put("k", value, VersionVector::default(), Quorum::All, true));
+        let request = cluster.request(
+            coordinator,
+            put("k", value, VersionVector::default(), Quorum::All, true),
+        );
         written(cluster.response(request));
     }
-    let request = cluster.request(coordinator, put("k", "c", VersionVector::default(), Quorum::All, true));
+    let request = cluster.request(
+        coordinator,
+        put("k", "c", VersionVector::default(), Quorum::All, true),
+    );
     assert_eq!(
         cluster.response(request),
         &Response::Failed(RequestError::TooManySiblings { count: 3, max: 2 })
     );
-    assert_eq!(cluster.nodes[coordinator].metrics().sibling_limit_rejections, 1);
+    assert_eq!(
+        cluster.nodes[coordinator]
+            .metrics()
+            .sibling_limit_rejections,
+        1
+    );
 }
 
 #[test]
@@ -373,12 +457,27 @@ fn oversized_key_and_value_are_refused_as_invalid() {
         ..Config::default()
     };
     let mut cluster = Cluster::new(3, config);
-    let request = cluster.request(0, put("too-long", "v", VersionVector::default(), Quorum::One, true));
-    assert!(matches!(cluster.response(request), Response::Failed(RequestError::InvalidArgument(_))));
-    let request = cluster.request(0, put("k", "too-long", VersionVector::default(), Quorum::One, true));
-    assert!(matches!(cluster.response(request), Response::Failed(RequestError::InvalidArgument(_))));
+    let request = cluster.request(
+        0,
+        put("too-long", "v", VersionVector::default(), Quorum::One, true),
+    );
+    assert!(matches!(
+        cluster.response(request),
+        Response::Failed(RequestError::InvalidArgument(_))
+    ));
+    let request = cluster.request(
+        0,
+        put("k", "too-long", VersionVector::default(), Quorum::One, true),
+    );
+    assert!(matches!(
+        cluster.response(request),
+        Response::Failed(RequestError::InvalidArgument(_))
+    ));
     let request = cluster.request(0, get("k", Quorum::Count(4)));
-    assert!(matches!(cluster.response(request), Response::Failed(RequestError::InvalidArgument(_))));
+    assert!(matches!(
+        cluster.response(request),
+        Response::Failed(RequestError::InvalidArgument(_))
+    ));
 }
 
 #[test]
@@ -386,12 +485,18 @@ fn restart_after_a_crash_takes_a_new_epoch_and_issues_new_dots() {
     let mut cluster = Cluster::new(3, Config::default());
     let coordinator = cluster.primaries(b"k")[0];
     let first_epoch = cluster.nodes[coordinator].epoch().unwrap();
-    let request = cluster.request(coordinator, put("k", "a", VersionVector::default(), Quorum::One, false));
+    let request = cluster.request(
+        coordinator,
+        put("k", "a", VersionVector::default(), Quorum::One, false),
+    );
     let before = written(cluster.response(request)).dot;
     cluster.crash(coordinator, true);
     cluster.restart(coordinator);
     assert_eq!(cluster.nodes[coordinator].epoch(), Some(first_epoch + 1));
-    let request = cluster.request(coordinator, put("k", "b", VersionVector::default(), Quorum::One, false));
+    let request = cluster.request(
+        coordinator,
+        put("k", "b", VersionVector::default(), Quorum::One, false),
+    );
     let after = written(cluster.response(request)).dot;
     assert_ne!(before.actor, after.actor);
 }
@@ -420,7 +525,10 @@ fn durable_write_survives_machine_crashes_of_every_replica() {
         cluster.restart(member);
     }
     let request = cluster.request(coordinator, get("k", Quorum::All));
-    assert_eq!(read(cluster.response(request)).siblings, vec![Bytes::from_static(b"v")]);
+    assert_eq!(
+        read(cluster.response(request)).siblings,
+        vec![Bytes::from_static(b"v")]
+    );
 }
 
 #[test]
@@ -439,9 +547,17 @@ fn duplicated_forward_is_coordinated_once() {
     cluster.network.push_back(forward);
     cluster.run();
     written(cluster.response(request_id));
-    let writes: u64 = cluster.nodes.iter().map(|node| node.metrics().writes_coordinated).sum();
+    let writes: u64 = cluster
+        .nodes
+        .iter()
+        .map(|node| node.metrics().writes_coordinated)
+        .sum();
     assert_eq!(writes, 1);
-    let duplicates: u64 = cluster.nodes.iter().map(|node| node.metrics().duplicate_forwards).sum();
+    let duplicates: u64 = cluster
+        .nodes
+        .iter()
+        .map(|node| node.metrics().duplicate_forwards)
+        .sum();
     assert_eq!(duplicates, 1);
 }
 
@@ -460,4 +576,32 @@ fn malformed_peer_message_is_counted_and_dropped() {
     );
     assert_eq!(cluster.nodes[0].metrics().malformed_messages, 1);
     assert!(cluster.nodes[0].poll_output().is_none());
+}
+
+#[test]
+fn delete_with_the_read_context_leaves_nothing_live() {
+    let mut cluster = Cluster::new(3, Config::default());
+    let coordinator = cluster.primaries(b"k")[0];
+    cluster.request(coordinator, put("k", "v", VersionVector::default(), Quorum::All, true));
+    let request = cluster.request(coordinator, get("k", Quorum::All));
+    let context = read(cluster.response(request)).context.clone();
+    let request = cluster.request(
+        coordinator,
+        Request::Delete {
+            key: Bytes::from_static(b"k"),
+            context,
+            options: WriteOptions {
+                w: Some(Quorum::All),
+                ..WriteOptions::default()
+            },
+        },
+    );
+    let dot = written(cluster.response(request)).dot;
+    let request = cluster.request(coordinator, get("k", Quorum::All));
+    let result = read(cluster.response(request));
+    assert!(result.siblings.is_empty());
+    assert!(result.context.covers(&dot));
+    for primary in cluster.primaries(b"k") {
+        assert!(cluster.local_state(primary, b"k").is_deleted());
+    }
 }

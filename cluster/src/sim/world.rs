@@ -1,0 +1,1532 @@
+//! One simulated cluster run: `Node`s on virtual time, a seeded faulty
+//! network, process and machine crashes, a liveness oracle, clients running
+//! the set and register workloads, and the end-of-run invariant checks.
+//!
+//! A run has four phases: *workload* (clients and faults), *drain* (faults
+//! stop, every node restarts, partitions heal, hints replay until none are
+//! left), *repair* (an `r = all`, strict read of every key repairs the
+//! primaries) and *check*. Every event folds into a trace hash; one seed
+//! reproduces one run exactly because all chance comes from seeded ChaCha8
+//! streams (network, faults, workload — split so that changing one fault's
+//! draws leaves the workload's alone) and the nodes never read a clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::Config;
+use crate::id::NodeId;
+use crate::message::{
+    Message, Output, Quorum, ReadOptions, Request, RequestError, RequestId, Response, WriteOptions,
+};
+use crate::node::{Liveness, Metrics, Node};
+use crate::partitioner::Partitioner;
+use crate::placement::Placement;
+use crate::replica;
+use crate::ring::Ring;
+use crate::siblings::KeyState;
+use crate::sim::checker::{self, AckedAdd, History, StrictRead, StrictWrite};
+use crate::sim::network::{Network, NetworkFaults};
+use crate::store::{MemStore, Store};
+use crate::version_vector::VersionVector;
+
+/// Which faults a run injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Faults {
+    /// Messages lost.
+    pub drop: bool,
+    /// Messages delayed (heavy tail).
+    pub delay: bool,
+    /// Messages delivered twice.
+    pub duplicate: bool,
+    /// Messages overtaking each other on a link.
+    pub reorder: bool,
+    /// Symmetric and one-way partitions.
+    pub partition: bool,
+    /// Process crashes: what was handed to the store survives.
+    pub crash: bool,
+    /// Machine crashes: what was not synced is lost.
+    pub powerloss: bool,
+}
+
+impl Faults {
+    /// Every fault.
+    pub fn all() -> Faults {
+        Faults {
+            drop: true,
+            delay: true,
+            duplicate: true,
+            reorder: true,
+            partition: true,
+            crash: true,
+            powerloss: true,
+        }
+    }
+
+    /// Parses `drop,delay,dup,reorder,partition,crash,powerloss` (any subset,
+    /// `all`, or `none`).
+    pub fn parse(text: &str) -> Result<Faults, String> {
+        let mut faults = Faults::default();
+        for name in text
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+        {
+            match name {
+                "all" => faults = Faults::all(),
+                "none" => {}
+                "drop" => faults.drop = true,
+                "delay" => faults.delay = true,
+                "dup" | "duplicate" => faults.duplicate = true,
+                "reorder" => faults.reorder = true,
+                "partition" => faults.partition = true,
+                "crash" => faults.crash = true,
+                "powerloss" => faults.powerloss = true,
+                other => {
+                    return Err(format!(
+                        "unknown fault {other:?} (expected drop, delay, dup, reorder, partition, crash, powerloss, all or none)"
+                    ));
+                }
+            }
+        }
+        Ok(faults)
+    }
+}
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimulationOptions {
+    /// The seed: one seed, one run.
+    pub seed: u64,
+    /// Cluster members.
+    pub nodes: usize,
+    /// Client operations in the workload phase.
+    pub ops: usize,
+    /// Faults to inject.
+    pub faults: Faults,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Keys of the set workload.
+    pub set_keys: usize,
+    /// Keys of the register workload.
+    pub register_keys: usize,
+}
+
+impl SimulationOptions {
+    /// Defaults for a seed: 5 nodes, 5,000 operations, every fault.
+    pub fn new(seed: u64) -> SimulationOptions {
+        SimulationOptions {
+            seed,
+            nodes: 5,
+            ops: 5000,
+            faults: Faults::all(),
+            clients: 6,
+            set_keys: 4,
+            register_keys: 4,
+        }
+    }
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// Writes (adds and register writes) the cluster acknowledged.
+    pub acked_writes: u64,
+    /// Acknowledged adds that should have survived and were missing.
+    pub lost_writes: u64,
+    /// Whether all primaries of every key held identical state at the end.
+    pub converged: bool,
+    /// Every invariant that failed, in words.
+    pub violations: Vec<String>,
+    /// Acknowledged adds written without `durable` that a machine crash lost
+    /// (allowed; shows that machine crashes really lose unsynced writes).
+    pub unsynced_writes_lost: u64,
+    /// Client operations completed (answered or timed out).
+    pub ops_completed: u64,
+    /// Client requests answered with an error.
+    pub failed_requests: u64,
+    /// Strict reads checked against earlier strict writes.
+    pub strict_reads_checked: u64,
+    /// Hash of every event of the run, in order.
+    pub trace_hash: u64,
+    /// Virtual time the run took, in milliseconds.
+    pub simulated_millis: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Messages the nodes sent.
+    pub messages_sent: u64,
+    /// Messages the network lost (drops and partitions).
+    pub messages_lost: u64,
+    /// Process crashes injected.
+    pub process_crashes: u64,
+    /// Machine crashes injected.
+    pub machine_crashes: u64,
+    /// Partitions injected.
+    pub partitions: u64,
+    /// The nodes' counters, summed.
+    pub metrics: Metrics,
+}
+
+impl Report {
+    /// Whether every invariant held.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// The simulator's node configuration: short timeouts in virtual time and
+/// small limits, so that limits are reached within a run.
+pub fn simulation_config(rng: &mut ChaCha8Rng) -> Config {
+    Config {
+        request_timeout: Duration::from_millis(1000),
+        replica_answer_timeout: Duration::from_millis(150),
+        sibling_count_max: rng.random_range(3..16),
+        hint_bytes_per_target_max: rng.random_range(300..100_000),
+        hint_age_max: Duration::from_millis(rng.random_range(2_000..60_000)),
+        hint_replay_interval: Duration::from_millis(300),
+        hint_replay_batch_max: 8,
+        partition_count: 64,
+        ..Config::default()
+    }
+}
+
+const LATENCY_MICROS: u64 = 400;
+const CLIENT_LATENCY_MICROS: u64 = 100;
+const THINK_TIME_MAX_MICROS: u64 = 5_000;
+const PHASE_CHECK_MICROS: u64 = 250_000;
+const DRAIN_MAX_MICROS: u64 = 300_000_000;
+const FAULT_GAP_MEAN_MICROS: f64 = 1_200_000.0;
+const LIVENESS_DELAY_MAX_MICROS: u64 = 600_000;
+
+#[derive(Debug)]
+enum Event {
+    Deliver {
+        from: NodeId,
+        to: usize,
+        message: Message,
+    },
+    Timer {
+        node: usize,
+        generation: u64,
+    },
+    ClientNext {
+        client: usize,
+    },
+    ClientResponse {
+        client: usize,
+        request: RequestId,
+        response: Response,
+    },
+    ClientTimeout {
+        client: usize,
+        request: RequestId,
+    },
+    Crash {
+        node: usize,
+        machine: bool,
+    },
+    Restart {
+        node: usize,
+    },
+    FaultTick,
+    Heal,
+    Liveness {
+        observer: usize,
+        subject: usize,
+    },
+    PhaseCheck,
+}
+
+impl Event {
+    fn code(&self) -> u64 {
+        match self {
+            Event::Deliver { message, .. } => 100 + message_code(message),
+            Event::Timer { .. } => 1,
+            Event::ClientNext { .. } => 2,
+            Event::ClientResponse { .. } => 3,
+            Event::ClientTimeout { .. } => 4,
+            Event::Crash { .. } => 5,
+            Event::Restart { .. } => 6,
+            Event::FaultTick => 7,
+            Event::Heal => 8,
+            Event::Liveness { .. } => 9,
+            Event::PhaseCheck => 10,
+        }
+    }
+}
+
+fn message_code(message: &Message) -> u64 {
+    match message {
+        Message::Forward { .. } => 0,
+        Message::ForwardReply { .. } => 1,
+        Message::Replicate { .. } => 2,
+        Message::ReplicateAck { .. } => 3,
+        Message::Read { .. } => 4,
+        Message::ReadReply { .. } => 5,
+        Message::Repair { .. } => 6,
+        Message::HintReplay { .. } => 7,
+        Message::HintAck { .. } => 8,
+    }
+}
+
+#[derive(Debug)]
+struct Host {
+    node: Option<Node>,
+    store: MemStore,
+    timer_generation: u64,
+    timer_at: Option<u64>,
+    /// Bumped at every crash, so a client can tell a crash from a hang.
+    crashes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Workload,
+    Drain,
+    Repair,
+    Done,
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    SetRead {
+        key: usize,
+        element: u64,
+        durable: bool,
+        w: Quorum,
+    },
+    SetWrite {
+        key: usize,
+        element: u64,
+        durable: bool,
+    },
+    RegisterRead {
+        key: usize,
+        strict: Option<(Quorum, Quorum)>,
+        then_write: bool,
+    },
+    RegisterWrite {
+        key: usize,
+        strict: bool,
+    },
+    RepairRead {
+        key: Bytes,
+    },
+}
+
+#[derive(Debug)]
+struct InFlight {
+    request: RequestId,
+    node: usize,
+    crashes_at_send: u64,
+    sent_at: u64,
+    step: Step,
+}
+
+#[derive(Debug, Default)]
+struct Client {
+    in_flight: Option<InFlight>,
+    next_element: u64,
+}
+
+/// A whole simulated cluster.
+struct Simulation {
+    options: SimulationOptions,
+    config: Config,
+    now: u64,
+    base: Instant,
+    queue: BTreeMap<(u64, u64), Event>,
+    sequence: u64,
+    network: Network,
+    network_rng: ChaCha8Rng,
+    fault_rng: ChaCha8Rng,
+    workload_rng: ChaCha8Rng,
+    hosts: Vec<Host>,
+    ring: Ring,
+    partitioner: Partitioner,
+    placement: Placement,
+    clients: Vec<Client>,
+    history: History,
+    phase: Phase,
+    phase_started: u64,
+    ops_issued: usize,
+    next_request: u64,
+    trace: u64,
+    report: Report,
+    repairs_pending: BTreeSet<usize>,
+    repair_attempts: BTreeMap<usize, u32>,
+    final_reads: BTreeMap<usize, Vec<Bytes>>,
+}
+
+fn node_id(index: usize) -> NodeId {
+    NodeId(index as u64 + 1)
+}
+
+fn node_index(id: NodeId) -> Option<usize> {
+    usize::try_from(id.0).ok()?.checked_sub(1)
+}
+
+fn set_key(index: usize) -> Bytes {
+    Bytes::from(format!("set-{index}"))
+}
+
+fn register_key(index: usize) -> Bytes {
+    Bytes::from(format!("register-{index}"))
+}
+
+/// Builds the ring of `nodes` members, all active.
+pub fn build_ring(nodes: usize) -> Ring {
+    let mut ring = Ring::new();
+    for index in 0..nodes {
+        ring.add_member(node_id(index), format!("sim-{index}"));
+    }
+    ring
+}
+
+impl Simulation {
+    fn new(options: SimulationOptions) -> Result<Simulation, String> {
+        if options.nodes < 1 || options.nodes > 64 {
+            return Err(format!("--nodes must be 1..=64, got {}", options.nodes));
+        }
+        let mut fault_rng = ChaCha8Rng::seed_from_u64(options.seed ^ 0x6661_756c_7473);
+        let network_rng = ChaCha8Rng::seed_from_u64(options.seed ^ 0x006e_6574_776f_726b);
+        let workload_rng = ChaCha8Rng::seed_from_u64(options.seed ^ 0x776f_726b_6c6f_6164);
+        let mut config = simulation_config(&mut fault_rng);
+        config.replication_factor = config.replication_factor.min(options.nodes);
+        let faults = options.faults;
+        let network_faults = NetworkFaults {
+            drop_probability: if faults.drop {
+                fault_rng.random_range(0.005..0.08)
+            } else {
+                0.0
+            },
+            duplicate_probability: if faults.duplicate {
+                fault_rng.random_range(0.005..0.05)
+            } else {
+                0.0
+            },
+            delay_extra_max_micros: if faults.delay {
+                fault_rng.random_range(5_000..150_000)
+            } else {
+                0
+            },
+            reorder: faults.reorder,
+        };
+        let ring = build_ring(options.nodes);
+        let partitioner =
+            Partitioner::new(config.partition_count).map_err(|error| format!("{error:?}"))?;
+        let placement = Placement::new(&ring, config.partition_count, config.replication_factor);
+        let base = Instant::now();
+        let mut simulation = Simulation {
+            config,
+            now: 0,
+            base,
+            queue: BTreeMap::new(),
+            sequence: 0,
+            network: Network::new(network_faults, LATENCY_MICROS),
+            network_rng,
+            fault_rng,
+            workload_rng,
+            hosts: Vec::new(),
+            ring,
+            partitioner,
+            placement,
+            clients: (0..options.clients).map(|_| Client::default()).collect(),
+            history: History::default(),
+            phase: Phase::Workload,
+            phase_started: 0,
+            ops_issued: 0,
+            next_request: 1,
+            trace: 0xcbf2_9ce4_8422_2325,
+            report: Report {
+                seed: options.seed,
+                ..Report::default()
+            },
+            repairs_pending: BTreeSet::new(),
+            repair_attempts: BTreeMap::new(),
+            final_reads: BTreeMap::new(),
+            options,
+        };
+        for _ in 0..simulation.options.nodes {
+            simulation.hosts.push(Host {
+                node: None,
+                store: MemStore::new(),
+                timer_generation: 0,
+                timer_at: None,
+                crashes: 0,
+            });
+        }
+        for index in 0..simulation.options.nodes {
+            simulation.start_node(index, true)?;
+        }
+        for client in 0..simulation.options.clients {
+            let delay = simulation
+                .workload_rng
+                .random_range(0..THINK_TIME_MAX_MICROS);
+            simulation.schedule(delay, Event::ClientNext { client });
+        }
+        if faults.crash || faults.powerloss || faults.partition {
+            simulation.schedule_fault_tick();
+        }
+        simulation.schedule(PHASE_CHECK_MICROS, Event::PhaseCheck);
+        Ok(simulation)
+    }
+
+    fn instant(&self, micros: u64) -> Instant {
+        self.base + Duration::from_micros(micros)
+    }
+
+    fn schedule(&mut self, delay: u64, event: Event) {
+        self.sequence += 1;
+        self.queue.insert((self.now + delay, self.sequence), event);
+    }
+
+    fn mix(&mut self, value: u64) {
+        self.trace = (self.trace ^ value).wrapping_mul(0x0000_0100_0000_01b3);
+        self.trace ^= self.trace >> 29;
+    }
+
+    fn violation(&mut self, text: String) {
+        if self.report.violations.len() < 50 {
+            self.report.violations.push(text);
+        }
+    }
+
+    /// Starts (or restarts) a node; at the cluster's first start every
+    /// member is believed alive, later the oracle tells the current truth.
+    fn start_node(&mut self, index: usize, first_start: bool) -> Result<(), String> {
+        let seed = self.options.seed ^ ((index as u64 + 1) << 40) ^ self.hosts[index].crashes;
+        let mut node = Node::new(self.config.clone(), node_id(index), seed)
+            .map_err(|error| error.to_string())?;
+        let now = self.instant(self.now);
+        node.set_wall_clock(now, self.now);
+        node.handle_ring(now, self.ring.clone());
+        for other in 0..self.hosts.len() {
+            if other != index {
+                let liveness = if first_start || self.hosts[other].node.is_some() {
+                    Liveness::Alive
+                } else {
+                    Liveness::Dead
+                };
+                node.handle_liveness(now, node_id(other), liveness);
+            }
+        }
+        let host = &mut self.hosts[index];
+        node.handle_timeout(now, &mut host.store);
+        host.node = Some(node);
+        host.timer_at = None;
+        self.drain(index);
+        Ok(())
+    }
+
+    /// Carries out a node's outputs and re-arms its timer.
+    fn drain(&mut self, index: usize) {
+        loop {
+            let output = match self.hosts[index].node.as_mut() {
+                Some(node) => node.poll_output(),
+                None => return,
+            };
+            let Some(output) = output else { break };
+            match output {
+                Output::Send { to, message } => {
+                    self.report.messages_sent += 1;
+                    let Some(target) = node_index(to).filter(|target| *target < self.hosts.len())
+                    else {
+                        self.violation(format!("node {index} sent to unknown node {to}"));
+                        continue;
+                    };
+                    let arrivals =
+                        self.network
+                            .send(&mut self.network_rng, self.now, node_id(index), to);
+                    if arrivals.is_empty() {
+                        self.report.messages_lost += 1;
+                    }
+                    for arrival in arrivals {
+                        let message = message.clone();
+                        self.schedule(
+                            arrival - self.now,
+                            Event::Deliver {
+                                from: node_id(index),
+                                to: target,
+                                message,
+                            },
+                        );
+                    }
+                }
+                Output::Respond { id, response } => {
+                    let client = self.clients.iter().position(|client| {
+                        client
+                            .in_flight
+                            .as_ref()
+                            .is_some_and(|flight| flight.request == id)
+                    });
+                    if let Some(client) = client {
+                        self.schedule(
+                            CLIENT_LATENCY_MICROS,
+                            Event::ClientResponse {
+                                client,
+                                request: id,
+                                response,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        let deadline = self.hosts[index]
+            .node
+            .as_ref()
+            .and_then(Node::poll_timeout)
+            .map(|when| {
+                u64::try_from(when.saturating_duration_since(self.base).as_micros())
+                    .unwrap_or(u64::MAX)
+            });
+        let host = &mut self.hosts[index];
+        if deadline != host.timer_at {
+            host.timer_at = deadline;
+            host.timer_generation += 1;
+            let generation = host.timer_generation;
+            if let Some(deadline) = deadline {
+                let delay = deadline.saturating_sub(self.now);
+                self.schedule(
+                    delay,
+                    Event::Timer {
+                        node: index,
+                        generation,
+                    },
+                );
+            }
+        }
+        self.check_hint_bounds(index);
+    }
+
+    fn check_hint_bounds(&mut self, index: usize) {
+        let Some(node) = self.hosts[index].node.as_ref() else {
+            return;
+        };
+        let bound = self.config.hint_bytes_per_target_max;
+        let over: Vec<(usize, u64)> = (0..self.hosts.len())
+            .map(|target| (target, node.hint_bytes(node_id(target))))
+            .filter(|(_, bytes)| *bytes > bound)
+            .collect();
+        for (target, bytes) in over {
+            self.violation(format!(
+                "node {index} holds {bytes} bytes of hints for node {target}, over the bound of {bound}"
+            ));
+        }
+    }
+
+    fn run(mut self) -> Report {
+        while self.phase != Phase::Done {
+            let Some(((time, _), event)) = self.queue.pop_first() else {
+                self.violation("event queue ran dry before the run finished".into());
+                break;
+            };
+            self.now = time;
+            self.report.events += 1;
+            let code = event.code();
+            self.mix(time);
+            self.mix(code);
+            self.handle(event);
+        }
+        self.finish()
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Deliver { from, to, message } => {
+                self.mix(from.0 ^ ((to as u64) << 32));
+                let now = self.instant(self.now);
+                let host = &mut self.hosts[to];
+                if let Some(node) = host.node.as_mut() {
+                    node.handle_message(now, from, message, &mut host.store);
+                    self.drain(to);
+                }
+            }
+            Event::Timer { node, generation } => {
+                let now = self.instant(self.now);
+                let host = &mut self.hosts[node];
+                if host.timer_generation != generation {
+                    return;
+                }
+                host.timer_at = None;
+                if let Some(state) = host.node.as_mut() {
+                    state.handle_timeout(now, &mut host.store);
+                    self.drain(node);
+                }
+            }
+            Event::ClientNext { client } => self.client_next(client),
+            Event::ClientResponse {
+                client,
+                request,
+                response,
+            } => self.client_response(client, request, response),
+            Event::ClientTimeout { client, request } => self.client_timeout(client, request),
+            Event::Crash { node, machine } => self.crash(node, machine),
+            Event::Restart { node } => {
+                if self.hosts[node].node.is_none() {
+                    if std::env::var("SHOAL_SIM_DEBUG").is_ok() {
+                        eprintln!("{} restart {node}", self.now);
+                    }
+                    self.mix(node as u64);
+                    if let Err(error) = self.start_node(node, false) {
+                        self.violation(format!("node {node} failed to restart: {error}"));
+                    }
+                    self.report_liveness_later(node);
+                }
+            }
+            Event::FaultTick => self.fault_tick(),
+            Event::Heal => {
+                if self.network.is_partitioned() {
+                    self.network.heal();
+                }
+            }
+            Event::Liveness { observer, subject } => {
+                let now = self.instant(self.now);
+                let alive = self.hosts[subject].node.is_some();
+                if std::env::var("SHOAL_SIM_DEBUG").is_ok() {
+                    eprintln!(
+                        "{} liveness {observer} learns {subject} alive={alive} observer_up={}",
+                        self.now,
+                        self.hosts[observer].node.is_some()
+                    );
+                }
+                if let Some(node) = self.hosts[observer].node.as_mut() {
+                    let liveness = if alive {
+                        Liveness::Alive
+                    } else {
+                        Liveness::Dead
+                    };
+                    node.handle_liveness(now, node_id(subject), liveness);
+                    self.drain(observer);
+                }
+            }
+            Event::PhaseCheck => {
+                self.phase_check();
+                if self.phase != Phase::Done {
+                    self.schedule(PHASE_CHECK_MICROS, Event::PhaseCheck);
+                }
+            }
+        }
+    }
+
+    // ---- faults ------------------------------------------------------------
+
+    fn schedule_fault_tick(&mut self) {
+        let gap: f64 = -FAULT_GAP_MEAN_MICROS * (1.0 - self.fault_rng.random::<f64>()).ln();
+        self.schedule(gap as u64 + 1, Event::FaultTick);
+    }
+
+    fn fault_tick(&mut self) {
+        if self.phase != Phase::Workload {
+            return;
+        }
+        let faults = self.options.faults;
+        let mut choices = Vec::new();
+        if faults.crash {
+            choices.push(0);
+        }
+        if faults.powerloss {
+            choices.push(1);
+        }
+        if faults.partition {
+            choices.push(2);
+        }
+        if !choices.is_empty() {
+            let choice = choices[self.fault_rng.random_range(0..choices.len())];
+            match choice {
+                0 | 1 => {
+                    let down = self.hosts.iter().filter(|host| host.node.is_none()).count();
+                    let up: Vec<usize> = (0..self.hosts.len())
+                        .filter(|index| self.hosts[*index].node.is_some())
+                        .collect();
+                    if down < 2 && up.len() > 1 {
+                        let node = up[self.fault_rng.random_range(0..up.len())];
+                        self.schedule(
+                            0,
+                            Event::Crash {
+                                node,
+                                machine: choice == 1,
+                            },
+                        );
+                        let downtime = self.fault_rng.random_range(200_000..4_000_000);
+                        self.schedule(downtime, Event::Restart { node });
+                    }
+                }
+                _ => {
+                    if !self.network.is_partitioned() && self.hosts.len() > 1 {
+                        self.report.partitions += 1;
+                        let one_way = self.fault_rng.random_bool(0.4);
+                        let mut side: Vec<bool> = (0..self.hosts.len())
+                            .map(|_| self.fault_rng.random_bool(0.5))
+                            .collect();
+                        if side.iter().all(|left| *left) || side.iter().all(|left| !*left) {
+                            side[0] = !side[0];
+                        }
+                        for from in 0..self.hosts.len() {
+                            for to in 0..self.hosts.len() {
+                                if side[from] && !side[to] || (!one_way && !side[from] && side[to])
+                                {
+                                    self.network.block(node_id(from), node_id(to));
+                                }
+                            }
+                        }
+                        let duration = self.fault_rng.random_range(300_000..4_000_000);
+                        self.schedule(duration, Event::Heal);
+                    }
+                }
+            }
+        }
+        self.schedule_fault_tick();
+    }
+
+    fn crash(&mut self, index: usize, machine: bool) {
+        if self.phase != Phase::Workload || self.hosts[index].node.is_none() {
+            return;
+        }
+        if std::env::var("SHOAL_SIM_DEBUG").is_ok() {
+            eprintln!("{} crash {index}", self.now);
+        }
+        self.mix(index as u64 ^ u64::from(machine) << 16);
+        let host = &mut self.hosts[index];
+        host.node = None;
+        host.crashes += 1;
+        host.timer_at = None;
+        host.timer_generation += 1;
+        if machine {
+            self.report.machine_crashes += 1;
+            host.store.crash_machine();
+        } else {
+            self.report.process_crashes += 1;
+            host.store.crash_process();
+        }
+        // Clients waiting on the crashed node learn nothing: their
+        // operation's outcome is unknown.
+        for client in 0..self.clients.len() {
+            if self.clients[client]
+                .in_flight
+                .as_ref()
+                .is_some_and(|flight| flight.node == index)
+                && let Some(flight) = self.clients[client].in_flight.take()
+            {
+                self.outcome_unknown(client, flight);
+            }
+        }
+        self.report_liveness_later(index);
+    }
+
+    fn report_liveness_later(&mut self, subject: usize) {
+        for observer in 0..self.hosts.len() {
+            if observer != subject {
+                let delay = self
+                    .fault_rng
+                    .random_range(1_000..LIVENESS_DELAY_MAX_MICROS);
+                self.schedule(delay, Event::Liveness { observer, subject });
+            }
+        }
+    }
+
+    // ---- phases ------------------------------------------------------------
+
+    fn phase_check(&mut self) {
+        match self.phase {
+            Phase::Workload => {
+                let idle = self.clients.iter().all(|client| client.in_flight.is_none());
+                if self.ops_issued >= self.options.ops && idle {
+                    self.start_drain();
+                }
+            }
+            Phase::Drain => {
+                let all_up = self.hosts.iter().all(|host| host.node.is_some());
+                let drained = self.hosts.iter().all(|host| {
+                    host.node.as_ref().is_some_and(|node| {
+                        node.hint_bytes_total() == 0 && node.operations_in_flight() == 0
+                    })
+                });
+                // The oracle's last reports must have arrived: a node that
+                // still believes a peer down would skip it in the repair pass.
+                let beliefs_settled = !self
+                    .queue
+                    .values()
+                    .any(|event| matches!(event, Event::Liveness { .. }));
+                if all_up && drained && beliefs_settled {
+                    self.start_repair();
+                } else if self.now - self.phase_started > DRAIN_MAX_MICROS {
+                    let held: u64 = self
+                        .hosts
+                        .iter()
+                        .filter_map(|host| host.node.as_ref())
+                        .map(Node::hint_bytes_total)
+                        .sum();
+                    self.violation(format!(
+                        "hints did not drain within {} s: {held} bytes left",
+                        DRAIN_MAX_MICROS / 1_000_000
+                    ));
+                    self.start_repair();
+                }
+            }
+            Phase::Repair => {
+                let quiet = self.hosts.iter().all(|host| {
+                    host.node
+                        .as_ref()
+                        .is_some_and(|node| node.operations_in_flight() == 0)
+                });
+                let pending_messages = self
+                    .queue
+                    .values()
+                    .any(|event| matches!(event, Event::Deliver { .. }));
+                if self.repairs_pending.is_empty() && quiet && !pending_messages {
+                    self.phase = Phase::Done;
+                } else if self.now - self.phase_started > DRAIN_MAX_MICROS {
+                    self.violation("the repair pass did not finish".into());
+                    self.phase = Phase::Done;
+                }
+            }
+            Phase::Done => {}
+        }
+    }
+
+    fn start_drain(&mut self) {
+        self.phase = Phase::Drain;
+        self.phase_started = self.now;
+        self.network.set_faults(NetworkFaults::none());
+        self.network.heal();
+        for index in 0..self.hosts.len() {
+            if self.hosts[index].node.is_none() {
+                self.schedule(0, Event::Restart { node: index });
+            }
+        }
+    }
+
+    fn all_keys(&self) -> Vec<Bytes> {
+        (0..self.options.set_keys)
+            .map(set_key)
+            .chain((0..self.options.register_keys).map(register_key))
+            .collect()
+    }
+
+    fn start_repair(&mut self) {
+        self.phase = Phase::Repair;
+        self.phase_started = self.now;
+        let keys = self.all_keys();
+        for (index, key) in keys.into_iter().enumerate() {
+            self.repairs_pending.insert(index);
+            self.send_repair_read(index, key);
+        }
+    }
+
+    fn send_repair_read(&mut self, key_index: usize, key: Bytes) {
+        // Repair reads use client slots past the workload's.
+        let client = self.options.clients + key_index;
+        while self.clients.len() <= client {
+            self.clients.push(Client::default());
+        }
+        let request = Request::Get {
+            key: key.clone(),
+            options: ReadOptions {
+                r: Some(Quorum::All),
+                sloppy: Some(false),
+                timeout: Some(Duration::from_secs(2)),
+            },
+        };
+        let partition = self.partitioner.partition_of(&key);
+        let primary = self.placement.primaries(partition)[0];
+        let node = node_index(primary).unwrap_or(0);
+        self.send_request(client, node, request, Step::RepairRead { key });
+    }
+
+    // ---- clients -----------------------------------------------------------
+
+    fn think(&mut self, client: usize) {
+        let delay = self.workload_rng.random_range(0..THINK_TIME_MAX_MICROS);
+        self.schedule(delay, Event::ClientNext { client });
+    }
+
+    fn random_quorum(&mut self) -> Quorum {
+        match self.workload_rng.random_range(0..4) {
+            0 => Quorum::One,
+            1 => Quorum::All,
+            _ => Quorum::Quorum,
+        }
+    }
+
+    fn client_next(&mut self, client: usize) {
+        if self.phase != Phase::Workload || self.clients[client].in_flight.is_some() {
+            return;
+        }
+        if self.ops_issued >= self.options.ops {
+            return;
+        }
+        self.ops_issued += 1;
+        let durable = self.options.faults.powerloss && self.workload_rng.random_bool(0.5)
+            || self.workload_rng.random_bool(0.1);
+        if self.workload_rng.random_bool(0.6) && self.options.set_keys > 0 {
+            let key = self.workload_rng.random_range(0..self.options.set_keys);
+            let element = ((client as u64) << 32) | self.clients[client].next_element;
+            self.clients[client].next_element += 1;
+            let r = self.random_quorum();
+            let w = self.random_quorum();
+            let request = Request::Get {
+                key: set_key(key),
+                options: ReadOptions {
+                    r: Some(r),
+                    sloppy: None,
+                    timeout: None,
+                },
+            };
+            self.send_to_some_node(
+                client,
+                request,
+                Step::SetRead {
+                    key,
+                    element,
+                    durable,
+                    w,
+                },
+            );
+        } else if self.options.register_keys > 0 {
+            let key = self
+                .workload_rng
+                .random_range(0..self.options.register_keys);
+            // Strict operations on one key share one (r, w) with r + w > n,
+            // so that every strict read overlaps every strict write.
+            let strict = if self.workload_rng.random_bool(0.5) {
+                Some(match key % 3 {
+                    0 => (Quorum::Quorum, Quorum::Quorum),
+                    1 => (Quorum::One, Quorum::All),
+                    _ => (Quorum::All, Quorum::One),
+                })
+            } else {
+                None
+            };
+            if self.workload_rng.random_bool(0.3) {
+                let request = self.register_write(
+                    client,
+                    key,
+                    strict.map(|(_, w)| w),
+                    VersionVector::default(),
+                );
+                self.send_to_some_node(
+                    client,
+                    request,
+                    Step::RegisterWrite {
+                        key,
+                        strict: strict.is_some(),
+                    },
+                );
+            } else {
+                let then_write = self.workload_rng.random_bool(0.6);
+                let r = match strict {
+                    Some((r, _)) => r,
+                    None => self.random_quorum(),
+                };
+                let request = Request::Get {
+                    key: register_key(key),
+                    options: ReadOptions {
+                        r: Some(r),
+                        sloppy: Some(strict.is_none()),
+                        timeout: None,
+                    },
+                };
+                self.send_to_some_node(
+                    client,
+                    request,
+                    Step::RegisterRead {
+                        key,
+                        strict,
+                        then_write,
+                    },
+                );
+            }
+        } else {
+            self.think(client);
+        }
+    }
+
+    fn register_write(
+        &mut self,
+        client: usize,
+        key: usize,
+        strict_w: Option<Quorum>,
+        context: VersionVector,
+    ) -> Request {
+        let value = ((client as u64) << 32) | self.clients[client].next_element;
+        self.clients[client].next_element += 1;
+        let w = match strict_w {
+            Some(w) => w,
+            None => self.random_quorum(),
+        };
+        Request::Put {
+            key: register_key(key),
+            value: Bytes::copy_from_slice(&value.to_be_bytes()),
+            context,
+            options: WriteOptions {
+                w: Some(w),
+                sloppy: Some(strict_w.is_none()),
+                durable: Some(strict_w.is_some()),
+                timeout: None,
+            },
+        }
+    }
+
+    /// Sends to a primary of the key half of the time, else to any node
+    /// (which forwards); a node that is down refuses the connection, so the
+    /// client tries the next one.
+    fn send_to_some_node(&mut self, client: usize, request: Request, step: Step) {
+        let partition = self.partitioner.partition_of(request.key());
+        let primaries: Vec<usize> = self
+            .placement
+            .primaries(partition)
+            .iter()
+            .filter_map(|id| node_index(*id))
+            .collect();
+        let mut candidates: Vec<usize> =
+            if self.workload_rng.random_bool(0.5) && !primaries.is_empty() {
+                primaries
+            } else {
+                (0..self.hosts.len()).collect()
+            };
+        let start = self.workload_rng.random_range(0..candidates.len());
+        candidates.rotate_left(start);
+        let up = candidates
+            .into_iter()
+            .find(|index| self.hosts[*index].node.is_some());
+        let up =
+            up.or_else(|| (0..self.hosts.len()).find(|index| self.hosts[*index].node.is_some()));
+        match up {
+            Some(node) => self.send_request(client, node, request, step),
+            None => {
+                self.history.failed_requests += 1;
+                self.report.ops_completed += 1;
+                self.think(client);
+            }
+        }
+    }
+
+    fn send_request(&mut self, client: usize, node: usize, request: Request, step: Step) {
+        let request_id = RequestId(self.next_request);
+        self.next_request += 1;
+        self.clients[client].in_flight = Some(InFlight {
+            request: request_id,
+            node,
+            crashes_at_send: self.hosts[node].crashes,
+            sent_at: self.now,
+            step,
+        });
+        let timeout = 2 * u64::try_from(self.config.request_timeout.as_micros())
+            .unwrap_or(u64::MAX)
+            + 1_000_000;
+        self.schedule(
+            timeout,
+            Event::ClientTimeout {
+                client,
+                request: request_id,
+            },
+        );
+        let now = self.instant(self.now + CLIENT_LATENCY_MICROS);
+        let host = &mut self.hosts[node];
+        if let Some(state) = host.node.as_mut() {
+            state.handle_request(now, request_id, request, &mut host.store);
+            self.drain(node);
+        }
+    }
+
+    fn outcome_unknown(&mut self, client: usize, flight: InFlight) {
+        self.history.failed_requests += 1;
+        match flight.step {
+            Step::SetWrite { .. } => self.history.indeterminate_adds += 1,
+            Step::RepairRead { key } => {
+                self.retry_repair(client, key);
+                return;
+            }
+            _ => {}
+        }
+        self.report.ops_completed += 1;
+        self.think(client);
+    }
+
+    fn retry_repair(&mut self, client: usize, key: Bytes) {
+        let key_index = client - self.options.clients;
+        let attempts = self.repair_attempts.entry(key_index).or_insert(0);
+        *attempts += 1;
+        if *attempts > 5 {
+            self.repairs_pending.remove(&key_index);
+            self.violation(format!("the r=all repair read of {key:?} failed 5 times"));
+        } else {
+            self.send_repair_read(key_index, key);
+        }
+    }
+
+    fn client_timeout(&mut self, client: usize, request: RequestId) {
+        let matches = self.clients[client]
+            .in_flight
+            .as_ref()
+            .is_some_and(|flight| flight.request == request);
+        if !matches {
+            return;
+        }
+        let Some(flight) = self.clients[client].in_flight.take() else {
+            return;
+        };
+        let host = &self.hosts[flight.node];
+        if host.node.is_some() && host.crashes == flight.crashes_at_send {
+            self.violation(format!(
+                "request {} to node {} sent at {} µs was never answered",
+                request.0, flight.node, flight.sent_at
+            ));
+        }
+        self.outcome_unknown(client, flight);
+    }
+
+    fn client_response(&mut self, client: usize, request: RequestId, response: Response) {
+        let matches = self.clients[client]
+            .in_flight
+            .as_ref()
+            .is_some_and(|flight| flight.request == request);
+        if !matches {
+            return;
+        }
+        let Some(flight) = self.clients[client].in_flight.take() else {
+            return;
+        };
+        self.mix(request.0);
+        if std::env::var("SHOAL_SIM_DEBUG").is_ok() {
+            eprintln!(
+                "{} client {client} via node {} sent {} {:?} -> {:?}",
+                self.now, flight.node, flight.sent_at, flight.step, response
+            );
+        }
+        match &response {
+            Response::Failed(error) => {
+                self.history.failed_requests += 1;
+                self.mix(match error {
+                    RequestError::QuorumNotReached { acks, .. } => 1000 + *acks as u64,
+                    RequestError::TooManySiblings { .. } => 2000,
+                    _ => 3000,
+                });
+                if matches!(error, RequestError::InvalidArgument(_)) {
+                    self.violation(format!(
+                        "a well-formed request was refused as invalid: {error}"
+                    ));
+                }
+            }
+            _ => self.history.succeeded_requests += 1,
+        }
+        match (flight.step, response) {
+            (
+                Step::SetRead {
+                    key,
+                    element,
+                    durable,
+                    w,
+                },
+                Response::Value(result),
+            ) => {
+                let Some(mut elements) = checker::union_of(&result.siblings) else {
+                    self.violation(format!("set {key} holds a value that is not a set"));
+                    self.finish_op(client);
+                    return;
+                };
+                elements.insert(element);
+                let request = Request::Put {
+                    key: set_key(key),
+                    value: checker::encode_set(&elements),
+                    context: result.context,
+                    options: WriteOptions {
+                        w: Some(w),
+                        sloppy: None,
+                        durable: Some(durable),
+                        timeout: None,
+                    },
+                };
+                self.send_to_some_node(
+                    client,
+                    request,
+                    Step::SetWrite {
+                        key,
+                        element,
+                        durable,
+                    },
+                );
+            }
+            (
+                Step::SetWrite {
+                    key,
+                    element,
+                    durable,
+                },
+                Response::Written(result),
+            ) => {
+                self.report.acked_writes += 1;
+                self.mix(result.dot.counter);
+                self.history.acked_adds.push(AckedAdd {
+                    key,
+                    element,
+                    durable,
+                });
+                self.finish_op(client);
+            }
+            (Step::SetWrite { .. }, Response::Failed(error)) => {
+                // Nothing stored for these; any other failure leaves the outcome unknown.
+                if !matches!(
+                    error,
+                    RequestError::TooManySiblings { .. }
+                        | RequestError::Busy
+                        | RequestError::Unavailable(_)
+                ) {
+                    self.history.indeterminate_adds += 1;
+                }
+                self.finish_op(client);
+            }
+            (
+                Step::RegisterRead {
+                    key,
+                    strict,
+                    then_write,
+                },
+                Response::Value(result),
+            ) => {
+                if strict.is_some() {
+                    self.history.strict_reads.push(StrictRead {
+                        key,
+                        started_at: flight.sent_at,
+                        context: result.context.clone(),
+                    });
+                }
+                if then_write {
+                    let mut request =
+                        self.register_write(client, key, strict.map(|(_, w)| w), result.context);
+                    // Some read-modify-writes delete what they read instead:
+                    // a tombstone with the read's context.
+                    if self.workload_rng.random_bool(0.15)
+                        && let Request::Put {
+                            key, context, options, ..
+                        } = request
+                    {
+                        request = Request::Delete {
+                            key,
+                            context,
+                            options,
+                        };
+                    }
+                    self.send_to_some_node(
+                        client,
+                        request,
+                        Step::RegisterWrite {
+                            key,
+                            strict: strict.is_some(),
+                        },
+                    );
+                } else {
+                    self.finish_op(client);
+                }
+            }
+            (Step::RegisterWrite { key, strict }, Response::Written(result)) => {
+                self.report.acked_writes += 1;
+                if strict {
+                    self.history.strict_writes.push(StrictWrite {
+                        key,
+                        dot: result.dot,
+                        acked_at: self.now,
+                    });
+                }
+                self.finish_op(client);
+            }
+            (Step::RepairRead { .. }, Response::Value(result)) => {
+                let key_index = client - self.options.clients;
+                self.final_reads.insert(key_index, result.siblings);
+                self.repairs_pending.remove(&key_index);
+            }
+            (Step::RepairRead { key }, other) => {
+                if std::env::var("SHOAL_SIM_DEBUG").is_ok() {
+                    eprintln!("repair read of {key:?} failed at {}: {other:?}", self.now);
+                    for (index, host) in self.hosts.iter().enumerate() {
+                        if let Some(node) = host.node.as_ref() {
+                            let beliefs: Vec<_> = (0..self.hosts.len())
+                                .map(|other| node.liveness_of(node_id(other)))
+                                .collect();
+                            eprintln!(
+                                "  node {index} believes {beliefs:?}; metrics {:?}",
+                                node.metrics()
+                            );
+                        }
+                    }
+                }
+                self.retry_repair(client, key)
+            }
+            (_, _) => self.finish_op(client),
+        }
+    }
+
+    fn finish_op(&mut self, client: usize) {
+        self.report.ops_completed += 1;
+        self.think(client);
+    }
+
+    // ---- the end -----------------------------------------------------------
+
+    fn finish(mut self) -> Report {
+        self.report.simulated_millis = self.now / 1000;
+        self.report.failed_requests = self.history.failed_requests;
+        let mut metrics = Metrics::default();
+        for host in &self.hosts {
+            if let Some(node) = host.node.as_ref() {
+                let each = node.metrics();
+                metrics.requests += each.requests;
+                metrics.forwarded += each.forwarded;
+                metrics.gets_coordinated += each.gets_coordinated;
+                metrics.writes_coordinated += each.writes_coordinated;
+                metrics.quorum_failures += each.quorum_failures;
+                metrics.sibling_limit_rejections += each.sibling_limit_rejections;
+                metrics.busy_rejections += each.busy_rejections;
+                metrics.invalid_requests += each.invalid_requests;
+                metrics.read_repairs += each.read_repairs;
+                metrics.hints_stored += each.hints_stored;
+                metrics.hints_replayed += each.hints_replayed;
+                metrics.hints_dropped_full += each.hints_dropped_full;
+                metrics.hints_dropped_expired += each.hints_dropped_expired;
+                metrics.hints_dropped_corrupt += each.hints_dropped_corrupt;
+                metrics.store_failures += each.store_failures;
+                metrics.malformed_messages += each.malformed_messages;
+                metrics.duplicate_forwards += each.duplicate_forwards;
+                metrics.outputs_shed += each.outputs_shed;
+            }
+        }
+        self.report.metrics = metrics;
+        if self.phase == Phase::Done {
+            self.check_invariants();
+        }
+        let trace = self.trace;
+        self.report.trace_hash = trace;
+        self.report
+    }
+
+    fn check_invariants(&mut self) {
+        let machine_crashes = self.report.machine_crashes > 0;
+        // Convergence: all primaries of every key hold the same state.
+        let mut converged = true;
+        let mut final_sets = BTreeMap::new();
+        for (index, key) in self.all_keys().into_iter().enumerate() {
+            let partition = self.partitioner.partition_of(&key);
+            let primaries: Vec<usize> = self
+                .placement
+                .primaries(partition)
+                .iter()
+                .filter_map(|id| node_index(*id))
+                .collect();
+            let mut states: Vec<KeyState> = Vec::new();
+            for primary in primaries {
+                match replica::read_state(&mut self.hosts[primary].store, partition, &key) {
+                    Ok(state) => states.push(state),
+                    Err(error) => {
+                        self.violation(format!("node {primary} cannot read {key:?}: {error}"))
+                    }
+                }
+            }
+            if !checker::all_identical(&states) {
+                converged = false;
+                self.violation(format!(
+                    "the primaries of {key:?} differ after the repair pass"
+                ));
+            }
+            if index < self.options.set_keys {
+                // The set each primary holds must hold every expected add; take
+                // the smallest (intersection) so one lagging primary shows.
+                let mut intersection: Option<BTreeSet<u64>> = None;
+                for state in &states {
+                    match checker::union_of(state.values()) {
+                        Some(set) => {
+                            intersection = Some(match intersection {
+                                None => set,
+                                Some(previous) => previous.intersection(&set).copied().collect(),
+                            })
+                        }
+                        None => self.violation(format!("{key:?} holds a value that is not a set")),
+                    }
+                }
+                final_sets.insert(index, intersection.unwrap_or_default());
+            }
+        }
+        self.report.converged = converged;
+        let expected = checker::expected_adds(&self.history, machine_crashes);
+        let missing = checker::missing_adds(&expected, &final_sets);
+        self.report.lost_writes = missing.len() as u64;
+        let all_acked = checker::expected_adds(&self.history, false);
+        let missing_any = checker::missing_adds(&all_acked, &final_sets).len() as u64;
+        self.report.unsynced_writes_lost = missing_any.saturating_sub(self.report.lost_writes);
+        if let Some(first) = missing.first() {
+            self.violation(format!(
+                "{} acknowledged adds are missing, for example element {:#x} of set {}",
+                missing.len(),
+                first.element,
+                first.key
+            ));
+        }
+        // The r=all read saw every expected add too.
+        let mut unseen_texts = Vec::new();
+        for (key, siblings) in &self.final_reads {
+            if *key < self.options.set_keys {
+                let seen = checker::union_of(siblings).unwrap_or_default();
+                let unseen = expected
+                    .iter()
+                    .filter(|add| add.key == *key && !seen.contains(&add.element))
+                    .count();
+                if unseen > 0 {
+                    unseen_texts.push(format!(
+                        "the r=all read of set {key} missed {unseen} acknowledged adds"
+                    ));
+                }
+            }
+        }
+        for text in unseen_texts {
+            self.violation(text);
+        }
+        // Strict reads see earlier acknowledged strict writes.
+        self.report.strict_reads_checked = self.history.strict_reads.len() as u64;
+        let stale = checker::stale_strict_reads(&self.history);
+        if let Some((read, write)) = stale.first() {
+            let read = &self.history.strict_reads[*read];
+            let write = &self.history.strict_writes[*write];
+            let text = format!(
+                "{} strict reads missed an earlier acknowledged strict write, for example a read of register {} at {} µs missed {:?} acknowledged at {} µs",
+                stale.len(),
+                read.key,
+                read.started_at,
+                write.dot,
+                write.acked_at
+            );
+            self.violation(text);
+        }
+        // Hint storage: drained, and the accounting matches the store.
+        for index in 0..self.hosts.len() {
+            let held = self.hosts[index]
+                .store
+                .scan(
+                    &[replica::HINT_PREFIX],
+                    &[replica::HINT_PREFIX + 1],
+                    usize::MAX,
+                )
+                .map(|entries| entries.len())
+                .unwrap_or(0);
+            let accounted = self.hosts[index]
+                .node
+                .as_ref()
+                .map_or(0, Node::hint_bytes_total);
+            if held > 0 || accounted > 0 {
+                self.violation(format!(
+                    "node {index} still holds {held} hints ({accounted} bytes) after draining"
+                ));
+            }
+        }
+    }
+}
+
+/// Runs one simulation. Errors only for impossible options.
+pub fn run(options: SimulationOptions) -> Result<Report, String> {
+    Ok(Simulation::new(options)?.run())
+}
