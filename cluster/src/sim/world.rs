@@ -168,6 +168,8 @@ pub struct Report {
     pub machine_crashes: u64,
     /// Partitions injected.
     pub partitions: u64,
+    /// Store write failures injected.
+    pub store_failures_injected: u64,
     /// The nodes' counters, summed.
     pub metrics: Metrics,
 }
@@ -337,6 +339,9 @@ struct Client {
 /// A whole simulated cluster.
 struct Simulation {
     options: SimulationOptions,
+    /// `SHOAL_SIM_DEBUG` set: print crashes, restarts, liveness reports and
+    /// client operations to stderr.
+    debug: bool,
     config: Config,
     now: u64,
     base: Instant,
@@ -423,6 +428,7 @@ impl Simulation {
         let placement = Placement::new(&ring, config.partition_count, config.replication_factor);
         let base = Instant::now();
         let mut simulation = Simulation {
+            debug: std::env::var_os("SHOAL_SIM_DEBUG").is_some(),
             config,
             now: 0,
             base,
@@ -670,7 +676,7 @@ impl Simulation {
             Event::Crash { node, machine } => self.crash(node, machine),
             Event::Restart { node } => {
                 if self.hosts[node].node.is_none() {
-                    if std::env::var("SHOAL_SIM_DEBUG").is_ok() {
+                    if self.debug {
                         eprintln!("{} restart {node}", self.now);
                     }
                     self.mix(node as u64);
@@ -689,7 +695,7 @@ impl Simulation {
             Event::Liveness { observer, subject } => {
                 let now = self.instant(self.now);
                 let alive = self.hosts[subject].node.is_some();
-                if std::env::var("SHOAL_SIM_DEBUG").is_ok() {
+                if self.debug {
                     eprintln!(
                         "{} liveness {observer} learns {subject} alive={alive} observer_up={}",
                         self.now,
@@ -737,6 +743,10 @@ impl Simulation {
         if faults.partition {
             choices.push(2);
         }
+        if faults.crash {
+            // A failing disk write (EIO) on one node, alongside crashes.
+            choices.push(3);
+        }
         if !choices.is_empty() {
             let choice = choices[self.fault_rng.random_range(0..choices.len())];
             match choice {
@@ -757,6 +767,11 @@ impl Simulation {
                         let downtime = self.fault_rng.random_range(200_000..4_000_000);
                         self.schedule(downtime, Event::Restart { node });
                     }
+                }
+                3 => {
+                    let node = self.fault_rng.random_range(0..self.hosts.len());
+                    self.report.store_failures_injected += 1;
+                    self.hosts[node].store.fail_next_write();
                 }
                 _ => {
                     if !self.network.is_partitioned() && self.hosts.len() > 1 {
@@ -789,7 +804,7 @@ impl Simulation {
         if self.phase != Phase::Workload || self.hosts[index].node.is_none() {
             return;
         }
-        if std::env::var("SHOAL_SIM_DEBUG").is_ok() {
+        if self.debug {
             eprintln!("{} crash {index}", self.now);
         }
         self.mix(index as u64 ^ u64::from(machine) << 16);
@@ -1195,7 +1210,7 @@ impl Simulation {
             return;
         };
         self.mix(request.0);
-        if std::env::var("SHOAL_SIM_DEBUG").is_ok() {
+        if self.debug {
             eprintln!(
                 "{} client {client} via node {} sent {} {:?} -> {:?}",
                 self.now, flight.node, flight.sent_at, flight.step, response
@@ -1343,7 +1358,7 @@ impl Simulation {
                 self.repairs_pending.remove(&key_index);
             }
             (Step::RepairRead { key }, other) => {
-                if std::env::var("SHOAL_SIM_DEBUG").is_ok() {
+                if self.debug {
                     eprintln!("repair read of {key:?} failed at {}: {other:?}", self.now);
                     for (index, host) in self.hosts.iter().enumerate() {
                         if let Some(node) = host.node.as_ref() {
