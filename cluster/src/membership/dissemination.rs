@@ -11,7 +11,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 
-use super::wire::Update;
+use super::wire::{MemberState, Update};
 
 #[derive(Debug)]
 struct Entry {
@@ -20,10 +20,21 @@ struct Entry {
     sequence: u64,
 }
 
-/// Pending updates, ordered by (transmits ascending, newest first).
+/// Verdicts (alive, dead, left) go before suspicions at equal transmits: under a
+/// burst of failures the suspicions and their confirmations are many, and must
+/// not starve the final word.
+fn class(update: &Update) -> u8 {
+    match update.state {
+        MemberState::Suspect => 1,
+        MemberState::Alive | MemberState::Dead | MemberState::Left => 0,
+    }
+}
+
+/// Pending updates, ordered by (transmits ascending, verdicts before suspicions,
+/// newest first).
 #[derive(Debug)]
 pub struct BroadcastQueue {
-    order: BTreeMap<(u32, Reverse<u64>), u64>,
+    order: BTreeMap<(u32, u8, Reverse<u64>), u64>,
     entries: HashMap<u64, Entry>,
     next_sequence: u64,
     capacity: usize,
@@ -46,7 +57,8 @@ impl BroadcastQueue {
     pub fn push(&mut self, update: Update) {
         let node = update.node;
         if let Some(old) = self.entries.remove(&node) {
-            self.order.remove(&(old.transmits, Reverse(old.sequence)));
+            self.order
+                .remove(&(old.transmits, class(&old.update), Reverse(old.sequence)));
         } else if self.entries.len() >= self.capacity {
             // Drop the update that has already been sent the most.
             if let Some((&key, &victim)) = self.order.iter().next_back() {
@@ -57,7 +69,8 @@ impl BroadcastQueue {
         }
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        self.order.insert((0, Reverse(sequence)), node);
+        self.order
+            .insert((0, class(&update), Reverse(sequence)), node);
         self.entries.insert(
             node,
             Entry {
@@ -72,7 +85,7 @@ impl BroadcastQueue {
     /// once the datagram is full), skipping `skip`; counts a transmit for each
     /// accepted one and retires those sent `limit` times.
     pub fn take(&mut self, limit: u32, skip: Option<u64>, mut accept: impl FnMut(&Update) -> bool) {
-        let mut sent: Vec<(u32, Reverse<u64>)> = Vec::new();
+        let mut sent: Vec<(u32, u8, Reverse<u64>)> = Vec::new();
         for (key, node) in self.order.iter() {
             if Some(*node) == skip {
                 continue;
@@ -96,8 +109,14 @@ impl BroadcastQueue {
             if entry.transmits >= limit {
                 self.entries.remove(&node);
             } else {
-                self.order
-                    .insert((entry.transmits, Reverse(entry.sequence)), node);
+                self.order.insert(
+                    (
+                        entry.transmits,
+                        class(&entry.update),
+                        Reverse(entry.sequence),
+                    ),
+                    node,
+                );
             }
         }
     }

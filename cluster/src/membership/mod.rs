@@ -1311,7 +1311,9 @@ impl Swim {
         );
         let mut exclude = vec![id];
         for _ in 0..self.config.indirect_probes {
-            let Some(r) = self.random_live_member(&exclude) else {
+            // Relays are Alive members only: a suspected relay is likely dead,
+            // and its missing nack would read as our own ill health.
+            let Some(r) = self.random_member(&exclude, true) else {
                 break;
             };
             exclude.push(self.members[r].id);
@@ -1381,25 +1383,36 @@ impl Swim {
         self.probe_order.swap(position, last);
     }
 
-    /// A uniformly random live member other than `exclude`, by rejection sampling.
+    /// A uniformly random live member other than `exclude` (only `Alive` ones if
+    /// `alive_only`): rejection sampling, then a scan when candidates are rare.
     fn random_live_member(&mut self, exclude: &[NodeId]) -> Option<usize> {
-        if self.live_count <= exclude.len() {
-            // Few candidates: scan.
-            let candidates: Vec<usize> = (0..self.members.len())
-                .filter(|&i| {
-                    self.members[i].state.is_live() && !exclude.contains(&self.members[i].id)
-                })
-                .collect();
-            return candidates.choose_random(&mut self.rng);
+        self.random_member(exclude, false)
+    }
+
+    fn random_member(&mut self, exclude: &[NodeId], alive_only: bool) -> Option<usize> {
+        let eligible = |member: &Member| {
+            let state_ok = if alive_only {
+                member.state == MemberState::Alive
+            } else {
+                member.state.is_live()
+            };
+            state_ok && !exclude.contains(&member.id)
+        };
+        if self.members.is_empty() {
+            return None;
         }
-        for _ in 0..64 {
-            let i = self.rng.random_range(0..self.members.len());
-            let member = &self.members[i];
-            if member.state.is_live() && !exclude.contains(&member.id) {
-                return Some(i);
+        if self.live_count > exclude.len() {
+            for _ in 0..64 {
+                let i = self.rng.random_range(0..self.members.len());
+                if eligible(&self.members[i]) {
+                    return Some(i);
+                }
             }
         }
-        None
+        let candidates: Vec<usize> = (0..self.members.len())
+            .filter(|&i| eligible(&self.members[i]))
+            .collect();
+        candidates.choose_random(&mut self.rng)
     }
 
     // ----------------------------------------------------------------------------
@@ -1479,7 +1492,9 @@ impl Swim {
         let target_address = self.members[t].address;
         let mut exclude = vec![target];
         for _ in 0..self.config.indirect_probes {
-            let Some(r) = self.random_live_member(&exclude) else {
+            // Relays are Alive members only: a suspected relay is likely dead,
+            // and its missing nack would read as our own ill health.
+            let Some(r) = self.random_member(&exclude, true) else {
                 break;
             };
             exclude.push(self.members[r].id);
