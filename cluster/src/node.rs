@@ -118,6 +118,9 @@ pub struct Node {
     liveness: BTreeMap<NodeId, Liveness>,
     operations: BTreeMap<u64, Operation>,
     timers: BTreeSet<Timer>,
+    /// Operation ids carry the epoch in their top bits, so that an answer
+    /// addressed to an operation of an earlier life of this node can never
+    /// be taken for one of this life (ids restart at every start).
     next_operation: u64,
     forwards_seen: VecDeque<(NodeId, u64)>,
     forwards_seen_set: BTreeSet<(NodeId, u64)>,
@@ -428,6 +431,7 @@ impl Node {
         if !hints.targets().is_empty() {
             self.next_replay = Some(now);
         }
+        self.next_operation = (u64::from(epoch) << 40) + 1;
         self.started = Some(Started {
             actor: replica::actor(self.id, epoch),
             hints,

@@ -605,3 +605,52 @@ fn delete_with_the_read_context_leaves_nothing_live() {
         assert!(cluster.local_state(primary, b"k").is_deleted());
     }
 }
+
+#[test]
+fn late_acknowledgement_from_before_a_restart_does_not_count_for_a_new_write() {
+    let mut cluster = Cluster::new(3, Config::default());
+    let primaries = cluster.primaries(b"k");
+    let coordinator = primaries[0];
+    cluster.silent[primaries[1]] = true;
+    cluster.silent[primaries[2]] = true;
+    let old_id = RequestId(500);
+    cluster.nodes[coordinator].handle_request(
+        cluster.now,
+        old_id,
+        put("k", "a", VersionVector::default(), Quorum::All, false),
+        &mut cluster.stores[coordinator],
+    );
+    cluster.collect(coordinator);
+    let old_operation = cluster
+        .network
+        .iter()
+        .find_map(|(_, _, message)| match message {
+            Message::Replicate { operation, .. } => Some(*operation),
+            _ => None,
+        })
+        .unwrap();
+    cluster.network.clear();
+    cluster.crash(coordinator, false);
+    cluster.restart(coordinator);
+    let new_id = RequestId(501);
+    cluster.nodes[coordinator].handle_request(
+        cluster.now,
+        new_id,
+        put("k", "b", VersionVector::default(), Quorum::Quorum, false),
+        &mut cluster.stores[coordinator],
+    );
+    cluster.collect(coordinator);
+    cluster.network.clear();
+    // The ack of the old life's operation arrives late.
+    cluster.nodes[coordinator].handle_message(
+        cluster.now,
+        id(primaries[1]),
+        Message::ReplicateAck {
+            operation: old_operation,
+            outcome: ReplicaOutcome::Stored,
+        },
+        &mut cluster.stores[coordinator],
+    );
+    cluster.collect(coordinator);
+    assert!(!cluster.responses.contains_key(&new_id));
+}
