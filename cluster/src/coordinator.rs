@@ -83,10 +83,19 @@ pub struct WriteOperation {
 }
 
 impl WriteOperation {
-    /// Whether an acknowledgement from `node` counts toward `w`.
-    pub fn counts(&self, node: NodeId) -> bool {
-        self.primaries.contains(&node)
-            || (self.sloppy && self.handoffs.values().any(|fallback| *fallback == node))
+    /// The primary slot an acknowledgement from `node` covers toward `w`:
+    /// its own, or under a sloppy quorum the one it holds a hint for.
+    pub fn slot_of(&self, node: NodeId) -> Option<NodeId> {
+        if self.primaries.contains(&node) {
+            return Some(node);
+        }
+        if !self.sloppy {
+            return None;
+        }
+        self.handoffs
+            .iter()
+            .find(|(_, fallback)| **fallback == node)
+            .map(|(primary, _)| *primary)
     }
 
     /// Whether `primary` holds the write, or a fallback holds a hint for it.
@@ -112,8 +121,8 @@ impl WriteOperation {
         if stored {
             self.stored.insert(node);
         }
-        let counts = stored && self.counts(node);
-        self.tracker.record(node, counts)
+        let slot = if stored { self.slot_of(node) } else { None };
+        self.tracker.record(node, slot)
     }
 
     /// The answer for a reached quorum.
@@ -168,16 +177,22 @@ impl ReadOperation {
             return self.tracker.outcome();
         }
         let Some(state) = state else {
-            return self.tracker.record(node, false);
+            return self.tracker.record(node, None);
         };
         let is_primary = self.primaries.contains(&node);
-        let counts = is_primary || (self.sloppy && self.substitutes.contains_key(&node));
+        let slot = if is_primary {
+            Some(node)
+        } else if self.sloppy {
+            self.substitutes.get(&node).copied()
+        } else {
+            None
+        };
         if is_primary {
             self.primary_replies.push((node, state));
         } else {
             self.fallback_replies.push((node, state));
         }
-        self.tracker.record(node, counts)
+        self.tracker.record(node, slot)
     }
 
     /// The sync of every answer so far.
@@ -291,6 +306,16 @@ mod tests {
         assert_eq!(strict.record(NodeId(4), true), QuorumOutcome::Pending);
         assert!(strict.covered(NodeId(3)));
         assert_eq!(strict.uncovered(), vec![NodeId(2)]);
+    }
+
+    #[test]
+    fn primary_and_its_fallback_together_cover_one_slot() {
+        let mut operation = write_operation(true, 3);
+        operation.record(NodeId(1), true);
+        operation.record(NodeId(3), true);
+        assert_eq!(operation.record(NodeId(4), true), QuorumOutcome::Pending);
+        assert_eq!(operation.tracker.counted(), 2);
+        assert_eq!(operation.uncovered(), vec![NodeId(2)]);
     }
 
     #[test]

@@ -115,7 +115,8 @@ fn encode_hint(created_micros: u64, state: &KeyState) -> Vec<u8> {
     value
 }
 
-fn decode_hint(value: &[u8]) -> Result<(u64, KeyState), ReplicaError> {
+/// Splits a stored hint into its creation time (µs) and its state.
+pub fn decode_hint(value: &[u8]) -> Result<(u64, KeyState), ReplicaError> {
     if value.len() < 8 {
         return Err(ReplicaError::Corrupt(format!(
             "hint of {} bytes",

@@ -109,7 +109,8 @@ pub struct ReadResult {
     pub siblings: Vec<Bytes>,
     /// The merged clock of what was read; write back with it to supersede it.
     pub context: VersionVector,
-    /// How many replicas' answers counted toward `r`.
+    /// How many primaries' slots answered toward `r` (a fallback standing in
+    /// for a primary under a sloppy quorum answers for its slot).
     pub answered: usize,
 }
 
@@ -120,7 +121,8 @@ pub struct WriteResult {
     pub dot: Dot,
     /// The coordinator's clock for the key after the write (covers `dot`).
     pub context: VersionVector,
-    /// How many replicas' acknowledgements counted toward `w`.
+    /// How many primaries' slots acknowledged toward `w` (a fallback holding
+    /// a hint for a primary under a sloppy quorum covers its slot).
     pub acks: usize,
 }
 

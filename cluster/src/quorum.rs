@@ -2,10 +2,14 @@
 //! quorum-like behaviour; §4.6: with a sloppy quorum, answers from fallbacks
 //! standing in for a primary count too).
 //!
-//! Invariants: a node's answer is counted at most once however often it is
-//! duplicated; an answer that does not count (a fallback under a strict
-//! quorum, a refusal) never moves the outcome to [`QuorumOutcome::Reached`];
-//! the required count is always in `1..=N`.
+//! What counts is a *slot*: each of the `N` primaries of a key is one slot,
+//! answered by the primary itself or, under a sloppy quorum, by the fallback
+//! standing in for it. Invariants: a slot counts at most once however many
+//! nodes answer for it and however often an answer is duplicated (so `w =
+//! all` means every primary's slot is covered, never "three answers of which
+//! two for the same primary"); an answer that does not count (a fallback
+//! under a strict quorum, a refusal) never moves the outcome to
+//! [`QuorumOutcome::Reached`]; the required count is always in `1..=N`.
 
 use std::collections::BTreeSet;
 
@@ -46,6 +50,7 @@ pub enum QuorumOutcome {
 #[derive(Debug, Clone)]
 pub struct QuorumTracker {
     required: usize,
+    /// Primaries whose slot is covered.
     counted: BTreeSet<NodeId>,
     answered: BTreeSet<NodeId>,
     asked: BTreeSet<NodeId>,
@@ -67,11 +72,12 @@ impl QuorumTracker {
         self.asked.insert(node);
     }
 
-    /// Records `node`'s answer; `counts` says whether it counts toward the quorum.
-    pub fn record(&mut self, node: NodeId, counts: bool) -> QuorumOutcome {
+    /// Records `node`'s answer; `slot` names the primary whose slot it
+    /// covers, or is `None` when the answer does not count.
+    pub fn record(&mut self, node: NodeId, slot: Option<NodeId>) -> QuorumOutcome {
         self.answered.insert(node);
-        if counts {
-            self.counted.insert(node);
+        if let Some(primary) = slot {
+            self.counted.insert(primary);
         }
         self.outcome()
     }
@@ -86,7 +92,7 @@ impl QuorumTracker {
         self.asked.iter().all(|node| self.answered.contains(node))
     }
 
-    /// Counted answers so far.
+    /// Slots covered so far.
     pub fn counted(&self) -> usize {
         self.counted.len()
     }
@@ -132,10 +138,38 @@ mod tests {
         let mut tracker = QuorumTracker::new(2);
         tracker.asked(NodeId(1));
         tracker.asked(NodeId(2));
-        assert_eq!(tracker.record(NodeId(1), true), QuorumOutcome::Pending);
-        assert_eq!(tracker.record(NodeId(1), true), QuorumOutcome::Pending);
+        assert_eq!(
+            tracker.record(NodeId(1), Some(NodeId(1))),
+            QuorumOutcome::Pending
+        );
+        assert_eq!(
+            tracker.record(NodeId(1), Some(NodeId(1))),
+            QuorumOutcome::Pending
+        );
         assert_eq!(tracker.counted(), 1);
-        assert_eq!(tracker.record(NodeId(2), true), QuorumOutcome::Reached);
+        assert_eq!(
+            tracker.record(NodeId(2), Some(NodeId(2))),
+            QuorumOutcome::Reached
+        );
+    }
+
+    #[test]
+    fn a_primary_and_its_fallback_cover_one_slot_only() {
+        let mut tracker = QuorumTracker::new(2);
+        for node in [1, 2, 4] {
+            tracker.asked(NodeId(node));
+        }
+        tracker.record(NodeId(2), Some(NodeId(2)));
+        // Fallback 4 stood in for primary 2, which answered as well.
+        assert_eq!(
+            tracker.record(NodeId(4), Some(NodeId(2))),
+            QuorumOutcome::Pending
+        );
+        assert_eq!(tracker.counted(), 1);
+        assert_eq!(
+            tracker.record(NodeId(1), Some(NodeId(1))),
+            QuorumOutcome::Reached
+        );
     }
 
     #[test]
@@ -143,8 +177,8 @@ mod tests {
         let mut tracker = QuorumTracker::new(2);
         tracker.asked(NodeId(1));
         tracker.asked(NodeId(2));
-        tracker.record(NodeId(1), true);
-        assert_eq!(tracker.record(NodeId(2), false), QuorumOutcome::Failed);
+        tracker.record(NodeId(1), Some(NodeId(1)));
+        assert_eq!(tracker.record(NodeId(2), None), QuorumOutcome::Failed);
         assert_eq!(tracker.counted(), 1);
     }
 }

@@ -582,7 +582,10 @@ fn malformed_peer_message_is_counted_and_dropped() {
 fn delete_with_the_read_context_leaves_nothing_live() {
     let mut cluster = Cluster::new(3, Config::default());
     let coordinator = cluster.primaries(b"k")[0];
-    cluster.request(coordinator, put("k", "v", VersionVector::default(), Quorum::All, true));
+    cluster.request(
+        coordinator,
+        put("k", "v", VersionVector::default(), Quorum::All, true),
+    );
     let request = cluster.request(coordinator, get("k", Quorum::All));
     let context = read(cluster.response(request)).context.clone();
     let request = cluster.request(

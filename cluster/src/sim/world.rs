@@ -18,9 +18,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::Config;
+use crate::hinted_handoff;
 use crate::id::NodeId;
 use crate::message::{
     Message, Output, Quorum, ReadOptions, Request, RequestError, RequestId, Response, WriteOptions,
+    WriteResult,
 };
 use crate::node::{Liveness, Metrics, Node};
 use crate::partitioner::Partitioner;
@@ -326,6 +328,7 @@ struct InFlight {
     request: RequestId,
     node: usize,
     crashes_at_send: u64,
+    machine_crashes_at_send: u64,
     sent_at: u64,
     step: Step,
 }
@@ -1130,6 +1133,7 @@ impl Simulation {
             request: request_id,
             node,
             crashes_at_send: self.hosts[node].crashes,
+            machine_crashes_at_send: self.report.machine_crashes,
             sent_at: self.now,
             step,
         });
@@ -1278,6 +1282,11 @@ impl Simulation {
                 Response::Written(result),
             ) => {
                 self.report.acked_writes += 1;
+                self.check_acknowledged_write(
+                    &set_key(key),
+                    &result,
+                    flight.machine_crashes_at_send,
+                );
                 self.mix(result.dot.counter);
                 self.history.acked_adds.push(AckedAdd {
                     key,
@@ -1320,7 +1329,10 @@ impl Simulation {
                     // a tombstone with the read's context.
                     if self.workload_rng.random_bool(0.15)
                         && let Request::Put {
-                            key, context, options, ..
+                            key,
+                            context,
+                            options,
+                            ..
                         } = request
                     {
                         request = Request::Delete {
@@ -1343,6 +1355,11 @@ impl Simulation {
             }
             (Step::RegisterWrite { key, strict }, Response::Written(result)) => {
                 self.report.acked_writes += 1;
+                self.check_acknowledged_write(
+                    &register_key(key),
+                    &result,
+                    flight.machine_crashes_at_send,
+                );
                 if strict {
                     self.history.strict_writes.push(StrictWrite {
                         key,
@@ -1375,6 +1392,46 @@ impl Simulation {
                 self.retry_repair(client, key)
             }
             (_, _) => self.finish_op(client),
+        }
+    }
+
+    /// "Acknowledged" means stored: when the client hears that a write
+    /// reached `acks` replicas, at least that many nodes hold it (as data or
+    /// as a hint) — unless a machine crash since may have taken an unsynced copy.
+    fn check_acknowledged_write(
+        &mut self,
+        key: &Bytes,
+        result: &WriteResult,
+        machine_crashes_at_send: u64,
+    ) {
+        if self.report.machine_crashes != machine_crashes_at_send {
+            return;
+        }
+        let partition = self.partitioner.partition_of(key);
+        let primaries: Vec<NodeId> = self.placement.primaries(partition).to_vec();
+        let mut holders = 0;
+        for index in 0..self.hosts.len() {
+            let store = &mut self.hosts[index].store;
+            let mut holds = replica::read_state(store, partition, key)
+                .is_ok_and(|state| state.context().covers(&result.dot));
+            for target in &primaries {
+                if holds {
+                    break;
+                }
+                holds = store
+                    .read(&hinted_handoff::hint_key(*target, partition, key))
+                    .ok()
+                    .flatten()
+                    .and_then(|value| hinted_handoff::decode_hint(&value).ok())
+                    .is_some_and(|(_, state)| state.context().covers(&result.dot));
+            }
+            holders += usize::from(holds);
+        }
+        if holders < result.acks {
+            self.violation(format!(
+                "a write of {key:?} was acknowledged by {} replicas but only {holders} nodes hold {:?}",
+                result.acks, result.dot
+            ));
         }
     }
 
