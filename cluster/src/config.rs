@@ -56,7 +56,7 @@ pub struct Config {
     pub key_state_size_max_bytes: usize,
     /// Hint storage per target node; a hint that would exceed it is dropped and counted.
     pub hint_bytes_per_target_max: u64,
-    /// Hints older than this are dropped (counted); anti-entropy covers them.
+    /// Hints not updated for this long are dropped (counted); repair covers them.
     pub hint_age_max: Duration,
     /// How often hints for live targets are replayed.
     pub hint_replay_interval: Duration,

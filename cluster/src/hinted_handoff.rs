@@ -3,14 +3,15 @@
 //! the primary is reported alive again.
 //!
 //! Stored layout: `0x01 ‖ target u64 BE ‖ partition u32 BE ‖ user key` →
-//! `created u64 BE (wall-clock µs) ‖ KeyState::encode()`. There is at most one
+//! `updated u64 BE (wall-clock µs) ‖ KeyState::encode()`. There is at most one
 //! hint per (target, key): a new hint for the same key is merged (sync) into
 //! the stored one, so hints never hold a key twice.
 //!
 //! Invariants: the bytes held for one target never exceed
 //! `hint_bytes_per_target_max` (a hint that would exceed it is dropped and
-//! counted, and the write is not acknowledged by this fallback); a hint older
-//! than `hint_age_max` is dropped and counted on the next replay round; a hint
+//! counted, and the write is not acknowledged by this fallback); a hint not
+//! updated for `hint_age_max` is dropped and counted on the next replay round
+//! (so a write it acknowledged lives at least that long); a hint
 //! is deleted only after the target acknowledged exactly its current content
 //! (the digest of the stored bytes), so a hint updated while its replay was in
 //! flight is replayed again; a corrupt hint is dropped and counted, never a panic.
@@ -32,7 +33,7 @@ const LOAD_PAGE_ENTRIES: usize = 1024;
 pub struct HintLimits {
     /// Most bytes (stored keys plus values) held for one target.
     pub bytes_per_target_max: u64,
-    /// Hints older than this many microseconds are dropped.
+    /// Hints not updated for this many microseconds are dropped.
     pub age_max_micros: u64,
     /// Most hints sent to one target per replay round.
     pub replay_batch_max: usize,
@@ -221,9 +222,12 @@ impl Hints {
         let (created, merged, old_size) = match &existing {
             None => (now_micros, state.clone(), 0),
             Some(value) => match decode_hint(value) {
-                Ok((created, mut merged)) => {
+                // The age counts from the last update: keeping the first
+                // write's time would let a fresh, just acknowledged write
+                // expire with the old hint it was merged into.
+                Ok((_, mut merged)) => {
                     merged.sync(state);
-                    (created, merged, stored_key.len() + value.len())
+                    (now_micros, merged, stored_key.len() + value.len())
                 }
                 // A corrupt hint is replaced by the new one.
                 Err(_) => (now_micros, state.clone(), stored_key.len() + value.len()),
@@ -499,6 +503,39 @@ mod tests {
         assert_eq!(hints.bytes(target), 0);
         assert!(store.is_empty());
         assert!(hints.targets().is_empty());
+    }
+
+    #[test]
+    fn merging_a_new_write_into_an_old_hint_restarts_its_age() {
+        let mut store = MemStore::new();
+        let mut hints = Hints::load(&mut store, limits(1 << 20)).unwrap();
+        hints
+            .store(
+                &mut store,
+                NodeId(7),
+                Partition(0),
+                b"k",
+                &state(1, "a"),
+                0,
+                Durability::Buffered,
+            )
+            .unwrap();
+        hints
+            .store(
+                &mut store,
+                NodeId(7),
+                Partition(0),
+                b"k",
+                &state(2, "b"),
+                1_500_000,
+                Durability::Buffered,
+            )
+            .unwrap();
+        let batch = hints
+            .replay_batch(&mut store, NodeId(7), 2_000_000)
+            .unwrap();
+        assert_eq!(batch.expired, 0);
+        assert_eq!(batch.hints.len(), 1);
     }
 
     #[test]

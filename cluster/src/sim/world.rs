@@ -32,7 +32,7 @@ use crate::ring::Ring;
 use crate::siblings::KeyState;
 use crate::sim::checker::{self, AckedAdd, History, StrictRead, StrictWrite};
 use crate::sim::network::{Network, NetworkFaults};
-use crate::store::{MemStore, Store};
+use crate::store::{Durability, MemStore, Store};
 use crate::version_vector::VersionVector;
 
 /// Which faults a run injects.
@@ -914,6 +914,11 @@ impl Simulation {
         self.phase_started = self.now;
         self.network.set_faults(NetworkFaults::none());
         self.network.heal();
+        // A store failure injected during the workload may still be armed:
+        // spend it on a write of nothing, so that faults really stop here.
+        for host in &mut self.hosts {
+            let _ = host.store.write(b"\xffsim", None, Durability::Buffered);
+        }
         for index in 0..self.hosts.len() {
             if self.hosts[index].node.is_none() {
                 self.schedule(0, Event::Restart { node: index });
