@@ -279,3 +279,119 @@ pub enum Output {
         response: Response,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::Actor;
+    use crate::siblings::SiblingValue;
+
+    fn messages() -> Vec<Message> {
+        let actor = Actor {
+            node: NodeId(3),
+            epoch: 2,
+        };
+        let mut state = KeyState::default();
+        let dot = state.coordinate_write(
+            actor,
+            &VersionVector::default(),
+            SiblingValue::Value(Bytes::from_static(b"value")),
+            7,
+        );
+        let key = Bytes::from_static(b"key");
+        let request = Request::Put {
+            key: key.clone(),
+            value: Bytes::from_static(b"value"),
+            context: state.context(),
+            options: WriteOptions {
+                w: Some(Quorum::Count(2)),
+                sloppy: Some(false),
+                durable: Some(true),
+                timeout: Some(Duration::from_millis(250)),
+            },
+        };
+        vec![
+            Message::Forward {
+                forward_id: 9,
+                request,
+            },
+            Message::ForwardReply {
+                forward_id: 9,
+                response: Response::Written(WriteResult {
+                    dot,
+                    context: state.context(),
+                    acks: 2,
+                }),
+            },
+            Message::ForwardReply {
+                forward_id: 10,
+                response: Response::Failed(RequestError::QuorumNotReached {
+                    acks: 1,
+                    required: 2,
+                }),
+            },
+            Message::Replicate {
+                operation: 1 << 40,
+                key: key.clone(),
+                state: state.clone(),
+                durable: true,
+                hint_for: Some(NodeId(5)),
+            },
+            Message::ReplicateAck {
+                operation: 1,
+                outcome: ReplicaOutcome::Refused,
+            },
+            Message::Read {
+                operation: 2,
+                key: key.clone(),
+                hint_for: None,
+            },
+            Message::ReadReply {
+                operation: 2,
+                state: Some(state.clone()),
+            },
+            Message::ReadReply {
+                operation: 3,
+                state: None,
+            },
+            Message::Repair {
+                key: key.clone(),
+                state: state.clone(),
+            },
+            Message::HintReplay {
+                key: key.clone(),
+                state,
+                hint_digest: u64::MAX,
+            },
+            Message::HintAck {
+                key,
+                hint_digest: 0,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_through_postcard() {
+        for message in messages() {
+            let bytes = postcard::to_allocvec(&message).unwrap();
+            let decoded: Message = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(decoded, message);
+        }
+    }
+
+    #[test]
+    fn truncated_or_corrupted_messages_decode_to_errors_not_panics() {
+        for message in messages() {
+            let bytes = postcard::to_allocvec(&message).unwrap();
+            for cut in 0..bytes.len() {
+                let _ = postcard::from_bytes::<Message>(&bytes[..cut]);
+            }
+            for position in 0..bytes.len() {
+                let mut corrupted = bytes.clone();
+                corrupted[position] ^= 0xa5;
+                let _ = postcard::from_bytes::<Message>(&corrupted);
+            }
+        }
+        assert!(postcard::from_bytes::<Message>(&[0xff, 0xff, 0xff]).is_err());
+    }
+}
