@@ -1007,7 +1007,13 @@ impl Swim {
                 directed = Some(to.0);
             }
         }
-        if piggyback {
+        // Rumours ride only on datagrams to members held alive (or not known,
+        // such as seeds): a transmit spent on a suspect or dead member is most
+        // likely lost, and a rumour has only `λ·log n` of them.
+        let recipient_alive = to
+            .and_then(|to| self.index.get(&to))
+            .is_none_or(|&i| self.members[i].state == MemberState::Alive);
+        if piggyback && recipient_alive {
             let limit = self.retransmit_limit();
             self.broadcasts
                 .take(limit, directed, |update| writer.try_push(update));
