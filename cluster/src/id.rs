@@ -8,7 +8,9 @@
 use std::fmt;
 
 /// A cluster member's stable identity (chosen when its data directory is made).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct NodeId(pub u64);
 
 impl fmt::Display for NodeId {
@@ -18,7 +20,9 @@ impl fmt::Display for NodeId {
 }
 
 /// The issuer of dots: a node in one epoch of its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Actor {
     /// The node.
     pub node: NodeId,
@@ -33,5 +37,7 @@ impl fmt::Display for Actor {
 }
 
 /// One of the cluster's `Q` fixed partitions of the key space.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Partition(pub u32);

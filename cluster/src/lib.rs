@@ -6,5 +6,7 @@
 
 pub mod id;
 pub mod membership;
+pub mod siblings;
 pub mod sim;
 pub mod store;
+pub mod version_vector;
