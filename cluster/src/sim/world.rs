@@ -1256,7 +1256,9 @@ impl Simulation {
                     self.finish_op(client);
                     return;
                 };
-                elements.insert(element);
+                if let Err(position) = elements.binary_search(&element) {
+                    elements.insert(position, element);
+                }
                 let request = Request::Put {
                     key: set_key(key),
                     value: checker::encode_set(&elements),
@@ -1518,6 +1520,7 @@ impl Simulation {
                 for state in &states {
                     match checker::union_of(state.values()) {
                         Some(set) => {
+                            let set: BTreeSet<u64> = set.into_iter().collect();
                             intersection = Some(match intersection {
                                 None => set,
                                 Some(previous) => previous.intersection(&set).copied().collect(),
@@ -1551,7 +1554,7 @@ impl Simulation {
                 let seen = checker::union_of(siblings).unwrap_or_default();
                 let unseen = expected
                     .iter()
-                    .filter(|add| add.key == *key && !seen.contains(&add.element))
+                    .filter(|add| add.key == *key && seen.binary_search(&add.element).is_err())
                     .count();
                 if unseen > 0 {
                     unseen_texts.push(format!(
