@@ -1,0 +1,362 @@
+//! The ring: the cluster's members, their ownership state, and the recorded
+//! assignment of partitions to members — a small state-based CRDT carried in
+//! gossip (design.md §4).
+//!
+//! Members map to a [`MemberEntry`] whose `version` grows with every change
+//! made to it; merging keeps, for each member, the entry with the highest
+//! `(version, state, address)`, so merge is commutative, associative and
+//! idempotent (property-tested below). [`MemberState::Removed`] is a
+//! tombstone: a removed id never owns data again.
+//!
+//! The recorded assignment is a last-writer-wins register ordered by its
+//! version and then its content. It is only the *starting point* of
+//! placement: [`crate::placement::Placement`] derives the actual table from it
+//! and the current owners with a deterministic, minimal-movement claim, so
+//! placement stays a pure function of the ring even while concurrent changes
+//! are merged. Whoever changes membership records the new table
+//! ([`Ring::record_assignment`]) so the next change moves only what it must.
+//!
+//! Liveness (alive, suspect, dead) is never part of the ring: a node that is
+//! down keeps its partitions; sloppy quorums and hinted handoff cover it.
+
+use crate::id::NodeId;
+use crate::placement::Placement;
+use std::collections::BTreeMap;
+
+/// A member's ownership state. Ordered so merges can break ties.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub enum MemberState {
+    /// Known, receiving data moves, not yet owning partitions.
+    Joining,
+    /// Owns partitions.
+    Active,
+    /// Still owns partitions while it hands them off.
+    Leaving,
+    /// Gone for good; the id never owns data again.
+    Removed,
+}
+
+impl MemberState {
+    /// True when a member in this state owns partitions.
+    pub fn owns_data(self) -> bool {
+        matches!(self, MemberState::Active | MemberState::Leaving)
+    }
+}
+
+/// What the ring records about one member.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct MemberEntry {
+    /// Where the member listens (`host:port`).
+    pub address: String,
+    /// Its ownership state.
+    pub state: MemberState,
+    /// Grows by one with every change to this entry.
+    pub version: u64,
+}
+
+impl MemberEntry {
+    fn merge_key(&self) -> (u64, MemberState, &str) {
+        (self.version, self.state, &self.address)
+    }
+}
+
+/// A recorded table of primaries per partition, the base of the next claim.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Assignment {
+    /// Grows by one with every recorded table.
+    pub version: u64,
+    /// The partition count the table was made for.
+    pub partition_count: u32,
+    /// The replication factor the table was made for.
+    pub replication_factor: u32,
+    /// For each partition, its primaries in order.
+    pub primaries: Vec<Vec<NodeId>>,
+}
+
+/// Why ring bytes could not be decoded. Nothing was built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RingDecodeError {
+    /// Longer than the limit.
+    #[error("ring of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    /// Not a well-formed ring.
+    #[error("malformed ring: {0}")]
+    Malformed(String),
+}
+
+/// Largest encoded ring accepted from a peer.
+pub const RING_ENCODED_SIZE_MAX_BYTES: usize = 1 << 20;
+
+/// The members and their states; see the module documentation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Ring {
+    members: BTreeMap<NodeId, MemberEntry>,
+    assignment: Option<Assignment>,
+}
+
+impl Ring {
+    /// An empty ring.
+    pub fn new() -> Ring {
+        Ring::default()
+    }
+
+    /// Adds (or re-activates) a member that owns data at once — a founding member.
+    /// Returns false if the id was removed (it can never come back).
+    pub fn add_member(&mut self, node: NodeId, address: String) -> bool {
+        self.change(node, address, MemberState::Active)
+    }
+
+    /// Adds a member in the joining state (it owns nothing until made active).
+    pub fn join_member(&mut self, node: NodeId, address: String) -> bool {
+        self.change(node, address, MemberState::Joining)
+    }
+
+    /// Moves a known member to `state`. Returns false for unknown or removed
+    /// members, and when the member is already in that state.
+    pub fn set_state(&mut self, node: NodeId, state: MemberState) -> bool {
+        let Some(entry) = self.members.get(&node) else {
+            return false;
+        };
+        if entry.state == state {
+            return false;
+        }
+        let address = entry.address.clone();
+        self.change(node, address, state)
+    }
+
+    fn change(&mut self, node: NodeId, address: String, state: MemberState) -> bool {
+        let version = match self.members.get(&node) {
+            Some(entry) if entry.state == MemberState::Removed => return false,
+            Some(entry) => entry.version + 1,
+            None => 1,
+        };
+        self.members.insert(
+            node,
+            MemberEntry {
+                address,
+                state,
+                version,
+            },
+        );
+        true
+    }
+
+    /// The entry of one member.
+    pub fn get(&self, node: NodeId) -> Option<&MemberEntry> {
+        self.members.get(&node)
+    }
+
+    /// Every member ever known (removed ones included), in id order.
+    pub fn members(&self) -> impl Iterator<Item = (NodeId, &MemberEntry)> {
+        self.members.iter().map(|(node, entry)| (*node, entry))
+    }
+
+    /// The members that own data (active or leaving), in id order.
+    pub fn owners(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members
+            .iter()
+            .filter(|(_, entry)| entry.state.owns_data())
+            .map(|(node, _)| *node)
+    }
+
+    /// The recorded assignment, if any.
+    pub fn assignment(&self) -> Option<&Assignment> {
+        self.assignment.as_ref()
+    }
+
+    /// Records `placement`'s primaries as the base of the next claim.
+    pub fn record_assignment(&mut self, placement: &Placement) {
+        let version = self
+            .assignment
+            .as_ref()
+            .map_or(1, |assignment| assignment.version + 1);
+        self.assignment = Some(Assignment {
+            version,
+            partition_count: placement.partition_count(),
+            replication_factor: placement.replication_factor() as u32,
+            primaries: placement.primary_table(),
+        });
+    }
+
+    /// Merges another ring into this one; returns true if this ring changed.
+    pub fn merge(&mut self, other: &Ring) -> bool {
+        let mut changed = false;
+        for (node, theirs) in &other.members {
+            match self.members.get(node) {
+                Some(ours) if ours.merge_key() >= theirs.merge_key() => {}
+                _ => {
+                    self.members.insert(*node, theirs.clone());
+                    changed = true;
+                }
+            }
+        }
+        if other.assignment > self.assignment {
+            self.assignment = other.assignment.clone();
+            changed = true;
+        }
+        changed
+    }
+
+    /// A number that grows with every change made anywhere (the sum of entry
+    /// versions and the assignment version). Equal versions with different
+    /// content are possible after concurrent changes; compare [`Ring::digest`].
+    pub fn version(&self) -> u64 {
+        self.members
+            .values()
+            .map(|entry| entry.version)
+            .sum::<u64>()
+            + self
+                .assignment
+                .as_ref()
+                .map_or(0, |assignment| assignment.version)
+    }
+
+    /// A hash of the whole content: equal digests mean (with overwhelming
+    /// probability) equal rings.
+    pub fn digest(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(&self.encode())
+    }
+
+    /// The gossip encoding (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("serializing plain data into a Vec cannot fail")
+    }
+
+    /// Decodes a ring received from a peer, never panicking.
+    pub fn decode(bytes: &[u8]) -> Result<Ring, RingDecodeError> {
+        if bytes.len() > RING_ENCODED_SIZE_MAX_BYTES {
+            return Err(RingDecodeError::TooLarge(bytes.len()));
+        }
+        postcard::from_bytes(bytes).map_err(|error| RingDecodeError::Malformed(error.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Change {
+        Add(u64),
+        Join(u64),
+        State(u64, MemberState),
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        let state = prop_oneof![
+            Just(MemberState::Joining),
+            Just(MemberState::Active),
+            Just(MemberState::Leaving),
+            Just(MemberState::Removed),
+        ];
+        prop_oneof![
+            (0u64..5).prop_map(Change::Add),
+            (0u64..5).prop_map(Change::Join),
+            ((0u64..5), state).prop_map(|(node, state)| Change::State(node, state)),
+        ]
+    }
+
+    fn apply(ring: &mut Ring, change: &Change, replica: usize) {
+        match change {
+            Change::Add(node) => ring.add_member(NodeId(*node), format!("r{replica}")),
+            Change::Join(node) => ring.join_member(NodeId(*node), format!("r{replica}")),
+            Change::State(node, state) => ring.set_state(NodeId(*node), *state),
+        };
+    }
+
+    /// Three replicas of the ring each apply their own changes, with merges between.
+    fn replicas(changes: &[(usize, Change, Option<usize>)]) -> Vec<Ring> {
+        let mut rings = vec![Ring::new(); 3];
+        for (replica, change, merge_from) in changes {
+            apply(&mut rings[*replica], change, *replica);
+            if let Some(from) = merge_from {
+                let source = rings[*from].clone();
+                rings[*replica].merge(&source);
+            }
+        }
+        rings
+    }
+
+    fn history() -> impl Strategy<Value = Vec<(usize, Change, Option<usize>)>> {
+        proptest::collection::vec(
+            (0..3usize, change(), proptest::option::of(0..3usize)),
+            0..25,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_commutative_associative_and_idempotent(changes in history()) {
+            let rings = replicas(&changes);
+            let (a, b, c) = (&rings[0], &rings[1], &rings[2]);
+            let mut ab = a.clone();
+            ab.merge(b);
+            let mut ba = b.clone();
+            ba.merge(a);
+            prop_assert_eq!(&ab, &ba);
+            let mut ab_c = ab.clone();
+            ab_c.merge(c);
+            let mut bc = b.clone();
+            bc.merge(c);
+            let mut a_bc = a.clone();
+            a_bc.merge(&bc);
+            prop_assert_eq!(&ab_c, &a_bc);
+            let mut aa = a.clone();
+            prop_assert!(!aa.merge(a));
+            prop_assert_eq!(&aa, a);
+        }
+
+        #[test]
+        fn encoding_round_trips_and_garbage_is_an_error(changes in history(), garbage in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let rings = replicas(&changes);
+            prop_assert_eq!(&Ring::decode(&rings[0].encode()).unwrap(), &rings[0]);
+            let _ = Ring::decode(&garbage);
+        }
+    }
+
+    #[test]
+    fn a_removed_member_never_comes_back() {
+        let mut ring = Ring::new();
+        ring.add_member(NodeId(1), "a".into());
+        assert!(ring.set_state(NodeId(1), MemberState::Removed));
+        assert!(!ring.add_member(NodeId(1), "a".into()));
+        assert_eq!(ring.owners().count(), 0);
+    }
+
+    #[test]
+    fn only_active_and_leaving_members_own_data() {
+        let mut ring = Ring::new();
+        ring.add_member(NodeId(1), "a".into());
+        ring.join_member(NodeId(2), "b".into());
+        ring.add_member(NodeId(3), "c".into());
+        ring.set_state(NodeId(3), MemberState::Leaving);
+        assert_eq!(
+            ring.owners().collect::<Vec<_>>(),
+            vec![NodeId(1), NodeId(3)]
+        );
+    }
+
+    #[test]
+    fn version_grows_with_every_change() {
+        let mut ring = Ring::new();
+        let before = ring.version();
+        ring.add_member(NodeId(1), "a".into());
+        let after_add = ring.version();
+        ring.set_state(NodeId(1), MemberState::Leaving);
+        assert!(before < after_add && after_add < ring.version());
+    }
+
+    #[test]
+    fn oversized_ring_bytes_are_refused() {
+        let bytes = vec![0u8; RING_ENCODED_SIZE_MAX_BYTES + 1];
+        assert!(matches!(
+            Ring::decode(&bytes),
+            Err(RingDecodeError::TooLarge(_))
+        ));
+    }
+}
