@@ -4,11 +4,19 @@
 //! Everything here except `transport` is sans-IO: plain state machines driven
 //! by `handle_*` inputs at a given instant, producing `poll_*` outputs.
 
+pub mod config;
 pub mod context;
+pub mod coordinator;
+pub mod hinted_handoff;
 pub mod id;
 pub mod membership;
+pub mod message;
+pub mod node;
 pub mod partitioner;
 pub mod placement;
+pub mod quorum;
+pub mod read_repair;
+pub mod replica;
 pub mod ring;
 pub mod siblings;
 pub mod sim;

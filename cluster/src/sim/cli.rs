@@ -1,15 +1,193 @@
-//! `shoal-sim cluster`: arguments and entry point.
+//! `shoal-sim cluster`: arguments, entry point and the JSON summary line.
+//!
+//! Exit status 0 if and only if every invariant held in every run. The last
+//! line of standard output is one JSON object (see docs/testing.md).
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
+
+use serde_json::json;
+
+use crate::sim::world::{self, Faults, Report, SimulationOptions};
 
 /// Arguments of `shoal-sim cluster`.
 #[derive(Debug, clap::Args)]
 pub struct ClusterArgs {
-    /// The seed of the run.
-    #[arg(long)]
+    /// The seed of the run (ignored when --seeds is given).
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// A range of seeds `A..B` (B excluded) to run one after another.
+    #[arg(long)]
+    pub seeds: Option<String>,
+    /// Cluster members.
+    #[arg(long, default_value_t = 5)]
+    pub nodes: usize,
+    /// Client operations per run.
+    #[arg(long, default_value_t = 5000)]
+    pub ops: usize,
+    /// Faults to inject: any of drop,delay,dup,reorder,partition,crash,powerloss, or all, or none.
+    #[arg(
+        long,
+        default_value = "drop,delay,dup,reorder,partition,crash,powerloss"
+    )]
+    pub faults: String,
 }
 
-/// Runs one simulation and returns the process exit status.
+/// Runs one seed, turning a panic into a failed report.
+pub fn run_seed(options: SimulationOptions) -> Result<Report, String> {
+    let seed = options.seed;
+    match catch_unwind(AssertUnwindSafe(|| world::run(options))) {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|text| (*text).to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Ok(Report {
+                seed,
+                violations: vec![format!("panic: {message}")],
+                ..Report::default()
+            })
+        }
+    }
+}
+
+fn parse_seeds(text: &str) -> Result<(u64, u64), String> {
+    let (start, end) = text
+        .split_once("..")
+        .ok_or_else(|| format!("--seeds {text:?}: expected A..B"))?;
+    let start: u64 = start
+        .trim()
+        .parse()
+        .map_err(|_| format!("--seeds: bad start {start:?}"))?;
+    let end: u64 = end
+        .trim()
+        .parse()
+        .map_err(|_| format!("--seeds: bad end {end:?}"))?;
+    if end <= start {
+        return Err(format!("--seeds {text:?}: empty range"));
+    }
+    Ok((start, end))
+}
+
+/// The JSON line for one run.
+pub fn report_json(report: &Report, wall_seconds: f64) -> serde_json::Value {
+    let ops_per_second = if wall_seconds > 0.0 {
+        report.ops_completed as f64 / wall_seconds
+    } else {
+        0.0
+    };
+    let metrics = &report.metrics;
+    json!({
+        "seed": report.seed,
+        "passed": report.passed(),
+        "acked_writes": report.acked_writes,
+        "lost_writes": report.lost_writes,
+        "converged": report.converged,
+        "unsynced_writes_lost": report.unsynced_writes_lost,
+        "violations": report.violations,
+        "ops_completed": report.ops_completed,
+        "failed_requests": report.failed_requests,
+        "strict_reads_checked": report.strict_reads_checked,
+        "simulated_ms": report.simulated_millis,
+        "events": report.events,
+        "messages_sent": report.messages_sent,
+        "messages_lost": report.messages_lost,
+        "process_crashes": report.process_crashes,
+        "machine_crashes": report.machine_crashes,
+        "partitions": report.partitions,
+        "store_failures_injected": report.store_failures_injected,
+        "store_failures": metrics.store_failures,
+        "quorum_failures": metrics.quorum_failures,
+        "sibling_limit_rejections": metrics.sibling_limit_rejections,
+        "read_repairs": metrics.read_repairs,
+        "hints_stored": metrics.hints_stored,
+        "hints_replayed": metrics.hints_replayed,
+        "hints_dropped": metrics.hints_dropped_full + metrics.hints_dropped_expired + metrics.hints_dropped_corrupt,
+        "trace_hash": format!("{:016x}", report.trace_hash),
+        "wall_ms": (wall_seconds * 1000.0).round() as u64,
+        "sim_ops_per_sec": ops_per_second.round() as u64,
+    })
+}
+
+/// Runs one simulation (or a range of seeds) and returns the process exit status.
 pub fn run_cluster(args: ClusterArgs) -> i32 {
-    eprintln!("shoal-sim cluster: not built yet (seed {})", args.seed);
-    2
+    let faults = match Faults::parse(&args.faults) {
+        Ok(faults) => faults,
+        Err(error) => {
+            eprintln!("shoal-sim cluster: {error}");
+            return 2;
+        }
+    };
+    let (start, end) = match &args.seeds {
+        None => (args.seed, args.seed.saturating_add(1)),
+        Some(text) => match parse_seeds(text) {
+            Ok(range) => range,
+            Err(error) => {
+                eprintln!("shoal-sim cluster: {error}");
+                return 2;
+            }
+        },
+    };
+    let single = args.seeds.is_none();
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    let mut ops = 0u64;
+    let mut acked = 0u64;
+    let mut lost = 0u64;
+    let mut last = None;
+    for seed in start..end {
+        let options = SimulationOptions {
+            nodes: args.nodes,
+            ops: args.ops,
+            faults,
+            ..SimulationOptions::new(seed)
+        };
+        let seed_started = Instant::now();
+        let report = match run_seed(options) {
+            Ok(report) => report,
+            Err(error) => {
+                eprintln!("shoal-sim cluster: {error}");
+                return 2;
+            }
+        };
+        let line = report_json(&report, seed_started.elapsed().as_secs_f64());
+        ops += report.ops_completed;
+        acked += report.acked_writes;
+        lost += report.lost_writes;
+        if !report.passed() {
+            failed.push(seed);
+            for violation in &report.violations {
+                eprintln!("seed {seed}: {violation}");
+            }
+            eprintln!(
+                "seed {seed} FAILED; replay with: shoal-sim cluster --seed {seed} --nodes {} --ops {} --faults {}",
+                args.nodes, args.ops, args.faults
+            );
+        }
+        if !single {
+            println!("{line}");
+        }
+        last = Some(line);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    if single {
+        if let Some(line) = last {
+            println!("{line}");
+        }
+    } else {
+        let summary = json!({
+            "seeds": format!("{start}..{end}"),
+            "seeds_run": end - start,
+            "failed_seeds": failed,
+            "acked_writes": acked,
+            "lost_writes": lost,
+            "converged": failed.is_empty(),
+            "wall_ms": (wall * 1000.0).round() as u64,
+            "sim_ops_per_sec": if wall > 0.0 { (ops as f64 / wall).round() as u64 } else { 0 },
+        });
+        println!("{summary}");
+    }
+    if failed.is_empty() { 0 } else { 1 }
 }
