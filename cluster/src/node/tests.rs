@@ -657,3 +657,82 @@ fn late_acknowledgement_from_before_a_restart_does_not_count_for_a_new_write() {
     cluster.collect(coordinator);
     assert!(!cluster.responses.contains_key(&new_id));
 }
+
+#[test]
+fn sloppy_get_counts_a_fallback_holding_the_hint_for_a_down_primary() {
+    let mut cluster = Cluster::new(5, Config::default());
+    let primaries = cluster.primaries(b"k");
+    let down = [primaries[1], primaries[2]];
+    for member in down {
+        cluster.crash(member, false);
+        cluster.report(member, Liveness::Dead);
+    }
+    let request = cluster.request(
+        primaries[0],
+        put("k", "v", VersionVector::default(), Quorum::All, true),
+    );
+    assert_eq!(written(cluster.response(request)).acks, 3);
+    // Strict: only one primary can answer.
+    let request = cluster.request(primaries[0], get("k", Quorum::Quorum));
+    assert_eq!(
+        cluster.response(request),
+        &Response::Failed(RequestError::QuorumNotReached {
+            acks: 1,
+            required: 2
+        })
+    );
+    // Sloppy: the fallbacks answer with their hints for the down primaries.
+    let request = cluster.request(
+        primaries[0],
+        Request::Get {
+            key: Bytes::from_static(b"k"),
+            options: ReadOptions {
+                r: Some(Quorum::All),
+                sloppy: Some(true),
+                timeout: None,
+            },
+        },
+    );
+    let result = read(cluster.response(request));
+    assert_eq!(result.answered, 3);
+    assert_eq!(result.siblings, vec![Bytes::from_static(b"v")]);
+}
+
+#[test]
+fn full_hint_storage_refuses_the_hint_and_the_write_does_not_count_it() {
+    let config = Config {
+        hint_bytes_per_target_max: 10,
+        ..Config::default()
+    };
+    let mut cluster = Cluster::new(5, config);
+    let primaries = cluster.primaries(b"k");
+    cluster.crash(primaries[2], false);
+    cluster.report(primaries[2], Liveness::Dead);
+    let request = cluster.request(
+        primaries[0],
+        put("k", "v", VersionVector::default(), Quorum::All, true),
+    );
+    // Every fallback refuses (its hint storage for the target is too small),
+    // so the third slot stays uncovered until the deadline.
+    assert!(!cluster.responses.contains_key(&request));
+    cluster.advance(Config::default().request_timeout + Duration::from_millis(1));
+    assert_eq!(
+        cluster.response(request),
+        &Response::Failed(RequestError::QuorumNotReached {
+            acks: 2,
+            required: 3
+        })
+    );
+    let dropped: u64 = cluster
+        .nodes
+        .iter()
+        .map(|node| node.metrics().hints_dropped_full)
+        .sum();
+    assert!(dropped >= 1);
+    assert!(
+        cluster
+            .nodes
+            .iter()
+            .all(|node| node.hint_bytes_total() == 0)
+    );
+}
