@@ -909,7 +909,45 @@ impl Simulation {
         }
     }
 
+    /// The hint bound is checked on each node's own accounting after every
+    /// event; this checks that accounting against what its store holds.
+    fn check_hint_accounting(&mut self) {
+        for index in 0..self.hosts.len() {
+            let Some(node) = self.hosts[index].node.as_ref() else {
+                continue;
+            };
+            let accounted: Vec<(usize, u64)> = (0..self.hosts.len())
+                .map(|target| (target, node.hint_bytes(node_id(target))))
+                .collect();
+            let entries = self.hosts[index]
+                .store
+                .scan(
+                    &[replica::HINT_PREFIX],
+                    &[replica::HINT_PREFIX + 1],
+                    usize::MAX,
+                )
+                .unwrap_or_default();
+            let mut held = vec![0u64; self.hosts.len()];
+            for (key, value) in &entries {
+                if let Some((target, _, _)) = hinted_handoff::parse_hint_key(key)
+                    && let Some(slot) = node_index(target).and_then(|target| held.get_mut(target))
+                {
+                    *slot += (key.len() + value.len()) as u64;
+                }
+            }
+            for (target, bytes) in accounted {
+                if held[target] != bytes {
+                    self.violation(format!(
+                        "node {index} accounts {bytes} bytes of hints for node {target} but stores {}",
+                        held[target]
+                    ));
+                }
+            }
+        }
+    }
+
     fn start_drain(&mut self) {
+        self.check_hint_accounting();
         self.phase = Phase::Drain;
         self.phase_started = self.now;
         self.network.set_faults(NetworkFaults::none());
