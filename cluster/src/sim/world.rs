@@ -1190,7 +1190,7 @@ impl Simulation {
                 request: request_id,
             },
         );
-        let now = self.instant(self.now + CLIENT_LATENCY_MICROS);
+        let now = self.instant(self.now);
         let host = &mut self.hosts[node];
         if let Some(state) = host.node.as_mut() {
             state.handle_request(now, request_id, request, &mut host.store);
