@@ -347,7 +347,7 @@ impl Node {
                 hint_for,
             } => self.receive_replicate(now, from, operation, key, state, durable, hint_for, store),
             Message::ReplicateAck { operation, outcome } => {
-                self.receive_replicate_ack(now, from, operation, outcome, store)
+                self.receive_replicate_ack(now, from, operation, outcome)
             }
             Message::Read {
                 operation,
@@ -999,10 +999,14 @@ impl Node {
         from: NodeId,
         id: u64,
         outcome: ReplicaOutcome,
-        _store: &mut impl Store,
     ) {
+        if !matches!(self.operations.get(&id), Some(Operation::Write(_))) {
+            // Late, duplicated or for a finished operation: nothing waits for
+            // it. (An id naming another kind of operation is a confused peer;
+            // that operation is left alone.)
+            return;
+        }
         let Some(Operation::Write(mut operation)) = self.operations.remove(&id) else {
-            // Late, duplicated or for a finished operation: nothing waits for it.
             return;
         };
         operation.record(from, outcome == ReplicaOutcome::Stored);
@@ -1246,6 +1250,9 @@ impl Node {
         state: Option<KeyState>,
         store: &mut impl Store,
     ) {
+        if !matches!(self.operations.get(&id), Some(Operation::Read(_))) {
+            return;
+        }
         let Some(Operation::Read(mut operation)) = self.operations.remove(&id) else {
             return;
         };

@@ -736,3 +736,37 @@ fn full_hint_storage_refuses_the_hint_and_the_write_does_not_count_it() {
             .all(|node| node.hint_bytes_total() == 0)
     );
 }
+
+#[test]
+fn answer_naming_another_kind_of_operation_leaves_it_alone() {
+    let mut cluster = Cluster::new(3, Config::default());
+    let primaries = cluster.primaries(b"k");
+    cluster.silent[primaries[1]] = true;
+    cluster.silent[primaries[2]] = true;
+    let request = cluster.request(primaries[0], get("k", Quorum::All));
+    let operation = cluster.nodes[primaries[0]]
+        .operations
+        .keys()
+        .copied()
+        .next()
+        .unwrap();
+    // A confused peer acknowledges a write with the read's id.
+    cluster.nodes[primaries[0]].handle_message(
+        cluster.now,
+        id(primaries[1]),
+        Message::ReplicateAck {
+            operation,
+            outcome: ReplicaOutcome::Stored,
+        },
+        &mut cluster.stores[primaries[0]],
+    );
+    assert_eq!(cluster.nodes[primaries[0]].operations_in_flight(), 1);
+    cluster.advance(Config::default().request_timeout + Duration::from_millis(1));
+    assert_eq!(
+        cluster.response(request),
+        &Response::Failed(RequestError::QuorumNotReached {
+            acks: 1,
+            required: 3
+        })
+    );
+}
