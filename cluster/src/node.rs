@@ -125,6 +125,8 @@ pub struct Node {
     forwards_seen: VecDeque<(NodeId, u64)>,
     forwards_seen_set: BTreeSet<(NodeId, u64)>,
     next_replay: Option<Instant>,
+    /// When to try starting again after a store failure at start.
+    start_retry: Option<Instant>,
     outputs: VecDeque<Output>,
     metrics: Metrics,
     timestamp_last: u64,
@@ -152,6 +154,7 @@ impl Node {
             forwards_seen: VecDeque::new(),
             forwards_seen_set: BTreeSet::new(),
             next_replay: None,
+            start_retry: None,
             outputs: VecDeque::new(),
             metrics: Metrics::default(),
             timestamp_last: 0,
@@ -245,6 +248,9 @@ impl Node {
 
     /// When [`Node::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.started.is_none() {
+            return self.start_retry;
+        }
         let timer = self.timers.first().map(|(when, _)| *when);
         match (timer, self.next_replay) {
             (Some(timer), Some(replay)) => Some(timer.min(replay)),
@@ -409,10 +415,14 @@ impl Node {
         if self.started.is_some() {
             return true;
         }
+        // A failed start is retried at the next input, or after a replay
+        // interval at the latest (the store may have been briefly failing).
+        let retry = Some(now + self.config.hint_replay_interval);
         let epoch = match replica::start_epoch(store) {
             Ok(epoch) => epoch,
             Err(_) => {
                 self.metrics.store_failures += 1;
+                self.start_retry = retry;
                 return false;
             }
         };
@@ -425,9 +435,11 @@ impl Node {
             Ok(hints) => hints,
             Err(_) => {
                 self.metrics.store_failures += 1;
+                self.start_retry = retry;
                 return false;
             }
         };
+        self.start_retry = None;
         if !hints.targets().is_empty() {
             self.next_replay = Some(now);
         }

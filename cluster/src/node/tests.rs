@@ -770,3 +770,18 @@ fn answer_naming_another_kind_of_operation_leaves_it_alone() {
         })
     );
 }
+
+#[test]
+fn start_that_fails_on_the_store_is_retried_by_a_timer() {
+    let mut store = MemStore::new();
+    store.fail_next_write();
+    let now = Instant::now();
+    let mut node = Node::new(Config::default(), NodeId(1), 1).unwrap();
+    node.handle_ring(now, build_ring(3));
+    node.handle_timeout(now, &mut store);
+    assert_eq!(node.epoch(), None);
+    assert_eq!(node.metrics().store_failures, 1);
+    let retry = node.poll_timeout().expect("a retry is due");
+    node.handle_timeout(retry, &mut store);
+    assert_eq!(node.epoch(), Some(1));
+}

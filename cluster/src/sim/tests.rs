@@ -142,3 +142,12 @@ fn found_by_sim_seed_10277() {
 fn found_by_sim_seed_11497() {
     assert_passed(&run_with(11497, 1000, Faults::all()));
 }
+
+/// A node whose start failed on a store error (its epoch write) stayed
+/// unstarted until a message happened to arrive, holding hints it did not
+/// know about; the new hint-accounting check caught it. A failed start is
+/// now retried by a timer, and the check skips nodes not yet started.
+#[test]
+fn found_by_sim_seed_100005() {
+    assert_passed(&run_with(100005, 1000, Faults::all()));
+}
