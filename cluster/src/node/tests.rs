@@ -785,3 +785,32 @@ fn start_that_fails_on_the_store_is_retried_by_a_timer() {
     node.handle_timeout(retry, &mut store);
     assert_eq!(node.epoch(), Some(1));
 }
+
+#[test]
+fn last_writer_wins_keeps_one_value_and_replicas_converge_on_it() {
+    let config = Config {
+        conflict_policy: crate::siblings::ConflictPolicy::Lww,
+        ..Config::default()
+    };
+    let mut cluster = Cluster::new(3, config);
+    let primaries = cluster.primaries(b"k");
+    cluster.request(
+        primaries[0],
+        put("k", "first", VersionVector::default(), Quorum::All, true),
+    );
+    cluster.advance(Duration::from_millis(5));
+    cluster.request(
+        primaries[1],
+        put("k", "second", VersionVector::default(), Quorum::All, true),
+    );
+    let request = cluster.request(primaries[2], get("k", Quorum::All));
+    assert_eq!(
+        read(cluster.response(request)).siblings,
+        vec![Bytes::from_static(b"second")]
+    );
+    let states: Vec<KeyState> = primaries
+        .iter()
+        .map(|member| cluster.local_state(*member, b"k"))
+        .collect();
+    assert!(crate::sim::checker::all_identical(&states));
+}
