@@ -6,8 +6,13 @@
 //! keys and values and knows nothing of replication. See `docs/storage-format.md`
 //! for the on-disk formats.
 
+pub mod bloom;
 pub mod error;
 pub mod iterator;
 pub mod key;
+pub mod log;
+pub mod options;
+pub mod sstable;
 
 pub use error::{Error, Result};
+pub use options::{Options, SyncMode, WriteOptions};
