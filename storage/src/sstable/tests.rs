@@ -3,10 +3,12 @@ use crate::key::{ValueKind, internal_key, parse_internal_key};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
+type Model = BTreeMap<(Vec<u8>, std::cmp::Reverse<u64>), (ValueKind, Vec<u8>)>;
+
 /// Writes a table of `(user key, sequence, kind, value)` entries.
 fn write_table(
     path: &Path,
-    entries: &BTreeMap<(Vec<u8>, std::cmp::Reverse<u64>), (ValueKind, Vec<u8>)>,
+    entries: &Model,
     options: &TableOptions,
 ) -> TableSummary {
     let mut builder = TableBuilder::create(path, options).unwrap();
@@ -18,7 +20,6 @@ fn write_table(
     builder.finish().unwrap()
 }
 
-type Model = BTreeMap<(Vec<u8>, std::cmp::Reverse<u64>), (ValueKind, Vec<u8>)>;
 
 fn model_get(model: &Model, key: &[u8], sequence_max: u64) -> Option<(ValueKind, Vec<u8>)> {
     model
