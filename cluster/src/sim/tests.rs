@@ -42,6 +42,16 @@ fn same_seed_gives_the_same_trace_hash() {
 }
 
 #[test]
+fn a_sample_of_seeds_replays_exactly() {
+    for seed in (0..2000).step_by(100) {
+        let first = run_with(seed, 150, Faults::all());
+        let second = run_with(seed, 150, Faults::all());
+        assert_eq!(first.trace_hash, second.trace_hash, "seed {seed}");
+        assert_eq!(first.violations, second.violations, "seed {seed}");
+    }
+}
+
+#[test]
 fn a_run_without_faults_acknowledges_almost_everything_and_converges() {
     let report = run_with(7, 300, Faults::default());
     assert_passed(&report);
