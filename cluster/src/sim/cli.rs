@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use crate::siblings::ConflictPolicy;
 use crate::sim::world::{self, Faults, Report, SimulationOptions};
 
 /// Arguments of `shoal-sim cluster`.
@@ -31,6 +32,10 @@ pub struct ClusterArgs {
         default_value = "drop,delay,dup,reorder,partition,crash,powerloss"
     )]
     pub faults: String,
+    /// Conflict policy of the replicas: siblings (default) or lww. Under lww
+    /// the set workload loses concurrent adds by design and is not checked.
+    #[arg(long, default_value = "siblings")]
+    pub policy: String,
 }
 
 /// Runs one seed, turning a panic into a failed report.
@@ -120,6 +125,14 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
             return 2;
         }
     };
+    let conflict_policy = match args.policy.as_str() {
+        "siblings" => ConflictPolicy::Siblings,
+        "lww" => ConflictPolicy::Lww,
+        other => {
+            eprintln!("shoal-sim cluster: unknown policy {other:?} (expected siblings or lww)");
+            return 2;
+        }
+    };
     let (start, end) = match &args.seeds {
         None => (args.seed, args.seed.saturating_add(1)),
         Some(text) => match parse_seeds(text) {
@@ -143,6 +156,7 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
             nodes: args.nodes,
             ops: args.ops,
             faults,
+            conflict_policy,
             ..SimulationOptions::new(seed)
         };
         let seed_started = Instant::now();

@@ -42,6 +42,20 @@ fn same_seed_gives_the_same_trace_hash() {
 }
 
 #[test]
+fn last_writer_wins_runs_converge_and_keep_the_other_invariants() {
+    for seed in 0..40 {
+        let options = SimulationOptions {
+            ops: 400,
+            conflict_policy: crate::siblings::ConflictPolicy::Lww,
+            ..SimulationOptions::new(seed)
+        };
+        let report = run(options).expect("the options are valid");
+        assert_passed(&report);
+        assert!(report.converged);
+    }
+}
+
+#[test]
 fn a_sample_of_seeds_replays_exactly() {
     for seed in (0..2000).step_by(100) {
         let first = run_with(seed, 150, Faults::all());
