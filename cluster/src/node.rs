@@ -963,6 +963,24 @@ impl Node {
         } else {
             Durability::Buffered
         };
+        // Hints are kept only for a primary of the key: a hint naming any
+        // other node would let a confused peer grow the per-target map.
+        if let Some(target) = hint_for
+            && target != self.id
+            && !self
+                .primaries(partition)
+                .is_ok_and(|primaries| primaries.contains(&target))
+        {
+            self.metrics.malformed_messages += 1;
+            self.send(
+                from,
+                Message::ReplicateAck {
+                    operation,
+                    outcome: ReplicaOutcome::Refused,
+                },
+            );
+            return;
+        }
         let stored = match hint_for {
             Some(target) if target != self.id => {
                 let now_micros = self.wall_micros(now);

@@ -814,3 +814,42 @@ fn last_writer_wins_keeps_one_value_and_replicas_converge_on_it() {
         .collect();
     assert!(crate::sim::checker::all_identical(&states));
 }
+
+#[test]
+fn hint_for_a_node_that_is_not_a_primary_of_the_key_is_refused() {
+    let mut cluster = Cluster::new(5, Config::default());
+    let mut state = KeyState::default();
+    state.coordinate_write(
+        Actor {
+            node: NodeId(1),
+            epoch: 1,
+        },
+        &VersionVector::default(),
+        SiblingValue::Value(Bytes::from_static(b"v")),
+        1,
+    );
+    cluster.nodes[0].handle_message(
+        cluster.now,
+        id(1),
+        Message::Replicate {
+            operation: 5,
+            key: Bytes::from_static(b"k"),
+            state,
+            durable: false,
+            hint_for: Some(NodeId(9_999)),
+        },
+        &mut cluster.stores[0],
+    );
+    assert_eq!(cluster.nodes[0].hint_bytes_total(), 0);
+    assert_eq!(cluster.nodes[0].metrics().malformed_messages, 1);
+    assert!(matches!(
+        cluster.nodes[0].poll_output(),
+        Some(Output::Send {
+            message: Message::ReplicateAck {
+                outcome: ReplicaOutcome::Refused,
+                ..
+            },
+            ..
+        })
+    ));
+}
