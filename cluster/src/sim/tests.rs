@@ -100,8 +100,10 @@ fn many_seeds_with_all_faults_hold_every_invariant() {
     assert!(failed.is_empty(), "failing seeds: {failed:#?}");
     // The simulator must actually exercise what it claims to (TigerBeetle's
     // and FoundationDB's "sometimes" coverage): a run that injects nothing
-    // would pass trivially.
-    if seeds >= 100 {
+    // would pass trivially. (Some of these are rare: at the default 300
+    // seeds of 1,000 operations a handful of seeds drop hints at the bound or
+    // lose an unsynced write, so smaller runs skip the check.)
+    if seeds >= 300 && ops >= 1000 {
         assert!(totals.machine_crashes > 0, "{totals:?}");
         assert!(totals.process_crashes > 0, "{totals:?}");
         assert!(totals.partitions > 0, "{totals:?}");
