@@ -7,12 +7,17 @@
 //! for the on-disk formats.
 
 pub mod bloom;
+pub mod db;
 pub mod error;
 pub mod iterator;
 pub mod key;
 pub mod log;
+pub mod memtable;
+pub mod merge;
 pub mod options;
 pub mod sstable;
+pub mod version;
 
+pub use db::{Db, DbIterator, DbStats, Snapshot, WriteBatch};
 pub use error::{Error, Result};
 pub use options::{Options, SyncMode, WriteOptions};

@@ -6,11 +6,7 @@ use std::collections::BTreeMap;
 type Model = BTreeMap<(Vec<u8>, std::cmp::Reverse<u64>), (ValueKind, Vec<u8>)>;
 
 /// Writes a table of `(user key, sequence, kind, value)` entries.
-fn write_table(
-    path: &Path,
-    entries: &Model,
-    options: &TableOptions,
-) -> TableSummary {
+fn write_table(path: &Path, entries: &Model, options: &TableOptions) -> TableSummary {
     let mut builder = TableBuilder::create(path, options).unwrap();
     for ((key, sequence), (kind, value)) in entries {
         builder
@@ -19,7 +15,6 @@ fn write_table(
     }
     builder.finish().unwrap()
 }
-
 
 fn model_get(model: &Model, key: &[u8], sequence_max: u64) -> Option<(ValueKind, Vec<u8>)> {
     model
