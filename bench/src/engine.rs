@@ -1,0 +1,266 @@
+//! `shoal-bench engine`: db_bench-style micro-benchmarks of an embedded engine.
+//!
+//! The workloads are written against the small [`Engine`] trait so that the
+//! same code drives Shoal's engine here and the peers (RocksDB, fjall) in the
+//! separate `bench/peers` crate — same keys, values, threads and timing.
+//!
+//! Keys are 16 ASCII digits; values are `--value-size` bytes, half random and
+//! half repeated (about 50 % compressible, as db_bench makes them).
+
+use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::{Rng, RngCore, SeedableRng};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// What the workloads need of an engine.
+pub trait Engine: Sync {
+    /// Writes one key (durably when `sync`).
+    fn put(&self, key: &[u8], value: &[u8], sync: bool) -> Result<(), String>;
+    /// Reads one key.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String>;
+    /// Visits every key in order; returns the number visited.
+    fn scan_all(&self) -> Result<u64, String>;
+    /// Flushes memtables so a reopen reads from tables.
+    fn flush(&self) -> Result<(), String>;
+    /// Bytes of live data files.
+    fn size_on_disk_bytes(&self) -> u64;
+}
+
+/// The workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Insert keys in order.
+    Fillseq,
+    /// Insert keys in random order.
+    Fillrandom,
+    /// Overwrite random existing keys.
+    Overwrite,
+    /// Read random existing keys.
+    Readrandom,
+    /// Read random keys that do not exist.
+    Readmissing,
+    /// Read every key in order.
+    Readseq,
+}
+
+impl Workload {
+    /// The name used on the command line and in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Fillseq => "fillseq",
+            Workload::Fillrandom => "fillrandom",
+            Workload::Overwrite => "overwrite",
+            Workload::Readrandom => "readrandom",
+            Workload::Readmissing => "readmissing",
+            Workload::Readseq => "readseq",
+        }
+    }
+
+    /// True for workloads that start from an empty database.
+    pub fn fills(self) -> bool {
+        matches!(self, Workload::Fillseq | Workload::Fillrandom)
+    }
+}
+
+/// Parameters of a run.
+#[derive(Debug, Clone)]
+pub struct Parameters {
+    /// The workload.
+    pub workload: Workload,
+    /// Number of entries (and of operations).
+    pub num: u64,
+    /// Value size in bytes.
+    pub value_size: usize,
+    /// Threads sharing the operations.
+    pub threads: usize,
+    /// Fsync every write.
+    pub sync: bool,
+}
+
+/// The key of entry `index`: 16 ASCII digits.
+pub fn key_of(index: u64) -> [u8; 16] {
+    let mut key = [b'0'; 16];
+    let mut rest = index;
+    for position in (0..16).rev() {
+        key[position] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    key
+}
+
+fn fill_value(rng: &mut SmallRng, value: &mut [u8]) {
+    let half = value.len() / 2;
+    rng.fill_bytes(&mut value[..half]);
+    for byte in &mut value[half..] {
+        *byte = b'x';
+    }
+}
+
+/// The figures of a run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// Workload name.
+    pub workload: String,
+    /// Operations done.
+    pub ops: u64,
+    /// Operations per second over the whole run.
+    pub ops_per_sec: f64,
+    /// Median latency.
+    pub p50_us: f64,
+    /// 99th percentile latency.
+    pub p99_us: f64,
+    /// 99.9th percentile latency.
+    pub p999_us: f64,
+    /// Worst single operation (for writes: the longest stall).
+    pub max_us: f64,
+    /// Reads that found their key (read workloads).
+    pub found: u64,
+    /// Bytes of data files at the end.
+    pub bytes_on_disk: u64,
+    /// Threads used.
+    pub threads: usize,
+    /// Value size.
+    pub value_size: usize,
+    /// Whether writes were fsynced.
+    pub sync: bool,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Runs one workload and returns its figures; progress goes to stderr.
+pub fn run(engine: &dyn Engine, parameters: &Parameters) -> Result<Report, String> {
+    let threads = parameters.threads.max(1);
+    let per_thread = parameters.num / threads as u64;
+    let done = AtomicU64::new(0);
+    let found = AtomicU64::new(0);
+    let started = Instant::now();
+    let finished = std::sync::atomic::AtomicBool::new(false);
+    let histograms: Vec<Result<Histogram<u64>, String>> = std::thread::scope(|scope| {
+        let progress = scope.spawn(|| {
+            while !finished.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                let count = done.load(Ordering::Relaxed);
+                let seconds = started.elapsed().as_secs_f64();
+                eprint!(
+                    "\r{}: {count} of {} ops, {:.0} ops/s   ",
+                    parameters.workload.name(),
+                    per_thread * threads as u64,
+                    count as f64 / seconds.max(1e-9)
+                );
+            }
+            eprintln!();
+        });
+        let workers: Vec<_> = (0..threads)
+            .map(|thread| {
+                let (done, found) = (&done, &found);
+                scope.spawn(move || -> Result<Histogram<u64>, String> {
+                    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                        .map_err(|error| error.to_string())?;
+                    let mut rng = SmallRng::seed_from_u64(0x5eed ^ thread as u64);
+                    let mut value = vec![0u8; parameters.value_size];
+                    let first = thread as u64 * per_thread;
+                    if parameters.workload == Workload::Readseq {
+                        let start = Instant::now();
+                        let count = engine.scan_all()?;
+                        let _ = histogram.record(start.elapsed().as_micros().max(1) as u64);
+                        done.fetch_add(count, Ordering::Relaxed);
+                        found.fetch_add(count, Ordering::Relaxed);
+                        return Ok(histogram);
+                    }
+                    for offset in 0..per_thread {
+                        let index = match parameters.workload {
+                            Workload::Fillseq => first + offset,
+                            _ => rng.random_range(0..parameters.num),
+                        };
+                        let mut key = key_of(index);
+                        let start = Instant::now();
+                        match parameters.workload {
+                            Workload::Fillseq | Workload::Fillrandom | Workload::Overwrite => {
+                                fill_value(&mut rng, &mut value);
+                                engine.put(&key, &value, parameters.sync)?;
+                            }
+                            Workload::Readrandom | Workload::Readmissing => {
+                                if parameters.workload == Workload::Readmissing {
+                                    // A key that sorts among the present ones but is absent.
+                                    key[15] = b'.';
+                                }
+                                if engine.get(&key)?.is_some() {
+                                    found.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            Workload::Readseq => {}
+                        }
+                        let _ = histogram
+                            .record(start.elapsed().as_nanos().div_ceil(1000).max(1) as u64);
+                        if offset % 1024 == 0 {
+                            done.fetch_add(1024.min(per_thread - offset), Ordering::Relaxed);
+                        }
+                    }
+                    Ok(histogram)
+                })
+            })
+            .collect();
+        let results = workers
+            .into_iter()
+            .map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|_| Err("worker panicked".into()))
+            })
+            .collect();
+        finished.store(true, Ordering::Relaxed);
+        let _ = progress.join();
+        results
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let mut total =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|error| error.to_string())?;
+    for histogram in histograms {
+        total.add(histogram?).map_err(|error| error.to_string())?;
+    }
+    let ops = if parameters.workload == Workload::Readseq {
+        found.load(Ordering::Relaxed)
+    } else {
+        per_thread * threads as u64
+    };
+    if parameters.workload.fills() || parameters.workload == Workload::Overwrite {
+        engine.flush()?;
+    }
+    Ok(Report {
+        workload: parameters.workload.name().into(),
+        ops,
+        ops_per_sec: ops as f64 / seconds,
+        p50_us: total.value_at_quantile(0.50) as f64,
+        p99_us: total.value_at_quantile(0.99) as f64,
+        p999_us: total.value_at_quantile(0.999) as f64,
+        max_us: total.max() as f64,
+        found: found.load(Ordering::Relaxed),
+        bytes_on_disk: engine.size_on_disk_bytes(),
+        threads,
+        value_size: parameters.value_size,
+        sync: parameters.sync,
+        seconds,
+    })
+}
+
+/// Prints the summary line for humans (stderr) and the JSON line (stdout, last).
+pub fn print_report(engine_name: &str, report: &Report) {
+    eprintln!(
+        "{engine_name} {}: {} ops in {:.2} s = {:.0} ops/s; p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs; {} bytes on disk",
+        report.workload,
+        report.ops,
+        report.seconds,
+        report.ops_per_sec,
+        report.p50_us,
+        report.p99_us,
+        report.p999_us,
+        report.max_us,
+        report.bytes_on_disk
+    );
+    let mut json = serde_json::to_value(report).unwrap_or_default();
+    if let Some(object) = json.as_object_mut() {
+        object.insert("engine".into(), engine_name.into());
+    }
+    println!("{json}");
+}
