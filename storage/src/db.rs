@@ -178,6 +178,8 @@ struct WriterState {
 struct SyncState {
     /// (log number, offset) known durable.
     synced: (u64, u64),
+    /// Every log numbered below this is durable in full.
+    fully_synced_below: u64,
 }
 
 struct State {
@@ -185,6 +187,9 @@ struct State {
     imm: Option<Arc<Memtable>>,
     /// The log that the immutable memtable's writes are in.
     imm_wal_number: u64,
+    /// The frozen memtable's log, when it still has to be fsynced (every
+    /// sync mode but `Always`); the flush thread does it first.
+    imm_wal: Option<LogWriter>,
     mem_wal_number: u64,
     version: Arc<Version>,
     manifest: LogWriter,
@@ -209,6 +214,8 @@ struct Inner {
     sync: Mutex<SyncState>,
     /// Offset appended to the current log, for the group commit.
     appended: AtomicU64,
+    /// Number of the current log.
+    current_wal: AtomicU64,
     visible_sequence: AtomicU64,
     read_only: AtomicBool,
     state: Mutex<State>,
@@ -471,7 +478,9 @@ impl Db {
             }),
             sync: Mutex::new(SyncState {
                 synced: (wal_number, 0),
+                fully_synced_below: wal_number,
             }),
+            current_wal: AtomicU64::new(wal_number),
             appended: AtomicU64::new(0),
             visible_sequence: AtomicU64::new(last_sequence),
             read_only: AtomicBool::new(false),
@@ -479,6 +488,7 @@ impl Db {
                 mem: Arc::new(Memtable::new()),
                 imm: None,
                 imm_wal_number: 0,
+                imm_wal: None,
                 mem_wal_number: wal_number,
                 version: Arc::new(version),
                 manifest,
@@ -1010,18 +1020,26 @@ impl Inner {
             .sync
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        if sync.synced.0 > wal_number || (sync.synced.0 == wal_number && sync.synced.1 >= offset) {
+        if wal_number < sync.fully_synced_below
+            || (sync.synced.0 == wal_number && sync.synced.1 >= offset)
+        {
             return Ok(());
         }
         self.check_writable()?;
-        // Everything appended up to now is covered by this fsync.
-        let covered = self.appended.load(AtomicOrdering::Acquire).max(offset);
+        // Everything appended to this log up to now is covered by this fsync.
+        let covered = if self.current_wal.load(AtomicOrdering::Acquire) == wal_number {
+            self.appended.load(AtomicOrdering::Acquire).max(offset)
+        } else {
+            offset
+        };
         if let Err(error) = handle.sync_data() {
             let error = Error::io(self.path.join(file_name(wal_number, "log")), error);
             self.fail(&error);
             return Err(error);
         }
-        sync.synced = (wal_number, covered);
+        if wal_number >= sync.synced.0 {
+            sync.synced = (wal_number, covered);
+        }
         self.lock_state().stats.wal_syncs += 1;
         Ok(())
     }
@@ -1106,25 +1124,32 @@ impl Inner {
                 return Err(error);
             }
         };
-        // The old log must be durable before writes move on to the new one,
-        // or a crash could keep a later write and lose an earlier one.
-        if let Err(error) = writer.wal.sync() {
-            self.fail(&error);
-            return Err(error);
-        }
-        {
+        // The old log must be durable before its memtable's table replaces
+        // it. Under `Always` it already is but for writes in flight, so the
+        // fsync is cheap and done here; otherwise the flush thread does it
+        // first thing, keeping a long fsync off the write path.
+        let always = self.options.sync_mode == SyncMode::Always;
+        if always {
+            if let Err(error) = writer.wal.sync() {
+                self.fail(&error);
+                return Err(error);
+            }
             let mut sync = self
                 .sync
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner());
-            sync.synced = (number, 0);
+            sync.fully_synced_below = number;
         }
         let old_number = writer.wal_number;
-        writer.wal = wal;
+        let old_wal = std::mem::replace(&mut writer.wal, wal);
         writer.wal_number = number;
         writer.wal_sync_handle = Arc::new(handle);
         self.appended.store(0, AtomicOrdering::Release);
+        self.current_wal.store(number, AtomicOrdering::Release);
         let mut state = self.lock_state();
+        if !always {
+            state.imm_wal = Some(old_wal);
+        }
         let frozen = std::mem::replace(&mut state.mem, Arc::new(Memtable::new()));
         state.imm = Some(frozen);
         state.imm_wal_number = old_number;
@@ -1175,15 +1200,23 @@ impl Inner {
     }
 
     fn flush_immutable(&self) -> Result<()> {
-        let (imm, number) = {
+        let (imm, number, old_wal, old_wal_number) = {
             let mut state = self.lock_state();
             let Some(imm) = state.imm.clone() else {
                 return Ok(());
             };
             let number = state.next_file_number;
             state.next_file_number += 1;
-            (imm, number)
+            (imm, number, state.imm_wal.take(), state.imm_wal_number)
         };
+        if let Some(mut old_wal) = old_wal {
+            old_wal.sync()?;
+            let mut sync = self
+                .sync
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            sync.fully_synced_below = sync.fully_synced_below.max(old_wal_number + 1);
+        }
         let file = write_table_from(&self.path, number, &self.table_options, imm.iter())?;
         sync_directory(&self.path)?;
         let mut state = self.lock_state();
