@@ -219,6 +219,9 @@ struct Inner {
     visible_sequence: AtomicU64,
     read_only: AtomicBool,
     state: Mutex<State>,
+    /// Test hook: the next log append fails as a full disk would.
+    #[cfg(test)]
+    fail_next_append: AtomicBool,
     /// Wakes the flush and compaction threads.
     work: Condvar,
     /// Wakes writers waiting for a flush or compaction.
@@ -504,6 +507,8 @@ impl Db {
                 stats: DbStats::default(),
             }),
             options,
+            #[cfg(test)]
+            fail_next_append: AtomicBool::new(false),
             work: Condvar::new(),
             progress: Condvar::new(),
         });
@@ -576,6 +581,19 @@ impl Db {
             record.extend_from_slice(&sequence.to_le_bytes());
             record.extend_from_slice(&batch.count.to_le_bytes());
             record.extend_from_slice(&batch.body);
+            #[cfg(test)]
+            if self
+                .inner
+                .fail_next_append
+                .swap(false, AtomicOrdering::AcqRel)
+            {
+                let error = Error::io(
+                    writer.wal.path(),
+                    std::io::Error::from_raw_os_error(28), // ENOSPC
+                );
+                self.inner.fail(&error);
+                return Err(error);
+            }
             if let Err(error) = writer.wal.append(&record) {
                 self.inner.fail(&error);
                 return Err(error);

@@ -135,6 +135,31 @@ fn overwrites_and_deletes_shrink_to_live_data_after_full_compaction() {
     );
 }
 
+#[test]
+fn a_failed_log_write_fails_the_write_and_leaves_the_database_read_only_until_reopened() {
+    let directory = tempfile::tempdir().unwrap();
+    let db = Db::open(directory.path(), small_options()).unwrap();
+    db.put(b"before", b"1", &WriteOptions { sync: true })
+        .unwrap();
+    db.inner
+        .fail_next_append
+        .store(true, AtomicOrdering::Release);
+    let failed = db.put(b"during", b"2", &WriteOptions::default());
+    assert!(matches!(failed, Err(Error::Io { .. })), "{failed:?}");
+    assert!(matches!(
+        db.put(b"after", b"3", &WriteOptions::default()),
+        Err(Error::ReadOnly { .. })
+    ));
+    // Reads still work and see exactly what was acknowledged.
+    assert_eq!(db.get(b"before").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(db.get(b"during").unwrap(), None);
+    drop(db);
+    let db = Db::open(directory.path(), small_options()).unwrap();
+    assert_eq!(db.get(b"before").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(db.get(b"during").unwrap(), None);
+    db.put(b"after", b"3", &WriteOptions::default()).unwrap();
+}
+
 #[derive(Debug, Clone)]
 enum Operation {
     Put(Vec<u8>, Vec<u8>, bool),
