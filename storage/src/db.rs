@@ -31,7 +31,7 @@ use crate::sstable::{Compression, Table, TableBuilder, TableOptions};
 use crate::version::{TableFile, Version, VersionEdit};
 use crate::{Error, Result};
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
@@ -182,14 +182,20 @@ struct SyncState {
     fully_synced_below: u64,
 }
 
+/// A frozen memtable and the log its writes are in.
+struct Frozen {
+    table: Arc<Memtable>,
+    wal_number: u64,
+    /// The log itself when it still has to be fsynced (every sync mode but
+    /// `Always`); the flush thread does it first.
+    wal: Option<LogWriter>,
+}
+
 struct State {
     mem: Arc<Memtable>,
-    imm: Option<Arc<Memtable>>,
-    /// The log that the immutable memtable's writes are in.
-    imm_wal_number: u64,
-    /// The frozen memtable's log, when it still has to be fsynced (every
-    /// sync mode but `Always`); the flush thread does it first.
-    imm_wal: Option<LogWriter>,
+    /// Frozen memtables waiting to be flushed, oldest first; at most
+    /// `max_immutable_memtables`.
+    imms: VecDeque<Frozen>,
     mem_wal_number: u64,
     version: Arc<Version>,
     manifest: LogWriter,
@@ -489,9 +495,7 @@ impl Db {
             read_only: AtomicBool::new(false),
             state: Mutex::new(State {
                 mem: Arc::new(Memtable::new()),
-                imm: None,
-                imm_wal_number: 0,
-                imm_wal: None,
+                imms: VecDeque::new(),
                 mem_wal_number: wal_number,
                 version: Arc::new(version),
                 manifest,
@@ -636,11 +640,16 @@ impl Db {
     }
 
     fn get_at(&self, key: &[u8], sequence: u64) -> Result<Option<Vec<u8>>> {
-        let (mem, imm, version) = {
+        let (mem, imms, version) = {
             let state = self.inner.lock_state();
             (
                 Arc::clone(&state.mem),
-                state.imm.clone(),
+                state
+                    .imms
+                    .iter()
+                    .rev()
+                    .map(|frozen| Arc::clone(&frozen.table))
+                    .collect::<Vec<_>>(),
                 Arc::clone(&state.version),
             )
         };
@@ -651,8 +660,10 @@ impl Db {
         if let Some(entry) = mem.get(key, sequence) {
             return Ok(found(entry));
         }
-        if let Some(entry) = imm.and_then(|imm| imm.get(key, sequence)) {
-            return Ok(found(entry));
+        for imm in imms {
+            if let Some(entry) = imm.get(key, sequence) {
+                return Ok(found(entry));
+            }
         }
         for file in &version.levels[0] {
             if file.overlaps(key, key)
@@ -690,8 +701,8 @@ impl Db {
         );
         let state = self.inner.lock_state();
         let mut sources: Vec<Source> = vec![Box::new(state.mem.iter())];
-        if let Some(imm) = &state.imm {
-            sources.push(Box::new(imm.iter()));
+        for frozen in state.imms.iter().rev() {
+            sources.push(Box::new(frozen.table.iter()));
         }
         for file in state.version.levels.iter().flatten() {
             sources.push(Box::new(file.table.iter()));
@@ -727,7 +738,7 @@ impl Db {
         }
         self.inner.switch_memtable(true)?;
         let mut state = self.inner.lock_state();
-        while state.imm.is_some() && state.read_only.is_none() {
+        while !state.imms.is_empty() && state.read_only.is_none() {
             state = self.inner.wait_progress(state);
         }
         drop(state);
@@ -1076,7 +1087,9 @@ impl Inner {
             }
             let level0 = state.version.levels[0].len();
             let memtable_full = state.mem.size_bytes() >= self.options.memtable_size_bytes;
-            if level0 >= self.options.level0_stop_trigger || (memtable_full && state.imm.is_some())
+            if level0 >= self.options.level0_stop_trigger
+                || (memtable_full
+                    && state.imms.len() >= self.options.max_immutable_memtables.max(1))
             {
                 stalled.get_or_insert_with(Instant::now);
                 self.work.notify_all();
@@ -1114,7 +1127,7 @@ impl Inner {
                 drop(state);
                 return self.check_writable();
             }
-            if state.imm.is_none() {
+            if state.imms.len() < self.options.max_immutable_memtables.max(1) {
                 break;
             }
             self.work.notify_all();
@@ -1165,12 +1178,13 @@ impl Inner {
         self.appended.store(0, AtomicOrdering::Release);
         self.current_wal.store(number, AtomicOrdering::Release);
         let mut state = self.lock_state();
-        if !always {
-            state.imm_wal = Some(old_wal);
-        }
+        let old_wal = (!always).then_some(old_wal);
         let frozen = std::mem::replace(&mut state.mem, Arc::new(Memtable::new()));
-        state.imm = Some(frozen);
-        state.imm_wal_number = old_number;
+        state.imms.push_back(Frozen {
+            table: frozen,
+            wal_number: old_number,
+            wal: old_wal,
+        });
         state.mem_wal_number = number;
         drop(state);
         drop(writer);
@@ -1220,12 +1234,18 @@ impl Inner {
     fn flush_immutable(&self) -> Result<()> {
         let (imm, number, old_wal, old_wal_number) = {
             let mut state = self.lock_state();
-            let Some(imm) = state.imm.clone() else {
+            let number = state.next_file_number;
+            let Some(oldest) = state.imms.front_mut() else {
                 return Ok(());
             };
-            let number = state.next_file_number;
+            let taken = (
+                Arc::clone(&oldest.table),
+                number,
+                oldest.wal.take(),
+                oldest.wal_number,
+            );
             state.next_file_number += 1;
-            (imm, number, state.imm_wal.take(), state.imm_wal_number)
+            taken
         };
         if let Some(mut old_wal) = old_wal {
             old_wal.sync()?;
@@ -1239,10 +1259,15 @@ impl Inner {
         sync_directory(&self.path)?;
         let mut state = self.lock_state();
         let added: Vec<(usize, Arc<TableFile>)> = file.into_iter().map(|file| (0, file)).collect();
-        let log_number = state.mem_wal_number;
-        let old_log = state.imm_wal_number;
+        // The oldest log still needed is the next frozen memtable's, or the
+        // current one's.
+        let log_number = state
+            .imms
+            .get(1)
+            .map_or(state.mem_wal_number, |next| next.wal_number);
+        let old_log = old_wal_number;
         self.log_and_apply(&mut state, &[], &added, log_number)?;
-        state.imm = None;
+        state.imms.pop_front();
         state.stats.flushes += 1;
         drop(state);
         let _ = std::fs::remove_file(self.path.join(file_name(old_log, "log")));
@@ -1452,13 +1477,13 @@ fn flush_thread(inner: Arc<Inner>) {
     loop {
         {
             let mut state = inner.lock_state();
-            while state.imm.is_none() && !state.shutting_down {
+            while state.imms.is_empty() && !state.shutting_down {
                 state = inner
                     .work
                     .wait(state)
                     .unwrap_or_else(|poison| poison.into_inner());
             }
-            if state.imm.is_none() && state.shutting_down {
+            if state.imms.is_empty() && state.shutting_down {
                 return;
             }
             if state.read_only.is_some() {

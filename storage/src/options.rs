@@ -23,6 +23,9 @@ pub struct Options {
     pub create_if_missing: bool,
     /// A memtable is frozen and flushed once it holds this many bytes.
     pub memtable_size_bytes: usize,
+    /// Frozen memtables that may wait for their flush before writers stall
+    /// (memory is bounded by `(1 + this) × memtable_size_bytes`).
+    pub max_immutable_memtables: usize,
     /// Durability of the write-ahead log.
     pub sync_mode: SyncMode,
     /// Largest key accepted.
@@ -58,6 +61,7 @@ impl Default for Options {
         Options {
             create_if_missing: true,
             memtable_size_bytes: 64 << 20,
+            max_immutable_memtables: 2,
             sync_mode: SyncMode::Never,
             key_size_max_bytes: 64 << 10,
             value_size_max_bytes: 16 << 20,
