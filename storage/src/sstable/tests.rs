@@ -45,6 +45,7 @@ proptest! {
         ),
         compress in any::<bool>(),
         probes in proptest::collection::vec((proptest::collection::vec(0u8..6, 0..5), 0u64..22), 1..40),
+        probes_for_seek in proptest::collection::vec((proptest::collection::vec(0u8..7, 0..6), 0u64..22), 1..40),
     ) {
         let model: Model = entries
             .into_iter()
@@ -84,6 +85,20 @@ proptest! {
             prop_assert!(iterator.valid());
             let expected = internal_key(key, sequence.0, model[&(key.clone(), *sequence)].0);
             prop_assert_eq!(iterator.key(), expected.as_slice());
+        }
+
+        // Seeking anywhere, gaps included, lands where the model's range starts.
+        for (key, sequence) in probes_for_seek {
+            iterator.seek(&internal_key(&key, sequence, ValueKind::Value)).unwrap();
+            match model.range((key, std::cmp::Reverse(sequence))..).next() {
+                Some(((user_key, found_sequence), (kind, value))) => {
+                    prop_assert!(iterator.valid());
+                    let expected = internal_key(user_key, found_sequence.0, *kind);
+                    prop_assert_eq!(iterator.key(), expected.as_slice());
+                    prop_assert_eq!(iterator.value(), value.as_slice());
+                }
+                None => prop_assert!(!iterator.valid()),
+            }
         }
     }
 }
