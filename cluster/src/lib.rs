@@ -21,4 +21,5 @@ pub mod ring;
 pub mod siblings;
 pub mod sim;
 pub mod store;
+pub mod transport;
 pub mod version_vector;
