@@ -1296,7 +1296,9 @@ impl Swim {
     fn verify_suspect(&mut self, now: Instant, i: usize) {
         self.sequence = self.sequence.wrapping_add(1);
         let sequence = self.sequence;
-        let deadline = now + self.config.protocol_period;
+        // A degraded node waits longer for the answer (Lifeguard: its own
+        // slowness must not become someone else's death).
+        let deadline = now + self.config.protocol_period * self.health_multiplier();
         let (id, address) = (self.members[i].id, self.members[i].address);
         if let Some(suspicion) = &mut self.members[i].suspicion {
             suspicion.verification = Some(sequence);
