@@ -1739,25 +1739,38 @@ impl Swim {
         if self.dead_count == 0 || self.members.is_empty() {
             return;
         }
+        let mut chosen = None;
         for _ in 0..64 {
             let i = self.rng.random_range(0..self.members.len());
             if self.members[i].state == MemberState::Dead {
-                let (id, address) = (self.members[i].id, self.members[i].address);
-                let buckets = self.digest();
-                self.send(
-                    now,
-                    Some(id),
-                    address,
-                    Body::SyncDigest {
-                        reply: true,
-                        join: false,
-                        buckets,
-                    },
-                    false,
-                );
-                return;
+                chosen = Some(i);
+                break;
             }
         }
+        if chosen.is_none() {
+            // Dead members are rare: sampling missed them, so scan (this runs
+            // once per `reconnect_interval`, and only while someone is dead).
+            let dead: Vec<usize> = (0..self.members.len())
+                .filter(|&i| self.members[i].state == MemberState::Dead)
+                .collect();
+            chosen = dead.choose_random(&mut self.rng);
+        }
+        let Some(i) = chosen else {
+            return;
+        };
+        let (id, address) = (self.members[i].id, self.members[i].address);
+        let buckets = self.digest();
+        self.send(
+            now,
+            Some(id),
+            address,
+            Body::SyncDigest {
+                reply: true,
+                join: false,
+                buckets,
+            },
+            false,
+        );
     }
 
     fn send_join(&mut self, now: Instant) {
