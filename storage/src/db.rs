@@ -808,21 +808,7 @@ impl Db {
     /// end, and the current log loses everything after its last fsync.
     #[cfg(test)]
     pub(crate) fn simulate_machine_crash(self) {
-        {
-            let mut state = self.inner.lock_state();
-            state.shutting_down = true;
-        }
-        self.inner.work.notify_all();
-        self.inner.progress.notify_all();
-        let threads = std::mem::take(
-            &mut *self
-                .threads
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner()),
-        );
-        for thread in threads {
-            let _ = thread.join();
-        }
+        self.stop_threads();
         let writer = self.inner.lock_writer();
         let synced = self
             .inner
@@ -849,7 +835,8 @@ impl Db {
         drop(self);
     }
 
-    fn shutdown(&self) -> Result<()> {
+    /// Ends the background threads and waits for them.
+    fn stop_threads(&self) {
         {
             let mut state = self.inner.lock_state();
             state.shutting_down = true;
@@ -865,6 +852,10 @@ impl Db {
         for thread in threads {
             let _ = thread.join();
         }
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        self.stop_threads();
         if self.inner.read_only.load(AtomicOrdering::Acquire) {
             return Ok(());
         }
