@@ -14,6 +14,7 @@ pub mod message;
 pub mod node;
 pub mod partitioner;
 pub mod placement;
+pub mod protocol;
 pub mod quorum;
 pub mod read_repair;
 pub mod replica;

@@ -35,6 +35,36 @@ pub enum Quorum {
     Count(u8),
 }
 
+impl std::str::FromStr for Quorum {
+    type Err = String;
+
+    /// Parses `one`, `quorum`, `all` or a count in 1..=255.
+    fn from_str(text: &str) -> Result<Quorum, String> {
+        match text {
+            "one" => Ok(Quorum::One),
+            "quorum" => Ok(Quorum::Quorum),
+            "all" => Ok(Quorum::All),
+            number => match number.parse::<u8>() {
+                Ok(count) if count > 0 => Ok(Quorum::Count(count)),
+                _ => Err(format!(
+                    "expected one, quorum, all or a number from 1 to 255, got {number:?}"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Quorum {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Quorum::One => formatter.write_str("one"),
+            Quorum::Quorum => formatter.write_str("quorum"),
+            Quorum::All => formatter.write_str("all"),
+            Quorum::Count(count) => write!(formatter, "{count}"),
+        }
+    }
+}
+
 /// Per-request read options; `None` takes the node's configured default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadOptions {
@@ -368,6 +398,16 @@ mod tests {
                 hint_digest: 0,
             },
         ]
+    }
+
+    #[test]
+    fn quorums_parse_from_their_names_and_counts() {
+        for quorum in [Quorum::One, Quorum::Quorum, Quorum::All, Quorum::Count(2)] {
+            assert_eq!(quorum.to_string().parse::<Quorum>(), Ok(quorum));
+        }
+        assert!("0".parse::<Quorum>().is_err());
+        assert!("most".parse::<Quorum>().is_err());
+        assert!("256".parse::<Quorum>().is_err());
     }
 
     #[test]

@@ -2,8 +2,16 @@
 //!
 //! Design §7: one QUIC endpoint per node serves peers (`shoal-peer/1`) and
 //! clients (`shoal-client/1`); requests travel as frames on streams, SWIM on
-//! datagrams. This session provides the frame layer ([`frame`]), which is pure
-//! and carries opaque payload bytes; the quinn endpoint, the TLS configs and
-//! the peer pool are not built yet.
+//! datagrams.
+//! - [`frame`]: the pure, length-checked frame codec every stream carries.
+//! - [`tls`]: rustls and quinn settings: mutual TLS for peers, explicit
+//!   windows, stream counts and datagram buffers.
+//! - [`endpoint`]: the node's endpoint: the peer pool (one long-lived
+//!   connection per pair, batched writes, reconnect with backoff) and the
+//!   client service, both feeding one bounded queue into the node's loop.
+//! - [`call`]: the client's side of one request.
 
+pub mod call;
+pub mod endpoint;
 pub mod frame;
+pub mod tls;

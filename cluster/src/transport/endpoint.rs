@@ -1,0 +1,701 @@
+//! The node's QUIC endpoint: one UDP port for peers and clients (design §7).
+//!
+//! - Peers: one long-lived connection per pair. Whoever needs to send first
+//!   dials; the other side adopts the inbound connection for its own sends,
+//!   so a pair normally shares one connection (two only if both dial at the
+//!   same instant, which is harmless). Messages travel as frames on one
+//!   long-lived unidirectional stream per direction, opened by a
+//!   [`PeerHello`]; a writer drains its queue and sends everything queued in
+//!   one write, which batches small messages under load. SWIM travels as
+//!   QUIC datagrams on the same connection.
+//! - Clients: one bidirectional stream per request; the request frame is read
+//!   whole (bounded by the frame limit and a deadline), handed to the node's
+//!   event loop, and the response written back.
+//!
+//! Invariants: every queue is bounded — a full peer queue drops the message
+//! (counted; the protocols tolerate loss), a full inbound queue answers
+//! clients `busy` and pushes back on peer streams through QUIC flow control;
+//! a malformed frame is counted and ends only the stream that carried it;
+//! nothing read from the network is unwrapped.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::id::NodeId;
+use crate::message::{Message, RequestError};
+use crate::protocol::{
+    self, ALPN_CLIENT, ALPN_PEER, ClientRequest, ClientResponse, FRAME_CLIENT_REQUEST,
+    FRAME_CLIENT_RESPONSE, FRAME_PEER_HELLO, FRAME_PEER_MESSAGE, PeerHello,
+};
+use crate::transport::frame::{self, FRAME_HEADER_SIZE_BYTES};
+use crate::transport::tls::{self, TlsError, TlsFiles, TransportLimits};
+
+/// What the endpoint hands to the node's event loop.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A peer message.
+    Message {
+        /// The sending node, as its stream's hello named it.
+        from: NodeId,
+        /// The message.
+        message: Message,
+    },
+    /// A SWIM datagram.
+    Datagram {
+        /// The sender's address (its endpoint's address).
+        from: SocketAddr,
+        /// The datagram.
+        bytes: Bytes,
+    },
+    /// A client request; answer through `reply` (dropping it answers
+    /// "unavailable").
+    Client {
+        /// The request.
+        request: ClientRequest,
+        /// Where the answer goes.
+        reply: oneshot::Sender<ClientResponse>,
+    },
+}
+
+/// How the endpoint is set up.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// This node.
+    pub node: NodeId,
+    /// Its membership generation, sent in every hello.
+    pub generation: u64,
+    /// The UDP address to bind (a specific address: peers know us by it).
+    pub address: SocketAddr,
+    /// CA, certificate and key.
+    pub tls: TlsFiles,
+    /// Refuse clients without a certificate from the CA.
+    pub require_client_certificates: bool,
+    /// The name node certificates carry and dialers verify.
+    pub server_name: String,
+    /// Per-connection QUIC bounds.
+    pub limits: TransportLimits,
+    /// Largest frame payload accepted or sent.
+    pub frame_size_max_bytes: u32,
+    /// Messages and datagrams queued per peer before new ones are dropped.
+    pub peer_queue_max: usize,
+    /// Peers (addresses) the pool keeps state for.
+    pub peers_max: usize,
+    /// Connections (peers and clients) accepted at once.
+    pub connections_max: usize,
+    /// How long a client may take to send its whole request.
+    pub request_read_timeout: Duration,
+    /// Longest a client stream waits for the node's answer.
+    pub response_timeout: Duration,
+}
+
+/// Counters for metrics; only ever incremented.
+#[derive(Debug, Default)]
+pub struct EndpointStats {
+    /// Peer messages sent (queued to a writer).
+    pub messages_sent: AtomicU64,
+    /// Peer messages dropped because a peer queue was full or unreachable.
+    pub messages_dropped: AtomicU64,
+    /// Datagrams dropped (queue full, too large, connection lost).
+    pub datagrams_dropped: AtomicU64,
+    /// Peer messages received.
+    pub messages_received: AtomicU64,
+    /// Frames or streams rejected as malformed.
+    pub malformed_frames: AtomicU64,
+    /// Connections refused (limit, wrong ALPN, peer without a certificate).
+    pub connections_refused: AtomicU64,
+    /// Client requests answered `busy` because the event loop's queue was full.
+    pub client_busy: AtomicU64,
+    /// Successful dials to peers.
+    pub dials: AtomicU64,
+    /// Failed dials to peers.
+    pub dial_failures: AtomicU64,
+    /// Connections open now.
+    pub connections_open: AtomicUsize,
+}
+
+enum Outgoing {
+    Frame(Bytes),
+    Datagram(Bytes),
+}
+
+struct PeerSlot {
+    queue: mpsc::Sender<Outgoing>,
+    connection: Arc<Mutex<Option<quinn::Connection>>>,
+}
+
+struct Shared {
+    config: EndpointConfig,
+    /// The runtime that runs the endpoint's tasks; `send_*` may be called
+    /// from any thread or runtime.
+    runtime: tokio::runtime::Handle,
+    endpoint: quinn::Endpoint,
+    peer_client_config: quinn::ClientConfig,
+    inbound: mpsc::Sender<Inbound>,
+    peers: Mutex<HashMap<SocketAddr, PeerSlot>>,
+    stats: EndpointStats,
+}
+
+/// The running endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct Endpoint {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Endpoint")
+            .field("address", &self.shared.config.address)
+            .finish()
+    }
+}
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// TLS material or settings.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The UDP port could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave the maps inconsistent
+    // (every critical section is a single insert, get or take).
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Endpoint {
+    /// Binds the port and starts accepting; inbound traffic goes to `inbound`.
+    /// Must be called inside the tokio runtime that is to run the endpoint.
+    pub fn bind(
+        config: EndpointConfig,
+        inbound: mpsc::Sender<Inbound>,
+    ) -> Result<Endpoint, EndpointError> {
+        let server_config = tls::server_config(
+            &config.tls,
+            config.require_client_certificates,
+            &config.limits,
+        )?;
+        let peer_client_config = tls::client_config(&config.tls, ALPN_PEER, &config.limits)?;
+        let endpoint =
+            quinn::Endpoint::server(server_config, config.address).map_err(|source| {
+                EndpointError::Bind {
+                    address: config.address,
+                    source,
+                }
+            })?;
+        let shared = Arc::new(Shared {
+            runtime: tokio::runtime::Handle::current(),
+            config,
+            endpoint,
+            peer_client_config,
+            inbound,
+            peers: Mutex::new(HashMap::new()),
+            stats: EndpointStats::default(),
+        });
+        shared.runtime.spawn(accept_loop(shared.clone()));
+        Ok(Endpoint { shared })
+    }
+
+    /// The bound address.
+    pub fn local_address(&self) -> SocketAddr {
+        self.shared
+            .endpoint
+            .local_addr()
+            .unwrap_or(self.shared.config.address)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &EndpointStats {
+        &self.shared.stats
+    }
+
+    /// Queues `message` for the peer at `to`; never waits. A full queue drops it.
+    pub fn send_message(&self, to: SocketAddr, message: &Message) {
+        let mut out = BytesMut::new();
+        if let Err(error) = protocol::encode_frame(
+            FRAME_PEER_MESSAGE,
+            0,
+            message,
+            self.shared.config.frame_size_max_bytes,
+            &mut out,
+        ) {
+            tracing::warn!(%to, %error, "message not sent");
+            self.shared
+                .stats
+                .messages_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if enqueue(&self.shared, to, Outgoing::Frame(out.freeze())) {
+            self.shared
+                .stats
+                .messages_sent
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.shared
+                .stats
+                .messages_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues a SWIM datagram for `to`; never waits. A full queue drops it.
+    pub fn send_datagram(&self, to: SocketAddr, bytes: Vec<u8>) {
+        if !enqueue(&self.shared, to, Outgoing::Datagram(Bytes::from(bytes))) {
+            self.shared
+                .stats
+                .datagrams_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Closes every connection and stops accepting.
+    pub async fn close(&self) {
+        self.shared.endpoint.close(0u32.into(), b"shutting down");
+        self.shared.endpoint.wait_idle().await;
+    }
+}
+
+/// Queues one item for `to`, creating the peer's writer on first use.
+fn enqueue(shared: &Arc<Shared>, to: SocketAddr, item: Outgoing) -> bool {
+    let mut peers = lock(&shared.peers);
+    if let Some(slot) = peers.get(&to) {
+        return slot.queue.try_send(item).is_ok();
+    }
+    if peers.len() >= shared.config.peers_max {
+        return false;
+    }
+    let slot = new_slot(shared, to, None);
+    let queued = slot.queue.try_send(item).is_ok();
+    peers.insert(to, slot);
+    queued
+}
+
+fn new_slot(shared: &Arc<Shared>, to: SocketAddr, adopted: Option<quinn::Connection>) -> PeerSlot {
+    let (queue, receiver) = mpsc::channel(shared.config.peer_queue_max.max(1));
+    let connection = Arc::new(Mutex::new(adopted));
+    shared.runtime.spawn(peer_writer(
+        shared.clone(),
+        to,
+        receiver,
+        connection.clone(),
+    ));
+    PeerSlot { queue, connection }
+}
+
+/// Lets the writer for `address` send on an inbound connection when it has none.
+fn adopt(shared: &Arc<Shared>, address: SocketAddr, connection: &quinn::Connection) {
+    let mut peers = lock(&shared.peers);
+    match peers.get(&address) {
+        Some(slot) => {
+            let mut current = lock(&slot.connection);
+            if current
+                .as_ref()
+                .is_none_or(|existing| existing.close_reason().is_some())
+            {
+                *current = Some(connection.clone());
+            }
+        }
+        None if peers.len() < shared.config.peers_max => {
+            let slot = new_slot(shared, address, Some(connection.clone()));
+            peers.insert(address, slot);
+        }
+        None => {}
+    }
+}
+
+const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Bytes gathered into one stream write.
+const WRITE_BATCH_MAX_BYTES: usize = 256 << 10;
+
+/// Owns the sending half towards one peer: connects (or uses an adopted
+/// connection), reconnects with backoff, and writes queued items in batches.
+async fn peer_writer(
+    shared: Arc<Shared>,
+    to: SocketAddr,
+    mut queue: mpsc::Receiver<Outgoing>,
+    slot: Arc<Mutex<Option<quinn::Connection>>>,
+) {
+    let mut backoff = DIAL_BACKOFF_MIN;
+    loop {
+        let adopted = lock(&slot)
+            .clone()
+            .filter(|connection| connection.close_reason().is_none());
+        let connection = match adopted {
+            Some(connection) => connection,
+            None => match dial(&shared, to).await {
+                Ok(connection) => {
+                    *lock(&slot) = Some(connection.clone());
+                    tokio::spawn(serve_peer_connection(shared.clone(), connection.clone()));
+                    connection
+                }
+                Err(DialError::Stopping) => return,
+                Err(DialError::Failed(reason)) => {
+                    tracing::debug!(%to, %reason, "dial failed");
+                    shared.stats.dial_failures.fetch_add(1, Ordering::Relaxed);
+                    // What was queued for an unreachable peer is stale; drop it.
+                    while queue.try_recv().is_ok() {
+                        shared
+                            .stats
+                            .messages_dropped
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(DIAL_BACKOFF_MAX);
+                    continue;
+                }
+            },
+        };
+        backoff = DIAL_BACKOFF_MIN;
+        match pump(&shared, &connection, &mut queue).await {
+            Pump::QueueClosed => return,
+            Pump::ConnectionLost(reason) => {
+                tracing::debug!(%to, %reason, "peer connection lost");
+                let mut current = lock(&slot);
+                if current
+                    .as_ref()
+                    .is_some_and(|existing| existing.stable_id() == connection.stable_id())
+                {
+                    *current = None;
+                }
+            }
+        }
+    }
+}
+
+enum DialError {
+    Stopping,
+    Failed(String),
+}
+
+async fn dial(shared: &Arc<Shared>, to: SocketAddr) -> Result<quinn::Connection, DialError> {
+    let connecting = shared
+        .endpoint
+        .connect_with(
+            shared.peer_client_config.clone(),
+            to,
+            &shared.config.server_name,
+        )
+        .map_err(|error| match error {
+            quinn::ConnectError::EndpointStopping => DialError::Stopping,
+            other => DialError::Failed(other.to_string()),
+        })?;
+    let connection = connecting
+        .await
+        .map_err(|error| DialError::Failed(error.to_string()))?;
+    shared.stats.dials.fetch_add(1, Ordering::Relaxed);
+    Ok(connection)
+}
+
+enum Pump {
+    QueueClosed,
+    ConnectionLost(String),
+}
+
+async fn pump(
+    shared: &Arc<Shared>,
+    connection: &quinn::Connection,
+    queue: &mut mpsc::Receiver<Outgoing>,
+) -> Pump {
+    let mut stream = match connection.open_uni().await {
+        Ok(stream) => stream,
+        Err(error) => return Pump::ConnectionLost(error.to_string()),
+    };
+    let mut batch = BytesMut::new();
+    let hello = PeerHello {
+        node: shared.config.node,
+        generation: shared.config.generation,
+    };
+    if let Err(error) = protocol::encode_frame(
+        FRAME_PEER_HELLO,
+        0,
+        &hello,
+        shared.config.frame_size_max_bytes,
+        &mut batch,
+    ) {
+        return Pump::ConnectionLost(error.to_string());
+    }
+    loop {
+        if !batch.is_empty() {
+            if let Err(error) = stream.write_all(&batch).await {
+                return Pump::ConnectionLost(error.to_string());
+            }
+            batch.clear();
+        }
+        let first = tokio::select! {
+            item = queue.recv() => match item {
+                Some(item) => item,
+                None => return Pump::QueueClosed,
+            },
+            reason = connection.closed() => return Pump::ConnectionLost(reason.to_string()),
+        };
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Outgoing::Frame(bytes) => batch.extend_from_slice(&bytes),
+                Outgoing::Datagram(bytes) => match connection.send_datagram(bytes) {
+                    Ok(()) => {}
+                    Err(quinn::SendDatagramError::ConnectionLost(error)) => {
+                        return Pump::ConnectionLost(error.to_string());
+                    }
+                    Err(_) => {
+                        shared
+                            .stats
+                            .datagrams_dropped
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+            }
+            if batch.len() < WRITE_BATCH_MAX_BYTES {
+                next = queue.try_recv().ok();
+            }
+        }
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>) {
+    while let Some(incoming) = shared.endpoint.accept().await {
+        if shared.stats.connections_open.load(Ordering::Relaxed) >= shared.config.connections_max {
+            shared
+                .stats
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            incoming.refuse();
+            continue;
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let connection = match incoming.await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::debug!(%error, "handshake failed");
+                    shared
+                        .stats
+                        .connections_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            match tls::negotiated_alpn(&connection).as_deref() {
+                Some(ALPN_PEER) if tls::presented_certificate(&connection) => {
+                    adopt(&shared, connection.remote_address(), &connection);
+                    serve_peer_connection(shared, connection).await;
+                }
+                Some(ALPN_CLIENT) => serve_client_connection(shared, connection).await,
+                _ => {
+                    shared
+                        .stats
+                        .connections_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    connection.close(1u32.into(), b"peer certificate required");
+                }
+            }
+        });
+    }
+}
+
+/// Counts a connection open for as long as it lives.
+struct OpenConnection<'a>(&'a EndpointStats);
+
+impl<'a> OpenConnection<'a> {
+    fn new(stats: &'a EndpointStats) -> OpenConnection<'a> {
+        stats.connections_open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(stats)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Reads everything a peer sends on `connection`: datagrams and streams.
+async fn serve_peer_connection(shared: Arc<Shared>, connection: quinn::Connection) {
+    let _open = OpenConnection::new(&shared.stats);
+    let from = connection.remote_address();
+    let datagrams = {
+        let shared = shared.clone();
+        let connection = connection.clone();
+        tokio::spawn(async move {
+            while let Ok(bytes) = connection.read_datagram().await {
+                let datagram = Inbound::Datagram { from, bytes };
+                if shared.inbound.try_send(datagram).is_err() {
+                    shared
+                        .stats
+                        .datagrams_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    while let Ok(stream) = connection.accept_uni().await {
+        tokio::spawn(read_peer_stream(shared.clone(), stream));
+    }
+    datagrams.abort();
+}
+
+async fn read_peer_stream(shared: Arc<Shared>, mut stream: quinn::RecvStream) {
+    let maximum = shared.config.frame_size_max_bytes;
+    let mut buffer = BytesMut::new();
+    let mut sender: Option<NodeId> = None;
+    loop {
+        loop {
+            match frame::decode(&mut buffer, maximum) {
+                Ok(Some(frame)) => match sender {
+                    None => match protocol::decode_frame::<PeerHello>(&frame, FRAME_PEER_HELLO) {
+                        Ok(hello) => sender = Some(hello.node),
+                        Err(error) => return malformed(&shared, &error.to_string()),
+                    },
+                    Some(from) => match protocol::decode_peer_message(&frame) {
+                        Ok(message) => {
+                            shared
+                                .stats
+                                .messages_received
+                                .fetch_add(1, Ordering::Relaxed);
+                            // Waiting here pushes back on the peer through flow control.
+                            if shared
+                                .inbound
+                                .send(Inbound::Message { from, message })
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        // One bad message is skipped; the framing is intact.
+                        Err(error) => malformed(&shared, &error.to_string()),
+                    },
+                },
+                Ok(None) => break,
+                Err(error) => return malformed(&shared, &error.to_string()),
+            }
+        }
+        match stream.read_chunk(64 << 10, true).await {
+            Ok(Some(chunk)) => buffer.extend_from_slice(&chunk.bytes),
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+fn malformed(shared: &Shared, reason: &str) {
+    tracing::warn!(%reason, "malformed peer frame");
+    shared
+        .stats
+        .malformed_frames
+        .fetch_add(1, Ordering::Relaxed);
+}
+
+async fn serve_client_connection(shared: Arc<Shared>, connection: quinn::Connection) {
+    let _open = OpenConnection::new(&shared.stats);
+    while let Ok((send, receive)) = connection.accept_bi().await {
+        tokio::spawn(serve_client_stream(shared.clone(), send, receive));
+    }
+}
+
+async fn serve_client_stream(
+    shared: Arc<Shared>,
+    mut send: quinn::SendStream,
+    mut receive: quinn::RecvStream,
+) {
+    let maximum = shared.config.frame_size_max_bytes;
+    let limit = FRAME_HEADER_SIZE_BYTES + maximum as usize;
+    let read = tokio::time::timeout(
+        shared.config.request_read_timeout,
+        receive.read_to_end(limit),
+    )
+    .await;
+    let decoded = match read {
+        Err(_) => Err("request not received in time".to_string()),
+        Ok(Err(error)) => Err(format!("reading the request: {error}")),
+        Ok(Ok(bytes)) => frame::decode_complete(&bytes, maximum)
+            .map_err(|error| error.to_string())
+            .and_then(|frame| {
+                protocol::decode_frame::<ClientRequest>(&frame, FRAME_CLIENT_REQUEST)
+                    .map(|request| (frame.request_id, request))
+                    .map_err(|error| error.to_string())
+            }),
+    };
+    let (request_id, response) = match decoded {
+        Err(reason) => {
+            shared
+                .stats
+                .malformed_frames
+                .fetch_add(1, Ordering::Relaxed);
+            (
+                0,
+                ClientResponse::Failed(RequestError::InvalidArgument(reason)),
+            )
+        }
+        Ok((request_id, request)) => {
+            let (reply, answer) = oneshot::channel();
+            let response = match shared.inbound.try_send(Inbound::Client { request, reply }) {
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    shared.stats.client_busy.fetch_add(1, Ordering::Relaxed);
+                    ClientResponse::Failed(RequestError::Busy)
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => ClientResponse::Failed(
+                    RequestError::Unavailable("the node is shutting down".into()),
+                ),
+                Ok(()) => {
+                    match tokio::time::timeout(shared.config.response_timeout, answer).await {
+                        Ok(Ok(response)) => response,
+                        Ok(Err(_)) => ClientResponse::Failed(RequestError::Unavailable(
+                            "the node is shutting down".into(),
+                        )),
+                        Err(_) => ClientResponse::Failed(RequestError::Unavailable(
+                            "the node did not answer in time".into(),
+                        )),
+                    }
+                }
+            };
+            (request_id, response)
+        }
+    };
+    let mut out = BytesMut::new();
+    if let Err(error) = protocol::encode_frame(
+        FRAME_CLIENT_RESPONSE,
+        request_id,
+        &response,
+        maximum,
+        &mut out,
+    ) {
+        tracing::warn!(%error, "response not encodable");
+        out.clear();
+        let failed = ClientResponse::Failed(RequestError::Unavailable(format!(
+            "response not sendable: {error}"
+        )));
+        if protocol::encode_frame(
+            FRAME_CLIENT_RESPONSE,
+            request_id,
+            &failed,
+            maximum,
+            &mut out,
+        )
+        .is_err()
+        {
+            return;
+        }
+    }
+    if send.write_all(&out).await.is_ok() {
+        let _ = send.finish();
+    }
+}

@@ -1,0 +1,579 @@
+//! The node's one event loop: the thin shell around the sans-IO cores
+//! (style.md, "Pure cores, thin shells").
+//!
+//! It owns the cluster [`Node`], the SWIM machine, the ring and the store,
+//! and does only this: take one input from the endpoint's bounded queue (or
+//! a timer firing), hand it to the core with the current instant, and carry
+//! out what the cores ask — send messages and datagrams, answer clients,
+//! translate membership events into liveness and ring changes. It runs on a
+//! thread of its own, because the store's calls block (a durable write waits
+//! for its fsync) and must not stall the QUIC tasks.
+//!
+//! Invariants: every client request is answered exactly once (the core
+//! guarantees it for key-value requests; admin requests are answered in
+//! place); liveness never changes the ring, only admin requests and ring
+//! gossip do; the ring is persisted before the node acts on a change of it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use shoal_cluster::id::NodeId;
+use shoal_cluster::membership::{self, Event, MemberState as SwimState, Swim};
+use shoal_cluster::message::{Output, Request, RequestError, RequestId, Response};
+use shoal_cluster::node::{Liveness, Node};
+use shoal_cluster::placement::Placement;
+use shoal_cluster::protocol::{
+    ClientRequest, ClientResponse, Inspection, MemberStatus, NodeStatus, RingView,
+};
+use shoal_cluster::replica;
+use shoal_cluster::ring::{MemberState, Ring};
+use shoal_cluster::transport::endpoint::{Endpoint, Inbound};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::NodeConfig;
+use crate::metrics::{MetricsBoard, Operation};
+use crate::store::DbStore;
+
+/// Merges two encoded rings (SWIM's metadata merge). Undecodable input
+/// counts as the empty ring, so a bad blob can never poison a good one.
+fn merge_rings(ours: &[u8], theirs: &[u8]) -> Vec<u8> {
+    let mut ring = Ring::decode(ours).unwrap_or_default();
+    if let Ok(other) = Ring::decode(theirs) {
+        ring.merge(&other);
+    }
+    ring.encode()
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_micros() as u64)
+}
+
+fn ring_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("ring")
+}
+
+/// Reads the persisted ring, if any.
+pub fn load_ring(data_dir: &Path) -> anyhow::Result<Option<Ring>> {
+    let path = ring_path(data_dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ring::decode(&bytes)
+            .map(Some)
+            .map_err(|error| anyhow::anyhow!("{}: {error}", path.display())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(anyhow::anyhow!("reading {}: {error}", path.display())),
+    }
+}
+
+/// Writes the ring atomically (temporary file, fsync, rename, directory fsync).
+fn save_ring(data_dir: &Path, ring: &Ring) -> std::io::Result<()> {
+    let path = ring_path(data_dir);
+    let temporary = data_dir.join("ring.tmp");
+    {
+        let mut file = std::fs::File::create(&temporary)?;
+        std::io::Write::write_all(&mut file, &ring.encode())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temporary, &path)?;
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
+/// How the loop is told to stop.
+#[derive(Debug)]
+pub enum Control {
+    /// Stop accepting, drain, flush, announce leave, exit.
+    Shutdown,
+}
+
+/// Everything the loop owns.
+pub struct EventLoop {
+    config: NodeConfig,
+    id: NodeId,
+    node: Node,
+    swim: Swim,
+    ring: Ring,
+    store: DbStore,
+    endpoint: Endpoint,
+    inbound: mpsc::Receiver<Inbound>,
+    control: mpsc::Receiver<Control>,
+    addresses: HashMap<NodeId, SocketAddr>,
+    /// Client requests the core is working on, by request id.
+    pending: HashMap<u64, (oneshot::Sender<ClientResponse>, Operation, Instant)>,
+    next_request: u64,
+    draining: bool,
+    metrics: Arc<MetricsBoard>,
+    unroutable_messages: u64,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("EventLoop")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+/// The pieces [`EventLoop::new`] needs.
+pub struct Parts {
+    /// The validated configuration.
+    pub config: NodeConfig,
+    /// The open store.
+    pub store: DbStore,
+    /// The running endpoint.
+    pub endpoint: Endpoint,
+    /// Its inbound queue.
+    pub inbound: mpsc::Receiver<Inbound>,
+    /// Shutdown requests.
+    pub control: mpsc::Receiver<Control>,
+    /// This start's membership generation.
+    pub generation: u64,
+    /// Where metrics are published.
+    pub metrics: Arc<MetricsBoard>,
+    /// Start in the ring as joining (owning nothing) rather than active.
+    pub join_as_joining: bool,
+}
+
+impl std::fmt::Debug for Parts {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Parts").finish()
+    }
+}
+
+impl EventLoop {
+    /// Builds the cores and restores the ring.
+    pub fn new(parts: Parts) -> anyhow::Result<EventLoop> {
+        let Parts {
+            config,
+            store,
+            endpoint,
+            inbound,
+            control,
+            generation,
+            metrics,
+            join_as_joining,
+        } = parts;
+        let id = NodeId(config.node_id);
+        let now = Instant::now();
+        let mut node = Node::new(config.cluster_config()?, id, rand::random())?;
+        node.set_wall_clock(now, unix_micros());
+        let swim_config = membership::Config {
+            protocol_period: Duration::from_millis(config.cluster.protocol_period_ms),
+            probe_timeout: Duration::from_millis(config.cluster.protocol_period_ms / 2),
+            metadata_merge: Some(merge_rings),
+            // QUIC datagrams carry a little less than a UDP packet.
+            datagram_size_max_bytes: 1150,
+            ..membership::Config::default()
+        };
+        let mut swim = Swim::new(
+            swim_config,
+            id,
+            generation,
+            config.listen,
+            rand::random(),
+            now,
+        );
+        let mut ring = load_ring(&config.data_dir)?.unwrap_or_default();
+        let address = config.listen.to_string();
+        match ring.get(id).map(|entry| entry.state) {
+            Some(MemberState::Removed) => anyhow::bail!(
+                "node {id} was removed from the ring; a removed id never rejoins (wipe its data and give it a new id)"
+            ),
+            Some(_) if ring.get(id).is_some_and(|entry| entry.address == address) => {}
+            Some(state) => {
+                anyhow::bail!(
+                    "node {id} is in the ring as {state:?} at {}, not {address}; start it at its recorded address",
+                    ring.get(id).map_or("?", |entry| entry.address.as_str())
+                );
+            }
+            None if join_as_joining => {
+                ring.join_member(id, address);
+            }
+            None => {
+                ring.add_member(id, address);
+            }
+        }
+        save_ring(&config.data_dir, &ring)?;
+        swim.set_metadata(1, ring.encode())?;
+        node.handle_ring(now, ring.clone());
+        if !config.seeds.is_empty() {
+            swim.join(now, &config.seeds);
+        }
+        let mut event_loop = EventLoop {
+            config,
+            id,
+            node,
+            swim,
+            ring,
+            store,
+            endpoint,
+            inbound,
+            control,
+            addresses: HashMap::new(),
+            pending: HashMap::new(),
+            next_request: 1,
+            draining: false,
+            metrics,
+            unroutable_messages: 0,
+        };
+        event_loop.refresh_addresses();
+        Ok(event_loop)
+    }
+
+    /// Runs until shut down; returns the store so the caller can close it.
+    pub async fn run(mut self) -> anyhow::Result<DbStore> {
+        let mut next_publish = Instant::now();
+        let mut leave_deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if now >= next_publish {
+                self.publish_metrics();
+                next_publish = now + Duration::from_secs(1);
+            }
+            if let Some(deadline) = leave_deadline {
+                let drained = self.node.operations_in_flight() == 0 && self.pending.is_empty();
+                if (drained && self.swim.has_left()) || now >= deadline {
+                    self.publish_metrics();
+                    return Ok(self.store);
+                }
+            }
+            let mut wake = next_publish;
+            for due in [
+                self.node.poll_timeout(),
+                self.swim.poll_timeout(),
+                leave_deadline,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                wake = wake.min(due);
+            }
+            tokio::select! {
+                input = self.inbound.recv() => match input {
+                    Some(input) => self.handle_input(input),
+                    None => return Ok(self.store),
+                },
+                control = self.control.recv() => {
+                    if matches!(control, Some(Control::Shutdown) | None) && !self.draining {
+                        tracing::info!(node = %self.id, "shutting down: draining and announcing leave");
+                        self.draining = true;
+                        self.swim.leave(Instant::now());
+                        leave_deadline = Some(Instant::now() + Duration::from_secs(5));
+                    }
+                }
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                    let now = Instant::now();
+                    self.node.handle_timeout(now, &mut self.store);
+                    self.swim.handle_timeout(now);
+                }
+            }
+            // Take whatever else is already queued before acting on outputs,
+            // so that bursts are handled in one pass.
+            for _ in 0..256 {
+                match self.inbound.try_recv() {
+                    Ok(input) => self.handle_input(input),
+                    Err(_) => break,
+                }
+            }
+            self.drain_outputs();
+        }
+    }
+
+    fn handle_input(&mut self, input: Inbound) {
+        let now = Instant::now();
+        match input {
+            Inbound::Message { from, message } => {
+                self.node
+                    .handle_message(now, from, message, &mut self.store);
+            }
+            Inbound::Datagram { from, bytes } => self.swim.handle_datagram(now, from, &bytes),
+            Inbound::Client { request, reply } => self.handle_client(now, request, reply),
+        }
+    }
+
+    fn handle_client(
+        &mut self,
+        now: Instant,
+        request: ClientRequest,
+        reply: oneshot::Sender<ClientResponse>,
+    ) {
+        let response = match request {
+            ClientRequest::Kv(request) => {
+                if self.draining {
+                    ClientResponse::Failed(RequestError::Unavailable(
+                        "the node is shutting down".into(),
+                    ))
+                } else {
+                    let operation = match &request {
+                        Request::Get { .. } => Operation::Get,
+                        Request::Put { .. } => Operation::Put,
+                        Request::Delete { .. } => Operation::Delete,
+                    };
+                    let id = self.next_request;
+                    self.next_request += 1;
+                    self.pending.insert(id, (reply, operation, now));
+                    self.node
+                        .handle_request(now, RequestId(id), request, &mut self.store);
+                    return;
+                }
+            }
+            ClientRequest::Status => ClientResponse::Status(self.status()),
+            ClientRequest::Ring => ClientResponse::Ring(self.ring_view()),
+            ClientRequest::Join { seed } => match seed.parse::<SocketAddr>() {
+                Ok(seed) => {
+                    self.swim.join(now, &[seed]);
+                    ClientResponse::Done(format!("node {} is joining through {seed}", self.id))
+                }
+                Err(error) => ClientResponse::Failed(RequestError::InvalidArgument(format!(
+                    "seed {seed:?}: {error}"
+                ))),
+            },
+            ClientRequest::Leave { node } => {
+                let node = node.unwrap_or(self.id);
+                self.change_ring(now, node, MemberState::Leaving)
+            }
+            ClientRequest::Remove { node } => self.change_ring(now, node, MemberState::Removed),
+            ClientRequest::Inspect { key } => self.inspect(key),
+        };
+        // The client may have gone; nothing to do then.
+        let _ = reply.send(response);
+    }
+
+    fn change_ring(&mut self, now: Instant, node: NodeId, state: MemberState) -> ClientResponse {
+        if self.ring.get(node).is_none() {
+            return ClientResponse::Failed(RequestError::InvalidArgument(format!(
+                "node {node} is not in the ring"
+            )));
+        }
+        if !self.ring.set_state(node, state) {
+            return ClientResponse::Done(format!("node {node} is already {state:?}"));
+        }
+        let placement = Placement::new(
+            &self.ring,
+            self.config.cluster.partition_count,
+            self.config.cluster.replication_factor,
+        );
+        self.ring.record_assignment(&placement);
+        if let Err(error) = self.install_ring(now) {
+            return ClientResponse::Failed(RequestError::StoreFailed(format!(
+                "persisting the ring: {error}"
+            )));
+        }
+        ClientResponse::Done(format!("node {node} is now {state:?}"))
+    }
+
+    /// Persists the ring, hands it to the core and gossips it.
+    fn install_ring(&mut self, now: Instant) -> std::io::Result<()> {
+        save_ring(&self.config.data_dir, &self.ring)?;
+        self.node.handle_ring(now, self.ring.clone());
+        let version = self.swim.metadata().0 + 1;
+        if let Err(error) = self.swim.set_metadata(version, self.ring.encode()) {
+            tracing::error!(%error, "ring too large to gossip");
+        }
+        self.refresh_addresses();
+        Ok(())
+    }
+
+    fn inspect(&mut self, key: Bytes) -> ClientResponse {
+        let partition = self.node.partition_of(&key);
+        let primary = self
+            .node
+            .placement()
+            .is_some_and(|placement| placement.primaries(partition).contains(&self.id));
+        match replica::read_state(&mut self.store, partition, &key) {
+            Ok(state) => ClientResponse::Inspect(Inspection {
+                node: self.id,
+                partition: partition.0,
+                primary,
+                state,
+            }),
+            Err(error) => ClientResponse::Failed(RequestError::StoreFailed(format!("{error:?}"))),
+        }
+    }
+
+    fn drain_outputs(&mut self) {
+        let now = Instant::now();
+        let mut loops = 0;
+        loop {
+            loops += 1;
+            let mut progressed = false;
+            while let Some(output) = self.node.poll_output() {
+                progressed = true;
+                match output {
+                    Output::Send { to, message } if to == self.id => {
+                        self.node.handle_message(now, to, message, &mut self.store);
+                    }
+                    Output::Send { to, message } => match self.addresses.get(&to) {
+                        Some(address) => self.endpoint.send_message(*address, &message),
+                        None => self.unroutable_messages += 1,
+                    },
+                    Output::Respond { id, response } => {
+                        if let Some((reply, operation, started)) = self.pending.remove(&id.0) {
+                            let ok = !matches!(response, Response::Failed(_));
+                            self.metrics.record(operation, ok, started.elapsed());
+                            let _ = reply.send(ClientResponse::Kv(response));
+                        }
+                    }
+                }
+            }
+            while let Some(transmit) = self.swim.poll_transmit() {
+                progressed = true;
+                self.endpoint
+                    .send_datagram(transmit.address, transmit.bytes);
+            }
+            while let Some(event) = self.swim.poll_event() {
+                progressed = true;
+                self.handle_membership_event(now, event);
+            }
+            if !progressed || loops > 64 {
+                break;
+            }
+        }
+    }
+
+    fn handle_membership_event(&mut self, now: Instant, event: Event) {
+        match event {
+            Event::Joined => tracing::info!(node = %self.id, "joined the cluster"),
+            Event::MemberUp { node, address, .. } => {
+                self.addresses.insert(node, address);
+                self.node.handle_liveness(now, node, Liveness::Alive);
+            }
+            Event::MemberAlive { node, .. } => {
+                self.node.handle_liveness(now, node, Liveness::Alive)
+            }
+            Event::MemberSuspect { node, .. } => {
+                self.node.handle_liveness(now, node, Liveness::Suspect)
+            }
+            Event::MemberDown { node, .. } | Event::MemberLeft { node, .. } => {
+                self.node.handle_liveness(now, node, Liveness::Dead)
+            }
+            Event::MetadataChanged { .. } => {
+                let (_, bytes) = self.swim.metadata();
+                match Ring::decode(bytes) {
+                    Ok(theirs) => {
+                        if self.ring.merge(&theirs) {
+                            if let Err(error) = save_ring(&self.config.data_dir, &self.ring) {
+                                tracing::error!(%error, "persisting the ring failed");
+                            }
+                            self.node.handle_ring(now, self.ring.clone());
+                            self.refresh_addresses();
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "undecodable ring in gossip"),
+                }
+            }
+        }
+    }
+
+    fn refresh_addresses(&mut self) {
+        for (node, entry) in self.ring.members() {
+            if let Ok(address) = entry.address.parse::<SocketAddr>() {
+                self.addresses.entry(node).or_insert(address);
+            }
+        }
+        for member in self.swim.members() {
+            self.addresses.insert(member.node, member.address);
+        }
+    }
+
+    fn liveness_name(&self, node: NodeId) -> String {
+        if node == self.id {
+            return if self.draining { "leaving" } else { "alive" }.into();
+        }
+        match self.swim.member(node).map(|member| member.state) {
+            Some(SwimState::Alive) => "alive",
+            Some(SwimState::Suspect) => "suspect",
+            Some(SwimState::Dead) => "dead",
+            Some(SwimState::Left) => "left",
+            None => "unknown",
+        }
+        .into()
+    }
+
+    fn status(&self) -> NodeStatus {
+        let load = self
+            .node
+            .placement()
+            .map(|placement| placement.primary_load())
+            .unwrap_or_default();
+        let mut members: Vec<MemberStatus> = self
+            .ring
+            .members()
+            .map(|(node, entry)| MemberStatus {
+                node,
+                address: entry.address.clone(),
+                ring_state: Some(entry.state),
+                liveness: self.liveness_name(node),
+                primary_partitions: load.get(&node).copied().unwrap_or(0),
+            })
+            .collect();
+        for member in self.swim.members() {
+            if self.ring.get(member.node).is_none() {
+                members.push(MemberStatus {
+                    node: member.node,
+                    address: member.address.to_string(),
+                    ring_state: None,
+                    liveness: self.liveness_name(member.node),
+                    primary_partitions: 0,
+                });
+            }
+        }
+        NodeStatus {
+            node: self.id,
+            address: self.config.listen.to_string(),
+            epoch: self.node.epoch(),
+            ring_version: self.ring.version(),
+            members,
+            requests_in_flight: self.node.operations_in_flight(),
+            hint_bytes: self.node.hint_bytes_total(),
+        }
+    }
+
+    fn ring_view(&self) -> RingView {
+        RingView {
+            version: self.ring.version(),
+            partition_count: self.config.cluster.partition_count,
+            replication_factor: self.config.cluster.replication_factor as u32,
+            members: self
+                .ring
+                .members()
+                .map(|(node, entry)| (node, entry.clone()))
+                .collect(),
+            primaries: self
+                .node
+                .placement()
+                .map(|placement| placement.primary_table())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn publish_metrics(&self) {
+        let swim = self.swim.stats();
+        let live = self.swim.live_member_count();
+        let suspects = self
+            .swim
+            .members()
+            .filter(|member| member.state == SwimState::Suspect)
+            .count();
+        self.metrics.publish_cores(
+            self.node.metrics(),
+            &swim,
+            live,
+            suspects,
+            self.node.hint_bytes_total(),
+            self.node.operations_in_flight(),
+            self.unroutable_messages,
+            &self.store.db().stats(),
+            self.endpoint.stats(),
+        );
+    }
+}
+
+/// A handle to ask a running loop to stop.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(pub mpsc::Sender<Control>);
