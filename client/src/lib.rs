@@ -1,1 +1,631 @@
-//! `shoal-client`: the native Shoal client library and the `shoal` command-line client.
+//! `shoal-client`: the native Rust client of Shoal, and the `shoal` CLI.
+//!
+//! A [`Client`] connects to the nodes named in a [`ClientConfig`] over QUIC
+//! (ALPN `shoal-client/1`, the node verified against the cluster CA), learns
+//! the ring, and sends each key's request to a primary of that key, so the
+//! request needs no forwarding hop. Reads return every live sibling and a
+//! [`Context`]; writing back with that context supersedes exactly what was
+//! read (dotted version vectors, design §3).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), shoal_client::Error> {
+//! use shoal_client::{Client, ClientConfig, Context, ReadOptions, WriteOptions};
+//!
+//! let config = ClientConfig::load("./.cluster/client.toml".as_ref())?;
+//! let client = Client::connect(config).await?;
+//! client
+//!     .put(b"greeting", b"hello", &Context::default(), &WriteOptions::default())
+//!     .await?;
+//! let value = client.get(b"greeting", &ReadOptions::default()).await?;
+//! assert_eq!(value.siblings, vec![bytes::Bytes::from_static(b"hello")]);
+//! // Read-modify-write: merge the siblings into one value.
+//! client
+//!     .update(b"greeting", &WriteOptions::default(), |siblings| {
+//!         let mut merged = Vec::new();
+//!         for sibling in siblings {
+//!             merged.extend_from_slice(sibling);
+//!         }
+//!         Some(merged.into())
+//!     })
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Errors say whether a retry is safe ([`Error::is_retryable`]). The client
+//! retries by itself, with backoff and within the request's deadline, only
+//! what cannot duplicate a write: reads, and writes the node refused before
+//! storing anything (`busy`, `unavailable`) or that never left the client.
+
+pub mod config;
+pub mod session;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shoal_cluster::context;
+use shoal_cluster::id::NodeId;
+use shoal_cluster::message::{self, Quorum, Request, RequestError, Response, WriteResult};
+use shoal_cluster::partitioner::Partitioner;
+use shoal_cluster::protocol::{
+    ALPN_CLIENT, ClientRequest, ClientResponse, Inspection, NodeStatus, RingView,
+};
+use shoal_cluster::transport::call::{self, CallError};
+use shoal_cluster::transport::tls::{self, TransportLimits};
+use shoal_cluster::version_vector::VersionVector;
+
+pub use crate::config::ClientConfig;
+pub use crate::session::Session;
+pub use shoal_cluster::protocol;
+
+/// What went wrong, and whether to retry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Too few replicas answered in time. For a write, the replicas that did
+    /// acknowledge keep it: the outcome is unknown. Retry reads; retry a
+    /// write only with the context of a fresh read.
+    #[error("quorum not reached: {acks} of {required} replicas answered within {timeout:?}")]
+    Unavailable {
+        /// Replicas that answered.
+        acks: usize,
+        /// Replicas that had to.
+        required: usize,
+        /// The request's deadline.
+        timeout: Duration,
+    },
+    /// The deadline passed without an answer. Outcome unknown.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The node is overloaded; nothing was stored. Safe to retry later.
+    #[error("busy: the node has too many requests in flight")]
+    Busy,
+    /// The node cannot serve (shutting down, no ring yet); nothing was stored.
+    #[error("node unavailable: {0}")]
+    NodeUnavailable(String),
+    /// No connection could be made or it broke. If the request was sent,
+    /// its outcome is unknown.
+    #[error("connection: {0}")]
+    Connection(String),
+    /// The request is invalid or over a limit; nothing was stored. Do not retry.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The write would leave too many siblings; nothing was stored. Read,
+    /// resolve, and write back with the context.
+    #[error("too many siblings: {count} (max {max}); read, resolve and write back")]
+    TooManySiblings {
+        /// Siblings the write would have left.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A session read could not find a replica as recent as the session.
+    #[error("no replica answered with a state as recent as this session's")]
+    StaleSession,
+    /// The node's store failed; nothing was acknowledged.
+    #[error("store failure on the node: {0}")]
+    StoreFailed(String),
+    /// The node answered something unexpected.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Whether sending the same request again is safe and may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Busy | Error::NodeUnavailable(_) | Error::Unavailable { .. } | Error::Timeout(_)
+        ) || matches!(self, Error::Connection(_))
+    }
+
+    fn from_request_error(error: RequestError, timeout: Duration) -> Error {
+        match error {
+            RequestError::QuorumNotReached { acks, required } => Error::Unavailable {
+                acks,
+                required,
+                timeout,
+            },
+            RequestError::InvalidArgument(reason) => Error::InvalidArgument(reason),
+            RequestError::TooManySiblings { count, max } => Error::TooManySiblings { count, max },
+            RequestError::Busy => Error::Busy,
+            RequestError::Unavailable(reason) => Error::NodeUnavailable(reason),
+            RequestError::StoreFailed(reason) => Error::StoreFailed(reason),
+        }
+    }
+}
+
+/// The causal context of a read: write back with it to supersede what was read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Context(pub VersionVector);
+
+impl Context {
+    /// The opaque token form (base64url), empty for the empty context.
+    pub fn to_token(&self) -> String {
+        context::encode(&self.0)
+    }
+
+    /// Parses a token made by [`Context::to_token`].
+    pub fn from_token(token: &str) -> Result<Context, Error> {
+        context::decode(token, 64 << 10)
+            .map(Context)
+            .map_err(|error| Error::InvalidArgument(format!("context: {error}")))
+    }
+}
+
+/// What a get returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Value {
+    /// Live sibling values; empty when the key is absent or deleted.
+    pub siblings: Vec<Bytes>,
+    /// The context covering them.
+    pub context: Context,
+}
+
+impl Value {
+    /// Whether the key has at least one live value.
+    pub fn found(&self) -> bool {
+        !self.siblings.is_empty()
+    }
+}
+
+/// Options of one read; `None` takes the node's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// How many replicas must answer.
+    pub r: Option<Quorum>,
+    /// Whether fallbacks holding hints may answer for a primary.
+    pub sloppy: Option<bool>,
+    /// Deadline (default: the client's).
+    pub timeout: Option<Duration>,
+}
+
+/// Options of one write; `None` takes the node's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// How many replicas must acknowledge.
+    pub w: Option<Quorum>,
+    /// Whether fallbacks holding hints count toward `w`.
+    pub sloppy: Option<bool>,
+    /// Count a replica only once its write is fsynced.
+    pub durable: Option<bool>,
+    /// Deadline (default: the client's).
+    pub timeout: Option<Duration>,
+}
+
+/// What the client knows of the ring, for routing.
+#[derive(Debug, Clone)]
+struct Routing {
+    partitioner: Partitioner,
+    primaries: Vec<Vec<NodeId>>,
+    addresses: HashMap<NodeId, SocketAddr>,
+    fetched: Instant,
+}
+
+/// How often the ring is refreshed even without a failure.
+const RING_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// How connection errors before a request was sent begin.
+const NOT_SENT: &str = "connect to ";
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// A connection to a Shoal cluster. Share it (`Arc<Client>`); requests may
+/// run concurrently.
+#[derive(Debug)]
+pub struct Client {
+    config: ClientConfig,
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    connections: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    routing: Mutex<Option<Routing>>,
+    next_request: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each critical section is a single read or replace.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Client {
+    /// Connects to the cluster: at least one node must answer.
+    pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
+        if config.nodes.is_empty() {
+            return Err(Error::Config("no node addresses given".into()));
+        }
+        let client_config = tls::client_config(
+            &config.tls_files(),
+            ALPN_CLIENT,
+            &TransportLimits::default(),
+        )
+        .map_err(|error| Error::Config(error.to_string()))?;
+        let bind: SocketAddr = if config.nodes.iter().all(SocketAddr::is_ipv4) {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let endpoint = quinn::Endpoint::client(bind)
+            .map_err(|error| Error::Connection(format!("binding a UDP socket: {error}")))?;
+        let client = Client {
+            config,
+            endpoint,
+            client_config,
+            connections: tokio::sync::Mutex::new(HashMap::new()),
+            routing: Mutex::new(None),
+            next_request: AtomicU64::new(1),
+        };
+        // Learn the ring now; a cluster that cannot answer this is unreachable.
+        client.refresh_ring().await?;
+        Ok(client)
+    }
+
+    /// Connects with the configuration in a file.
+    pub async fn connect_with_file(path: &Path) -> Result<Client, Error> {
+        Client::connect(ClientConfig::load(path)?).await
+    }
+
+    /// A session: reads in it never go back behind what it wrote or read.
+    pub fn session(&self) -> Session<'_> {
+        Session::new(self)
+    }
+
+    /// Reads a key.
+    pub async fn get(&self, key: &[u8], options: &ReadOptions) -> Result<Value, Error> {
+        let timeout = options.timeout.unwrap_or(self.config.timeout);
+        let request = Request::Get {
+            key: Bytes::copy_from_slice(key),
+            options: message::ReadOptions {
+                r: options.r,
+                sloppy: options.sloppy,
+                timeout: Some(timeout),
+            },
+        };
+        match self.key_request(key, request, timeout, true).await? {
+            Response::Value(result) => Ok(Value {
+                siblings: result.siblings,
+                context: Context(result.context),
+            }),
+            other => Err(Error::Protocol(format!(
+                "unexpected answer to a get: {other:?}"
+            ))),
+        }
+    }
+
+    /// Writes `value`, superseding what `context` covers (the empty context
+    /// adds a sibling beside whatever is there). Returns the new context.
+    pub async fn put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        context: &Context,
+        options: &WriteOptions,
+    ) -> Result<Context, Error> {
+        let timeout = options.timeout.unwrap_or(self.config.timeout);
+        let request = Request::Put {
+            key: Bytes::copy_from_slice(key),
+            value: Bytes::copy_from_slice(value),
+            context: context.0.clone(),
+            options: write_options(options, timeout),
+        };
+        self.write(key, request, timeout).await
+    }
+
+    /// Deletes what `context` covers. Returns the new context.
+    pub async fn delete(
+        &self,
+        key: &[u8],
+        context: &Context,
+        options: &WriteOptions,
+    ) -> Result<Context, Error> {
+        let timeout = options.timeout.unwrap_or(self.config.timeout);
+        let request = Request::Delete {
+            key: Bytes::copy_from_slice(key),
+            context: context.0.clone(),
+            options: write_options(options, timeout),
+        };
+        self.write(key, request, timeout).await
+    }
+
+    /// Read-modify-write: reads the key, calls `merge` with its siblings
+    /// (empty when absent), and writes the result back with the read's
+    /// context, so it supersedes every sibling it saw. `None` writes nothing.
+    /// Concurrent updates become siblings, never lost writes.
+    pub async fn update(
+        &self,
+        key: &[u8],
+        options: &WriteOptions,
+        merge: impl FnOnce(&[Bytes]) -> Option<Bytes>,
+    ) -> Result<Option<Context>, Error> {
+        let read = self
+            .get(
+                key,
+                &ReadOptions {
+                    r: None,
+                    sloppy: options.sloppy,
+                    timeout: options.timeout,
+                },
+            )
+            .await?;
+        match merge(&read.siblings) {
+            Some(value) => self
+                .put(key, &value, &read.context, options)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The status as `node` (or any node) sees it.
+    pub async fn status(&self, node: Option<SocketAddr>) -> Result<NodeStatus, Error> {
+        match self.admin(node, ClientRequest::Status).await? {
+            ClientResponse::Status(status) => Ok(status),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The ring and placement as some node sees them.
+    pub async fn ring(&self) -> Result<RingView, Error> {
+        match self.admin(None, ClientRequest::Ring).await? {
+            ClientResponse::Ring(ring) => Ok(ring),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Makes `node` (or any node) join the cluster through `seed`.
+    pub async fn join(&self, node: Option<SocketAddr>, seed: SocketAddr) -> Result<String, Error> {
+        let request = ClientRequest::Join {
+            seed: seed.to_string(),
+        };
+        self.done(self.admin(node, request).await?)
+    }
+
+    /// Marks `member` (the node asked, when `None`) as leaving.
+    pub async fn leave(&self, member: Option<NodeId>) -> Result<String, Error> {
+        let response = self
+            .admin(None, ClientRequest::Leave { node: member })
+            .await?;
+        self.done(response)
+    }
+
+    /// Removes `member` from the ring for good.
+    pub async fn remove(&self, member: NodeId) -> Result<String, Error> {
+        let response = self
+            .admin(None, ClientRequest::Remove { node: member })
+            .await?;
+        self.done(response)
+    }
+
+    /// The local state of `key` on the replica at `node`.
+    pub async fn inspect(&self, node: SocketAddr, key: &[u8]) -> Result<Inspection, Error> {
+        let request = ClientRequest::Inspect {
+            key: Bytes::copy_from_slice(key),
+        };
+        match self.admin(Some(node), request).await? {
+            ClientResponse::Inspect(inspection) => Ok(inspection),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The addresses of the ring's members, as last learnt.
+    pub fn member_addresses(&self) -> Vec<(NodeId, SocketAddr)> {
+        let routing = lock(&self.routing);
+        let mut members: Vec<_> = routing
+            .as_ref()
+            .map(|routing| routing.addresses.iter().map(|(n, a)| (*n, *a)).collect())
+            .unwrap_or_default();
+        members.sort();
+        members
+    }
+
+    fn done(&self, response: ClientResponse) -> Result<String, Error> {
+        match response {
+            ClientResponse::Done(what) => Ok(what),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn write(
+        &self,
+        key: &[u8],
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Context, Error> {
+        match self.key_request(key, request, timeout, false).await? {
+            Response::Written(WriteResult { context, .. }) => Ok(Context(context)),
+            other => Err(Error::Protocol(format!(
+                "unexpected answer to a write: {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends a key request to the key's primaries in turn, retrying what is
+    /// safe within the deadline.
+    async fn key_request(
+        &self,
+        key: &[u8],
+        request: Request,
+        timeout: Duration,
+        idempotent: bool,
+    ) -> Result<Response, Error> {
+        let deadline = Instant::now() + timeout;
+        let mut backoff = BACKOFF_MIN;
+        let mut attempt = 0usize;
+        loop {
+            let targets = self.targets(key).await;
+            let target = targets[attempt % targets.len()];
+            attempt += 1;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let outcome = tokio::time::timeout(
+                remaining + Duration::from_millis(250),
+                self.call(target, &ClientRequest::Kv(request.clone())),
+            )
+            .await;
+            let error = match outcome {
+                Err(_) => Error::Timeout(timeout),
+                Ok(Ok(ClientResponse::Kv(Response::Failed(error)))) => {
+                    Error::from_request_error(error, timeout)
+                }
+                Ok(Ok(ClientResponse::Kv(response))) => return Ok(response),
+                Ok(Ok(ClientResponse::Failed(error))) => Error::from_request_error(error, timeout),
+                Ok(Ok(other)) => return Err(unexpected(other)),
+                Ok(Err(error)) => error,
+            };
+            let safe = match &error {
+                // Refused before anything was stored.
+                Error::Busy | Error::NodeUnavailable(_) => true,
+                Error::Connection(reason) => {
+                    // The ring may have changed under a node that went away.
+                    *lock(&self.routing) = None;
+                    // A request that never left the client cannot duplicate.
+                    idempotent || reason.starts_with(NOT_SENT)
+                }
+                Error::Unavailable { .. } | Error::Timeout(_) => idempotent,
+                _ => false,
+            };
+            if !safe || Instant::now() + backoff >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// The key's primaries' addresses (in order), then every other node.
+    async fn targets(&self, key: &[u8]) -> Vec<SocketAddr> {
+        let stale = lock(&self.routing)
+            .as_ref()
+            .is_none_or(|routing| routing.fetched.elapsed() > RING_REFRESH_INTERVAL);
+        if stale {
+            // A failed refresh keeps the old table, or falls back to the seeds.
+            let _ = self.refresh_ring().await;
+        }
+        let mut targets = Vec::new();
+        if let Some(routing) = lock(&self.routing).as_ref() {
+            let partition = routing.partitioner.partition_of(key);
+            if let Some(primaries) = routing.primaries.get(partition.0 as usize) {
+                for primary in primaries {
+                    if let Some(address) = routing.addresses.get(primary) {
+                        targets.push(*address);
+                    }
+                }
+            }
+        }
+        for node in &self.config.nodes {
+            if !targets.contains(node) {
+                targets.push(*node);
+            }
+        }
+        targets
+    }
+
+    async fn refresh_ring(&self) -> Result<(), Error> {
+        let mut last_error = Error::Config("no nodes".into());
+        for node in self.config.nodes.clone() {
+            match self.call(node, &ClientRequest::Ring).await {
+                Ok(ClientResponse::Ring(ring)) => {
+                    let partitioner = Partitioner::new(ring.partition_count)
+                        .map_err(|error| Error::Protocol(format!("{error}")))?;
+                    let addresses = ring
+                        .members
+                        .iter()
+                        .filter_map(|(node, entry)| {
+                            entry.address.parse().ok().map(|address| (*node, address))
+                        })
+                        .collect();
+                    *lock(&self.routing) = Some(Routing {
+                        partitioner,
+                        primaries: ring.primaries,
+                        addresses,
+                        fetched: Instant::now(),
+                    });
+                    return Ok(());
+                }
+                Ok(other) => last_error = unexpected(other),
+                Err(error) => last_error = error,
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn admin(
+        &self,
+        node: Option<SocketAddr>,
+        request: ClientRequest,
+    ) -> Result<ClientResponse, Error> {
+        let targets = match node {
+            Some(node) => vec![node],
+            None => self.config.nodes.clone(),
+        };
+        let mut last_error = Error::Config("no nodes".into());
+        for target in targets {
+            match tokio::time::timeout(self.config.timeout, self.call(target, &request)).await {
+                Ok(Ok(ClientResponse::Failed(error))) => {
+                    return Err(Error::from_request_error(error, self.config.timeout));
+                }
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(error)) => last_error = error,
+                Err(_) => last_error = Error::Timeout(self.config.timeout),
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn connection(&self, node: SocketAddr) -> Result<quinn::Connection, Error> {
+        let mut connections = self.connections.lock().await;
+        if let Some(connection) = connections.get(&node) {
+            if connection.close_reason().is_none() {
+                return Ok(connection.clone());
+            }
+            connections.remove(&node);
+        }
+        let connecting = self
+            .endpoint
+            .connect_with(self.client_config.clone(), node, &self.config.server_name)
+            .map_err(|error| Error::Connection(format!("{NOT_SENT}{node}: {error}")))?;
+        let connection = tokio::time::timeout(self.config.timeout, connecting)
+            .await
+            .map_err(|_| Error::Connection(format!("{NOT_SENT}{node}: timed out")))?
+            .map_err(|error| Error::Connection(format!("{NOT_SENT}{node}: {error}")))?;
+        connections.insert(node, connection.clone());
+        Ok(connection)
+    }
+
+    async fn call(
+        &self,
+        node: SocketAddr,
+        request: &ClientRequest,
+    ) -> Result<ClientResponse, Error> {
+        let connection = self.connection(node).await?;
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        call::call(&connection, id, request, self.config.frame_size_max_bytes)
+            .await
+            .map_err(|error| match error {
+                CallError::Connection(reason) => Error::Connection(format!("{node}: {reason}")),
+                CallError::Protocol(reason) => Error::Protocol(format!("{node}: {reason}")),
+            })
+    }
+}
+
+fn write_options(options: &WriteOptions, timeout: Duration) -> message::WriteOptions {
+    message::WriteOptions {
+        w: options.w,
+        sloppy: options.sloppy,
+        durable: options.durable,
+        timeout: Some(timeout),
+    }
+}
+
+fn unexpected(response: ClientResponse) -> Error {
+    match response {
+        ClientResponse::Failed(error) => Error::Protocol(error.to_string()),
+        other => Error::Protocol(format!("unexpected answer: {other:?}")),
+    }
+}

@@ -72,6 +72,11 @@ pub struct WriteOperation {
     pub primaries: Vec<NodeId>,
     /// Primary → the fallback holding a hint for it.
     pub handoffs: BTreeMap<NodeId, NodeId>,
+    /// Primaries for which the coordinator keeps a hint itself, because no
+    /// fallback was available. Such a hint never counts toward `w` (the
+    /// coordinator already fills its own slot); it only carries the write
+    /// to the primary when it returns.
+    pub local_hints: BTreeSet<NodeId>,
     /// Replicas that stored the state (primaries as data, fallbacks as hints).
     pub stored: BTreeSet<NodeId>,
     /// Counted acknowledgements.
@@ -283,6 +288,7 @@ mod tests {
             sloppy,
             primaries: vec![NodeId(1), NodeId(2), NodeId(3)],
             handoffs: BTreeMap::from([(NodeId(3), NodeId(4))]),
+            local_hints: BTreeSet::new(),
             stored: BTreeSet::new(),
             tracker: {
                 let mut tracker = QuorumTracker::new(required);

@@ -814,6 +814,7 @@ impl Node {
             sloppy,
             primaries: primaries.clone(),
             handoffs: BTreeMap::new(),
+            local_hints: BTreeSet::new(),
             stored: BTreeSet::new(),
             tracker: QuorumTracker::new(required),
             responded: false,
@@ -830,7 +831,7 @@ impl Node {
                 operation.tracker.asked(primary);
                 self.send_replicate(id, &operation, primary, None);
             } else {
-                self.hand_off(id, &mut operation, primary);
+                self.hand_off(now, id, &mut operation, primary, store);
             }
         }
         self.settle_write(now, id, operation, true);
@@ -855,8 +856,19 @@ impl Node {
         );
     }
 
-    /// Sends the write to the next fallback as a hint for `primary`.
-    fn hand_off(&mut self, id: u64, operation: &mut WriteOperation, primary: NodeId) {
+    /// Sends the write to the next fallback as a hint for `primary`. With no
+    /// fallback available (a cluster of at most `N` members), the coordinator
+    /// keeps the hint itself, as Cassandra's coordinators do, so the primary
+    /// still receives the write when it returns; that hint does not count
+    /// toward `w`.
+    fn hand_off(
+        &mut self,
+        now: Instant,
+        id: u64,
+        operation: &mut WriteOperation,
+        primary: NodeId,
+        store: &mut impl Store,
+    ) {
         let list = self.preference_list(operation.partition);
         let used: BTreeSet<NodeId> = operation
             .handoffs
@@ -875,6 +887,56 @@ impl Node {
             operation.handoffs.insert(primary, fallback);
             operation.tracker.asked(fallback);
             self.send_replicate(id, operation, fallback, Some(primary));
+        } else if operation.local_hints.insert(primary) {
+            let durability = if operation.durable {
+                Durability::Durable
+            } else {
+                Durability::Buffered
+            };
+            let (partition, key, state) = (
+                operation.partition,
+                operation.key.clone(),
+                operation.state.clone(),
+            );
+            self.keep_hint(now, primary, partition, &key, &state, durability, store);
+        }
+    }
+
+    /// Stores a hint for `target`; true if it is stored.
+    #[allow(clippy::too_many_arguments)]
+    fn keep_hint(
+        &mut self,
+        now: Instant,
+        target: NodeId,
+        partition: Partition,
+        key: &[u8],
+        state: &KeyState,
+        durability: Durability,
+        store: &mut impl Store,
+    ) -> bool {
+        let now_micros = self.wall_micros(now);
+        let Some(started) = self.started.as_mut() else {
+            return false;
+        };
+        match started
+            .hints
+            .store(store, target, partition, key, state, now_micros, durability)
+        {
+            Ok(HintOutcome::Stored) => {
+                self.metrics.hints_stored += 1;
+                if self.next_replay.is_none() {
+                    self.next_replay = Some(now + self.config.hint_replay_interval);
+                }
+                true
+            }
+            Ok(HintOutcome::Dropped) => {
+                self.metrics.hints_dropped_full += 1;
+                false
+            }
+            Err(_) => {
+                self.metrics.store_failures += 1;
+                false
+            }
         }
     }
 
@@ -909,7 +971,13 @@ impl Node {
         self.operations.insert(id, Operation::Write(operation));
     }
 
-    fn write_timer(&mut self, now: Instant, id: u64, mut operation: WriteOperation) {
+    fn write_timer(
+        &mut self,
+        now: Instant,
+        id: u64,
+        mut operation: WriteOperation,
+        store: &mut impl Store,
+    ) {
         if now >= operation.deadline {
             if !operation.responded {
                 operation.responded = true;
@@ -932,7 +1000,7 @@ impl Node {
                 .get(&primary)
                 .is_some_and(|fallback| operation.tracker.has_answered(*fallback));
             if !operation.handoffs.contains_key(&primary) || fallback_answered {
-                self.hand_off(id, &mut operation, primary);
+                self.hand_off(now, id, &mut operation, primary, store);
             } else if let Some(&fallback) = operation.handoffs.get(&primary) {
                 self.send_replicate(id, &operation, fallback, Some(primary));
             }
@@ -983,29 +1051,10 @@ impl Node {
         }
         let stored = match hint_for {
             Some(target) if target != self.id => {
-                let now_micros = self.wall_micros(now);
-                let Some(started) = self.started.as_mut() else {
+                if self.started.is_none() {
                     return;
-                };
-                match started.hints.store(
-                    store, target, partition, &key, &state, now_micros, durability,
-                ) {
-                    Ok(HintOutcome::Stored) => {
-                        self.metrics.hints_stored += 1;
-                        if self.next_replay.is_none() {
-                            self.next_replay = Some(now + self.config.hint_replay_interval);
-                        }
-                        true
-                    }
-                    Ok(HintOutcome::Dropped) => {
-                        self.metrics.hints_dropped_full += 1;
-                        false
-                    }
-                    Err(_) => {
-                        self.metrics.store_failures += 1;
-                        false
-                    }
                 }
+                self.keep_hint(now, target, partition, &key, &state, durability, store)
             }
             _ => match self.apply_data(partition, &key, &state, durability, store) {
                 Ok(()) => true,
@@ -1293,7 +1342,7 @@ impl Node {
     fn operation_timer(&mut self, now: Instant, id: u64, store: &mut impl Store) {
         match self.operations.remove(&id) {
             None => {}
-            Some(Operation::Write(operation)) => self.write_timer(now, id, operation),
+            Some(Operation::Write(operation)) => self.write_timer(now, id, operation, store),
             Some(Operation::Read(operation)) => self.read_timer(now, id, operation, store),
             Some(Operation::Forward(forward)) => {
                 if now >= forward.deadline {

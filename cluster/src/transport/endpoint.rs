@@ -300,19 +300,15 @@ fn new_slot(shared: &Arc<Shared>, to: SocketAddr, adopted: Option<quinn::Connect
     PeerSlot { queue, connection }
 }
 
-/// Lets the writer for `address` send on an inbound connection when it has none.
+/// Makes the writer for `address` send on a new inbound connection. The
+/// newest connection wins: a peer that dials us has just (re)started or lost
+/// its previous connection, which may not have timed out on our side yet.
+/// The old connection is not closed (the peer may still be sending on it);
+/// it ends by itself when idle.
 fn adopt(shared: &Arc<Shared>, address: SocketAddr, connection: &quinn::Connection) {
     let mut peers = lock(&shared.peers);
     match peers.get(&address) {
-        Some(slot) => {
-            let mut current = lock(&slot.connection);
-            if current
-                .as_ref()
-                .is_none_or(|existing| existing.close_reason().is_some())
-            {
-                *current = Some(connection.clone());
-            }
-        }
+        Some(slot) => *lock(&slot.connection) = Some(connection.clone()),
         None if peers.len() < shared.config.peers_max => {
             let slot = new_slot(shared, address, Some(connection.clone()));
             peers.insert(address, slot);
@@ -335,6 +331,7 @@ async fn peer_writer(
     slot: Arc<Mutex<Option<quinn::Connection>>>,
 ) {
     let mut backoff = DIAL_BACKOFF_MIN;
+    let mut carried: Option<Outgoing> = None;
     loop {
         let adopted = lock(&slot)
             .clone()
@@ -365,8 +362,9 @@ async fn peer_writer(
             },
         };
         backoff = DIAL_BACKOFF_MIN;
-        match pump(&shared, &connection, &mut queue).await {
+        match pump(&shared, &connection, &slot, &mut queue, carried.take()).await {
             Pump::QueueClosed => return,
+            Pump::Replaced(item) => carried = Some(item),
             Pump::ConnectionLost(reason) => {
                 tracing::debug!(%to, %reason, "peer connection lost");
                 let mut current = lock(&slot);
@@ -408,12 +406,16 @@ async fn dial(shared: &Arc<Shared>, to: SocketAddr) -> Result<quinn::Connection,
 enum Pump {
     QueueClosed,
     ConnectionLost(String),
+    /// An inbound connection replaced this one; the item is still to send.
+    Replaced(Outgoing),
 }
 
 async fn pump(
     shared: &Arc<Shared>,
     connection: &quinn::Connection,
+    slot: &Mutex<Option<quinn::Connection>>,
     queue: &mut mpsc::Receiver<Outgoing>,
+    mut carried: Option<Outgoing>,
 ) -> Pump {
     let mut stream = match connection.open_uni().await {
         Ok(stream) => stream,
@@ -440,13 +442,23 @@ async fn pump(
             }
             batch.clear();
         }
-        let first = tokio::select! {
-            item = queue.recv() => match item {
-                Some(item) => item,
-                None => return Pump::QueueClosed,
+        let first = match carried.take() {
+            Some(item) => item,
+            None => tokio::select! {
+                item = queue.recv() => match item {
+                    Some(item) => item,
+                    None => return Pump::QueueClosed,
+                },
+                reason = connection.closed() => return Pump::ConnectionLost(reason.to_string()),
             },
-            reason = connection.closed() => return Pump::ConnectionLost(reason.to_string()),
         };
+        let replaced = lock(slot)
+            .as_ref()
+            .is_some_and(|current| current.stable_id() != connection.stable_id());
+        if replaced {
+            // Send this item and the rest on the newer connection.
+            return Pump::Replaced(first);
+        }
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {
