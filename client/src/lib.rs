@@ -206,11 +206,17 @@ struct Routing {
     partitioner: Partitioner,
     primaries: Vec<Vec<NodeId>>,
     addresses: HashMap<NodeId, SocketAddr>,
+    /// Members the cluster believes down.
+    down: Vec<NodeId>,
     fetched: Instant,
 }
 
 /// How often the ring is refreshed even without a failure.
-const RING_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+const RING_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a node that could not be reached is tried only after the others.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
+/// The longest a connection attempt may take before the next node is tried.
+const CONNECT_TIMEOUT_MAX: Duration = Duration::from_millis(500);
 /// How connection errors before a request was sent begin.
 const NOT_SENT: &str = "connect to ";
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
@@ -225,6 +231,8 @@ pub struct Client {
     client_config: quinn::ClientConfig,
     connections: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
     routing: Mutex<Option<Routing>>,
+    /// Nodes this client failed to reach, and until when to try others first.
+    unreachable: Mutex<HashMap<SocketAddr, Instant>>,
     next_request: AtomicU64,
 }
 
@@ -241,12 +249,15 @@ impl Client {
         if config.nodes.is_empty() {
             return Err(Error::Config("no node addresses given".into()));
         }
-        let client_config = tls::client_config(
-            &config.tls_files(),
-            ALPN_CLIENT,
-            &TransportLimits::default(),
-        )
-        .map_err(|error| Error::Config(error.to_string()))?;
+        // A short idle timeout with keep-alives notices a dead node within
+        // seconds, so its cached connection is dropped and others are tried.
+        let limits = TransportLimits {
+            idle_timeout: Duration::from_secs(3),
+            keep_alive_interval: Duration::from_millis(750),
+            ..TransportLimits::default()
+        };
+        let client_config = tls::client_config(&config.tls_files(), ALPN_CLIENT, &limits)
+            .map_err(|error| Error::Config(error.to_string()))?;
         let bind: SocketAddr = if config.nodes.iter().all(SocketAddr::is_ipv4) {
             SocketAddr::from(([0, 0, 0, 0], 0))
         } else {
@@ -260,6 +271,7 @@ impl Client {
             client_config,
             connections: tokio::sync::Mutex::new(HashMap::new()),
             routing: Mutex::new(None),
+            unreachable: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
         };
         // Learn the ring now; a cluster that cannot answer this is unreachable.
@@ -371,12 +383,10 @@ impl Client {
         }
     }
 
-    /// The ring and placement as some node sees them.
+    /// The ring and placement as some node sees them; routing is refreshed
+    /// with it.
     pub async fn ring(&self) -> Result<RingView, Error> {
-        match self.admin(None, ClientRequest::Ring).await? {
-            ClientResponse::Ring(ring) => Ok(ring),
-            other => Err(unexpected(other)),
-        }
+        self.refresh_ring().await
     }
 
     /// Makes `node` (or any node) join the cluster through `seed`.
@@ -508,7 +518,13 @@ impl Client {
             let _ = self.refresh_ring().await;
         }
         let mut targets = Vec::new();
+        let mut down = Vec::new();
         if let Some(routing) = lock(&self.routing).as_ref() {
+            down = routing
+                .down
+                .iter()
+                .filter_map(|node| routing.addresses.get(node).copied())
+                .collect();
             let partition = routing.partitioner.partition_of(key);
             if let Some(primaries) = routing.primaries.get(partition.0 as usize) {
                 for primary in primaries {
@@ -523,13 +539,43 @@ impl Client {
                 targets.push(*node);
             }
         }
+        // Nodes believed down, by the cluster or by this client, go last
+        // (stable: primaries keep their order among themselves).
+        let now = Instant::now();
+        let unreachable = lock(&self.unreachable);
+        targets.sort_by_key(|address| {
+            down.contains(address) || unreachable.get(address).is_some_and(|until| *until > now)
+        });
         targets
     }
 
-    async fn refresh_ring(&self) -> Result<(), Error> {
+    /// Remembers that `node` could not be reached, so others are tried first.
+    fn mark_down(&self, node: SocketAddr) {
+        let mut unreachable = lock(&self.unreachable);
+        let now = Instant::now();
+        unreachable.retain(|_, until| *until > now);
+        unreachable.insert(node, now + UNREACHABLE_FOR);
+    }
+
+    async fn refresh_ring(&self) -> Result<RingView, Error> {
         let mut last_error = Error::Config("no nodes".into());
-        for node in self.config.nodes.clone() {
-            match self.call(node, &ClientRequest::Ring).await {
+        let mut nodes = self.config.nodes.clone();
+        {
+            let now = Instant::now();
+            let unreachable = lock(&self.unreachable);
+            nodes.sort_by_key(|node| unreachable.get(node).is_some_and(|until| *until > now));
+        }
+        for node in nodes {
+            let answer = tokio::time::timeout(
+                self.config.timeout / 2,
+                self.call(node, &ClientRequest::Ring),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                self.mark_down(node);
+                Err(Error::Timeout(self.config.timeout / 2))
+            });
+            match answer {
                 Ok(ClientResponse::Ring(ring)) => {
                     let partitioner = Partitioner::new(ring.partition_count)
                         .map_err(|error| Error::Protocol(format!("{error}")))?;
@@ -542,11 +588,12 @@ impl Client {
                         .collect();
                     *lock(&self.routing) = Some(Routing {
                         partitioner,
-                        primaries: ring.primaries,
+                        primaries: ring.primaries.clone(),
                         addresses,
+                        down: ring.down.clone(),
                         fetched: Instant::now(),
                     });
-                    return Ok(());
+                    return Ok(ring);
                 }
                 Ok(other) => last_error = unexpected(other),
                 Err(error) => last_error = error,
@@ -579,22 +626,38 @@ impl Client {
     }
 
     async fn connection(&self, node: SocketAddr) -> Result<quinn::Connection, Error> {
-        let mut connections = self.connections.lock().await;
-        if let Some(connection) = connections.get(&node) {
-            if connection.close_reason().is_none() {
-                return Ok(connection.clone());
+        {
+            let mut connections = self.connections.lock().await;
+            if let Some(connection) = connections.get(&node) {
+                if connection.close_reason().is_none() {
+                    return Ok(connection.clone());
+                }
+                connections.remove(&node);
             }
-            connections.remove(&node);
         }
+        // Connect without holding the lock: one unreachable node must not
+        // delay requests to the others. Two concurrent connects to the same
+        // node are harmless; the later one is kept.
         let connecting = self
             .endpoint
             .connect_with(self.client_config.clone(), node, &self.config.server_name)
             .map_err(|error| Error::Connection(format!("{NOT_SENT}{node}: {error}")))?;
-        let connection = tokio::time::timeout(self.config.timeout, connecting)
+        let connect_timeout = (self.config.timeout / 4).min(CONNECT_TIMEOUT_MAX);
+        let connection = match tokio::time::timeout(connect_timeout, connecting).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => {
+                self.mark_down(node);
+                return Err(Error::Connection(format!("{NOT_SENT}{node}: {error}")));
+            }
+            Err(_) => {
+                self.mark_down(node);
+                return Err(Error::Connection(format!("{NOT_SENT}{node}: timed out")));
+            }
+        };
+        self.connections
+            .lock()
             .await
-            .map_err(|_| Error::Connection(format!("{NOT_SENT}{node}: timed out")))?
-            .map_err(|error| Error::Connection(format!("{NOT_SENT}{node}: {error}")))?;
-        connections.insert(node, connection.clone());
+            .insert(node, connection.clone());
         Ok(connection)
     }
 
@@ -608,6 +671,10 @@ impl Client {
         call::call(&connection, id, request, self.config.frame_size_max_bytes)
             .await
             .map_err(|error| match error {
+                CallError::NotSent(reason) => {
+                    self.mark_down(node);
+                    Error::Connection(format!("{NOT_SENT}{node}: {reason}"))
+                }
                 CallError::Connection(reason) => Error::Connection(format!("{node}: {reason}")),
                 CallError::Protocol(reason) => Error::Protocol(format!("{node}: {reason}")),
             })

@@ -138,6 +138,9 @@ pub struct RingView {
     pub members: Vec<(NodeId, MemberEntry)>,
     /// For each partition, its primaries in order (empty without owners).
     pub primaries: Vec<Vec<NodeId>>,
+    /// Members the answering node believes down (suspect, dead or left):
+    /// clients send to them last.
+    pub down: Vec<NodeId>,
 }
 
 /// One replica's local state of a key.

@@ -549,6 +549,12 @@ impl EventLoop {
                 .placement()
                 .map(|placement| placement.primary_table())
                 .unwrap_or_default(),
+            down: self
+                .ring
+                .members()
+                .map(|(node, _)| node)
+                .filter(|node| self.node.liveness_of(*node) != Liveness::Alive)
+                .collect(),
         }
     }
 

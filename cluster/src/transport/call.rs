@@ -14,7 +14,10 @@ use crate::transport::frame::{self, FRAME_HEADER_SIZE_BYTES};
 /// Why a call got no response. Whether the request took effect is unknown.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
-    /// The connection or stream failed.
+    /// The connection failed before the request left: it was not sent.
+    #[error("not sent: {0}")]
+    NotSent(String),
+    /// The connection or stream failed after the request may have left.
     #[error("connection: {0}")]
     Connection(String),
     /// The node answered something that is not a valid response.
@@ -41,7 +44,7 @@ pub async fn call(
     let (mut send, mut receive) = connection
         .open_bi()
         .await
-        .map_err(|error| CallError::Connection(error.to_string()))?;
+        .map_err(|error| CallError::NotSent(error.to_string()))?;
     send.write_all(&out)
         .await
         .map_err(|error| CallError::Connection(error.to_string()))?;

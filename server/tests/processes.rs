@@ -1,0 +1,499 @@
+//! End-to-end tests on real `shoald` processes on 127.0.0.1 (design §10,
+//! tier 3): quorums at every `r`/`w`, a killed node, hinted handoff across a
+//! restart, mutual TLS refusing a stranger, malformed input, SIGTERM.
+//!
+//! No sleeps for correctness: every wait polls a condition with a deadline.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use shoal_client::{Client, ClientConfig, Context, Error, ReadOptions, WriteOptions};
+use shoal_cluster::message::Quorum;
+use shoal_cluster::protocol::{self, ALPN_CLIENT, ClientResponse};
+use shoal_cluster::transport::frame::{self, Frame};
+use shoal_cluster::transport::tls::{self, TlsFiles, TransportLimits};
+use shoal_server::certificates::{self, Kind};
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .map(|address| address.port())
+        .expect("a free UDP port")
+}
+
+struct Node {
+    id: u64,
+    address: SocketAddr,
+    data_dir: PathBuf,
+    config: PathBuf,
+    process: Option<Child>,
+}
+
+impl Node {
+    fn start(&mut self) {
+        assert!(self.process.is_none(), "node {} already runs", self.id);
+        let log = std::fs::File::create(self.data_dir.with_extension("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_shoald"))
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("shoald starts");
+        self.process = Some(child);
+    }
+
+    fn kill(&mut self) {
+        let mut child = self.process.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.process.take().expect("running");
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} ignored SIGTERM",
+                self.id
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    certs: PathBuf,
+    nodes: Vec<Node>,
+}
+
+fn write_config(
+    path: &Path,
+    id: u64,
+    address: SocketAddr,
+    data_dir: &Path,
+    seeds: &[SocketAddr],
+    certs: &Path,
+    name: &str,
+    replication_factor: u64,
+) {
+    let seeds: Vec<String> = seeds.iter().map(|seed| format!("\"{seed}\"")).collect();
+    std::fs::write(
+        path,
+        format!(
+            "node_id = {id}\nlisten = \"{address}\"\ndata_dir = \"{}\"\nseeds = [{}]\n\
+             [tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\
+             [cluster]\nreplication_factor = {replication_factor}\nprotocol_period_ms = 200\nrequest_timeout_ms = 1000\n\
+             [limits]\nvalue_size_max_bytes = 65536\n",
+            data_dir.display(),
+            seeds.join(", "),
+            certs.join("ca.pem").display(),
+            certs.join(format!("{name}.pem")).display(),
+            certs.join(format!("{name}.key")).display(),
+        ),
+    )
+    .unwrap();
+}
+
+impl Cluster {
+    fn start(count: u64) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        certificates::make_ca(&certs).unwrap();
+        let addresses: Vec<SocketAddr> = (0..count)
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+            .collect();
+        let mut nodes = Vec::new();
+        for id in 1..=count {
+            let name = format!("node-{id}");
+            certificates::make_leaf(&certs, &name, Kind::Node, &[]).unwrap();
+            let data_dir = dir.path().join(&name);
+            let config = dir.path().join(format!("{name}.toml"));
+            let address = addresses[id as usize - 1];
+            write_config(
+                &config,
+                id,
+                address,
+                &data_dir,
+                &addresses[..1],
+                &certs,
+                &name,
+                count.min(3),
+            );
+            let mut node = Node {
+                id,
+                address,
+                data_dir,
+                config,
+                process: None,
+            };
+            node.start();
+            nodes.push(node);
+        }
+        Cluster {
+            _dir: dir,
+            certs,
+            nodes,
+        }
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new(
+            self.nodes.iter().map(|node| node.address).collect(),
+            self.certs.join("ca.pem"),
+        );
+        config.timeout = Duration::from_secs(2);
+        config
+    }
+
+    async fn client(&self) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match Client::connect(self.client_config()).await {
+                Ok(client) => return client,
+                Err(error) => {
+                    assert!(Instant::now() < deadline, "cluster unreachable: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Waits until node `index` sees `count` members alive (itself included).
+    async fn wait_alive(&self, client: &Client, index: usize, count: usize) {
+        let address = self.nodes[index].address;
+        wait_for(
+            &format!("node {} to see {count} alive", index + 1),
+            || async {
+                client.status(Some(address)).await.is_ok_and(|status| {
+                    status
+                        .members
+                        .iter()
+                        .filter(|member| member.liveness == "alive")
+                        .count()
+                        == count
+                })
+            },
+        )
+        .await;
+    }
+}
+
+async fn wait_for<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn write(w: Quorum) -> WriteOptions {
+    WriteOptions {
+        w: Some(w),
+        ..WriteOptions::default()
+    }
+}
+
+fn read(r: Quorum) -> ReadOptions {
+    ReadOptions {
+        r: Some(r),
+        ..ReadOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_serve_every_quorum_survive_a_kill_and_replay_hints() {
+    let mut cluster = Cluster::start(3);
+    let client = cluster.client().await;
+    for index in 0..3 {
+        cluster.wait_alive(&client, index, 3).await;
+    }
+    // Every r and w, on its own key.
+    for (number, quorum) in [Quorum::One, Quorum::Quorum, Quorum::All, Quorum::Count(2)]
+        .into_iter()
+        .enumerate()
+    {
+        let key = format!("quorum-{number}");
+        client
+            .put(
+                key.as_bytes(),
+                b"value",
+                &Context::default(),
+                &write(quorum),
+            )
+            .await
+            .unwrap_or_else(|error| panic!("put at w={quorum}: {error}"));
+        // A read at r=all sees even a w=one write once it reached every replica.
+        wait_for("the write to reach every replica", || async {
+            let value = client.get(key.as_bytes(), &read(Quorum::All)).await;
+            value.is_ok_and(|value| value.siblings == vec![bytes::Bytes::from_static(b"value")])
+        })
+        .await;
+        let value = client.get(key.as_bytes(), &read(quorum)).await.unwrap();
+        assert_eq!(value.siblings, vec![bytes::Bytes::from_static(b"value")]);
+    }
+    // Read-modify-write supersedes; a blind write makes a sibling.
+    let first = client
+        .get(b"quorum-1", &read(Quorum::Quorum))
+        .await
+        .unwrap();
+    client
+        .put(b"quorum-1", b"second", &first.context, &write(Quorum::All))
+        .await
+        .unwrap();
+    client
+        .put(
+            b"quorum-1",
+            b"blind",
+            &Context::default(),
+            &write(Quorum::All),
+        )
+        .await
+        .unwrap();
+    let mut siblings = client
+        .get(b"quorum-1", &read(Quorum::All))
+        .await
+        .unwrap()
+        .siblings;
+    siblings.sort();
+    assert_eq!(siblings, vec!["blind", "second"]);
+
+    // Kill node 3: quorum writes still succeed and leave hints for it.
+    cluster.nodes[2].kill();
+    cluster.wait_alive(&client, 0, 2).await;
+    cluster.wait_alive(&client, 1, 2).await;
+    // The client routes around the node the cluster reports down.
+    let ring = client.ring().await.unwrap();
+    assert!(ring.down.iter().any(|node| node.0 == 3), "{ring:?}");
+    let keys: Vec<String> = (0..20).map(|i| format!("while-down-{i}")).collect();
+    for key in &keys {
+        client
+            .put(
+                key.as_bytes(),
+                b"kept",
+                &Context::default(),
+                &write(Quorum::Quorum),
+            )
+            .await
+            .unwrap_or_else(|error| panic!("quorum put of {key} with a node down: {error:?}"));
+    }
+    let all = client
+        .put(b"needs-all", b"x", &Context::default(), &write(Quorum::All))
+        .await;
+    assert!(
+        matches!(
+            all,
+            Err(Error::Unavailable {
+                acks: 2,
+                required: 3,
+                ..
+            })
+        ),
+        "w=all with a node down must fail and say how many answered: {all:?}"
+    );
+    let mut held = 0;
+    for node in &cluster.nodes[..2] {
+        held += client.status(Some(node.address)).await.unwrap().hint_bytes;
+    }
+    assert!(held > 0, "hints must be held for the dead node");
+
+    // Restart it: the hints replay and its own store holds the data.
+    cluster.nodes[2].start();
+    let node_three = cluster.nodes[2].address;
+    for key in &keys {
+        wait_for("a hinted write to reach the restarted node", || async {
+            client
+                .inspect(node_three, key.as_bytes())
+                .await
+                .is_ok_and(|inspection| {
+                    inspection.primary
+                        && inspection
+                            .state
+                            .values()
+                            .any(|value| value.as_ref() == b"kept")
+                })
+        })
+        .await;
+    }
+    let addresses: Vec<SocketAddr> = cluster.nodes[..2].iter().map(|n| n.address).collect();
+    wait_for("the hints to be deleted once acknowledged", || async {
+        let mut total = 0;
+        for address in &addresses {
+            total += client
+                .status(Some(*address))
+                .await
+                .map_or(1, |s| s.hint_bytes);
+        }
+        total == 0
+    })
+    .await;
+
+    // SIGTERM: a clean exit, and the others see the node leave.
+    let status = cluster.nodes[1].terminate();
+    assert!(status.success(), "SIGTERM must exit 0, got {status}");
+    let node_one = cluster.nodes[0].address;
+    wait_for("node 1 to see node 2 as left", || async {
+        client.status(Some(node_one)).await.is_ok_and(|status| {
+            status
+                .members
+                .iter()
+                .any(|member| member.node.0 == 2 && member.liveness == "left")
+        })
+    })
+    .await;
+}
+
+/// Sends raw bytes on a client stream and returns the decoded response.
+async fn raw_call(connection: &quinn::Connection, bytes: &[u8]) -> ClientResponse {
+    let (mut send, mut receive) = connection.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    send.finish().unwrap();
+    let answer = receive.read_to_end(1 << 20).await.unwrap();
+    let frame = frame::decode_complete(&answer, 1 << 20).unwrap();
+    protocol::decode_frame(&frame, protocol::FRAME_CLIENT_RESPONSE).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_its_error_and_strangers_are_refused() {
+    let mut cluster = Cluster::start(1);
+    let client = cluster.client().await;
+
+    // An oversized value: a clear error, nothing stored.
+    let big = vec![7u8; 65_537];
+    let refused = client
+        .put(b"big", &big, &Context::default(), &WriteOptions::default())
+        .await;
+    assert!(
+        matches!(&refused, Err(Error::InvalidArgument(reason)) if reason.contains("value")),
+        "{refused:?}"
+    );
+    assert!(
+        !client
+            .get(b"big", &ReadOptions::default())
+            .await
+            .unwrap()
+            .found()
+    );
+
+    // Malformed frames and an unknown message type, on a raw connection.
+    let files = TlsFiles {
+        ca: cluster.certs.join("ca.pem"),
+        certificate: None,
+        key: None,
+    };
+    let config = tls::client_config(&files, ALPN_CLIENT, &TransportLimits::default()).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connection = endpoint
+        .connect_with(config, cluster.nodes[0].address, "shoal")
+        .unwrap()
+        .await
+        .unwrap();
+    let garbage = raw_call(&connection, b"this is not a frame at all").await;
+    assert!(matches!(garbage, ClientResponse::Failed(_)), "{garbage:?}");
+    let mut unknown = BytesMut::new();
+    Frame::new(99, 5, &b"payload"[..])
+        .encode(1 << 20, &mut unknown)
+        .unwrap();
+    let answer = raw_call(&connection, &unknown).await;
+    assert!(
+        matches!(&answer, ClientResponse::Failed(error) if error.to_string().contains("unexpected frame type 99")),
+        "{answer:?}"
+    );
+    let mut oversized = BytesMut::new();
+    oversized.extend_from_slice(&[frame::FRAME_VERSION, 16, 0, 0]);
+    oversized.extend_from_slice(&1u64.to_be_bytes());
+    oversized.extend_from_slice(&u32::MAX.to_be_bytes());
+    let answer = raw_call(&connection, &oversized).await;
+    assert!(matches!(answer, ClientResponse::Failed(_)), "{answer:?}");
+
+    // The node keeps serving.
+    client
+        .put(
+            b"after",
+            b"fine",
+            &Context::default(),
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        client
+            .get(b"after", &ReadOptions::default())
+            .await
+            .unwrap()
+            .found()
+    );
+
+    // A node whose certificate comes from another CA cannot join.
+    let other_ca = cluster._dir.path().join("other-ca");
+    certificates::make_ca(&other_ca).unwrap();
+    certificates::make_leaf(&other_ca, "node-9", Kind::Node, &[]).unwrap();
+    let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let data_dir = cluster._dir.path().join("node-9");
+    let config = cluster._dir.path().join("node-9.toml");
+    write_config(
+        &config,
+        9,
+        address,
+        &data_dir,
+        &[cluster.nodes[0].address],
+        &other_ca,
+        "node-9",
+        1,
+    );
+    let mut stranger = Node {
+        id: 9,
+        address,
+        data_dir,
+        config,
+        process: None,
+    };
+    stranger.start();
+    // Give it many protocol periods to try; it must never appear.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let status = client.status(Some(cluster.nodes[0].address)).await.unwrap();
+        assert!(
+            status.members.iter().all(|member| member.node.0 != 9),
+            "a node from another CA joined: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // And a client trusting another CA cannot talk to the cluster.
+    let mut wrong = cluster.client_config();
+    wrong.ca = other_ca.join("ca.pem");
+    let connected = Client::connect(wrong).await;
+    assert!(
+        matches!(connected, Err(Error::Connection(_))),
+        "{connected:?}"
+    );
+    stranger.kill();
+    cluster.nodes[0].kill();
+}
