@@ -391,8 +391,10 @@ mod tests {
                 .contains("storage.sync")
         );
 
-        let mut config = NodeConfig::default();
-        config.listen = "0.0.0.0:7000".parse().unwrap();
+        let config = NodeConfig {
+            listen: "0.0.0.0:7000".parse().unwrap(),
+            ..NodeConfig::default()
+        };
         assert!(config.validate().is_err());
 
         let mut config = NodeConfig::default();

@@ -4,6 +4,8 @@
 //!
 //! No sleeps for correctness: every wait polls a condition with a deadline.
 
+#![allow(clippy::unwrap_used, clippy::too_many_arguments)]
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
