@@ -1,10 +1,13 @@
 //! `shoal-bench`: load generator and engine micro-benchmarks.
 //!
-//! `shoal-bench engine` drives Shoal's storage engine (see `engine.rs`). The
-//! cluster load generator, `shoal-bench run`, needs the node and client,
-//! which are not built yet; it says so instead of pretending.
+//! `shoal-bench engine` drives Shoal's storage engine (see `engine.rs`);
+//! `shoal-bench run` is the YCSB-style cluster load generator (`run.rs`);
+//! `ping` and `quic-floor` measure the request path against raw quinn
+//! (`floor.rs`).
 
 mod engine;
+mod floor;
+mod run;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -48,8 +51,92 @@ enum Command {
         #[arg(long)]
         fresh: bool,
     },
-    /// Cluster load generator (YCSB workloads) — not built yet.
-    Run,
+    /// Cluster load generator (YCSB core workloads) over the client library.
+    Run {
+        /// The workload: a, b, c, d, f (YCSB) or w (all updates).
+        #[arg(long, value_enum)]
+        workload: run::Workload,
+        /// Client configuration (default: $SHOAL_CONFIG, then ./.cluster/client.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Keys loaded before the run.
+        #[arg(long, default_value_t = 10_000)]
+        records: u64,
+        /// Operations in the run.
+        #[arg(long, default_value_t = 100_000)]
+        ops: u64,
+        /// Run for this many seconds instead of a number of operations.
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Requests in flight (closed loop) or workers (open loop).
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Value size in bytes.
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        /// Key choice (default: latest for d, zipfian otherwise).
+        #[arg(long, value_enum)]
+        distribution: Option<run::Distribution>,
+        /// Read quorum: one, quorum, all or a number.
+        #[arg(long)]
+        r: Option<shoal_cluster::message::Quorum>,
+        /// Write quorum.
+        #[arg(long)]
+        w: Option<shoal_cluster::message::Quorum>,
+        /// Open loop: this many operations per second, latency from the intended time.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Skip the load phase.
+        #[arg(long)]
+        skip_load: bool,
+        /// Also write the JSON summary to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write a self-contained HTML report to this file.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Seed of the key choices.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// No-op requests through the client library and a node's event loop.
+    Ping {
+        /// Client configuration.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The node to ping (default: the configuration's first).
+        #[arg(long)]
+        node: Option<std::net::SocketAddr>,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Requests.
+        #[arg(long, default_value_t = 200_000)]
+        ops: u64,
+    },
+    /// The same framed requests against a raw in-process quinn server.
+    QuicFloor {
+        /// Requests in flight.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Requests.
+        #[arg(long, default_value_t = 200_000)]
+        ops: u64,
+    },
+}
+
+fn client_config_path(config: Option<PathBuf>) -> PathBuf {
+    config
+        .or_else(|| std::env::var_os("SHOAL_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("./.cluster/client.toml"))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")
 }
 
 struct ShoalEngine(Db);
@@ -137,11 +224,61 @@ fn main() -> anyhow::Result<()> {
             engine.0.close().context("closing the database")?;
             Ok(())
         }
-        Command::Run => {
-            eprintln!(
-                "shoal-bench run: the cluster load generator is not built yet (it needs shoald and shoal-client)"
-            );
-            std::process::exit(2);
+        Command::Run {
+            workload,
+            config,
+            records,
+            ops,
+            duration,
+            concurrency,
+            value_size,
+            distribution,
+            r,
+            w,
+            rate,
+            skip_load,
+            json,
+            html,
+            seed,
+        } => {
+            if rate.is_some_and(|rate| !(rate > 0.0 && rate.is_finite())) {
+                anyhow::bail!("--rate must be a positive number of operations per second");
+            }
+            if duration.is_some_and(|duration| !(duration > 0.0 && duration.is_finite())) {
+                anyhow::bail!("--duration must be a positive number of seconds");
+            }
+            let parameters = run::RunParameters {
+                config: client_config_path(config),
+                workload,
+                records,
+                ops,
+                duration: duration.map(std::time::Duration::from_secs_f64),
+                concurrency,
+                value_size,
+                distribution,
+                r,
+                w,
+                rate,
+                skip_load,
+                json,
+                html,
+                seed,
+            };
+            runtime()?.block_on(run::run(parameters))
+        }
+        Command::Ping {
+            config,
+            node,
+            concurrency,
+            ops,
+        } => runtime()?.block_on(floor::ping(
+            &client_config_path(config),
+            node,
+            concurrency,
+            ops,
+        )),
+        Command::QuicFloor { concurrency, ops } => {
+            runtime()?.block_on(floor::quic_floor(concurrency, ops))
         }
     }
 }

@@ -375,6 +375,14 @@ impl Client {
         }
     }
 
+    /// A request that passes through `node`'s event loop and does nothing.
+    pub async fn ping(&self, node: SocketAddr) -> Result<(), Error> {
+        match self.call(node, &ClientRequest::Ping).await? {
+            ClientResponse::Pong => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// The status as `node` (or any node) sees it.
     pub async fn status(&self, node: Option<SocketAddr>) -> Result<NodeStatus, Error> {
         match self.admin(node, ClientRequest::Status).await? {

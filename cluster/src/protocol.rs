@@ -48,6 +48,9 @@ pub struct PeerHello {
 pub enum ClientRequest {
     /// A get, put or delete, coordinated (or forwarded) by the node.
     Kv(Request),
+    /// Does nothing but pass through the node's event loop (for measuring
+    /// the request path's floor); answered [`ClientResponse::Pong`].
+    Ping,
     /// The node's view of the cluster.
     Status,
     /// The ring and the placement, for ring-aware routing.
@@ -79,6 +82,8 @@ pub enum ClientRequest {
 pub enum ClientResponse {
     /// The answer to [`ClientRequest::Kv`].
     Kv(Response),
+    /// The answer to [`ClientRequest::Ping`].
+    Pong,
     /// The answer to [`ClientRequest::Status`].
     Status(NodeStatus),
     /// The answer to [`ClientRequest::Ring`].

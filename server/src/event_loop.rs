@@ -322,6 +322,7 @@ impl EventLoop {
                     return;
                 }
             }
+            ClientRequest::Ping => ClientResponse::Pong,
             ClientRequest::Status => ClientResponse::Status(self.status()),
             ClientRequest::Ring => ClientResponse::Ring(self.ring_view()),
             ClientRequest::Join { seed } => match seed.parse::<SocketAddr>() {
