@@ -5,9 +5,9 @@
 //! and does only this: take one input from the endpoint's bounded queue (or
 //! a timer firing), hand it to the core with the current instant, and carry
 //! out what the cores ask — send messages and datagrams, answer clients,
-//! translate membership events into liveness and ring changes. It runs on a
-//! thread of its own, because the store's calls block (a durable write waits
-//! for its fsync) and must not stall the QUIC tasks.
+//! translate membership events into liveness and ring changes. It runs as a
+//! task on the endpoint's own thread (see the crate docs for why and what it
+//! costs).
 //!
 //! Invariants: every client request is answered exactly once (the core
 //! guarantees it for key-value requests; admin requests are answered in
