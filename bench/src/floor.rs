@@ -20,7 +20,8 @@ use shoal_cluster::protocol::{
     self, ALPN_CLIENT, ClientRequest, ClientResponse, FRAME_CLIENT_REQUEST, FRAME_CLIENT_RESPONSE,
 };
 use shoal_cluster::transport::call;
-use shoal_cluster::transport::frame::{self, FRAME_HEADER_SIZE_BYTES};
+use shoal_cluster::transport::channel::Channel;
+use shoal_cluster::transport::frame;
 use shoal_cluster::transport::tls::{self, TlsFiles, TransportLimits};
 
 const FRAME_MAX: u32 = 1 << 20;
@@ -124,27 +125,36 @@ fn write_certificates(dir: &Path) -> anyhow::Result<TlsFiles> {
     Ok(files)
 }
 
+/// Answers every request frame on a stream with a `Pong` frame, writing
+/// the answers to each chunk read in one write.
 async fn answer(mut send: quinn::SendStream, mut receive: quinn::RecvStream) -> anyhow::Result<()> {
-    let bytes = receive
-        .read_to_end(FRAME_HEADER_SIZE_BYTES + FRAME_MAX as usize)
-        .await?;
-    let request = frame::decode_complete(&bytes, FRAME_MAX)?;
-    let _: ClientRequest = protocol::decode_frame(&request, FRAME_CLIENT_REQUEST)?;
+    let mut buffer = BytesMut::new();
     let mut out = BytesMut::new();
-    protocol::encode_frame(
-        FRAME_CLIENT_RESPONSE,
-        request.request_id,
-        &ClientResponse::Pong,
-        FRAME_MAX,
-        &mut out,
-    )?;
-    send.write_all(&out).await?;
+    while let Some(chunk) = receive.read_chunk(64 << 10, true).await? {
+        buffer.extend_from_slice(&chunk.bytes);
+        while let Some(request) = frame::decode(&mut buffer, FRAME_MAX)? {
+            let _: ClientRequest = protocol::decode_frame(&request, FRAME_CLIENT_REQUEST)?;
+            protocol::encode_frame(
+                FRAME_CLIENT_RESPONSE,
+                request.request_id,
+                &ClientResponse::Pong,
+                FRAME_MAX,
+                &mut out,
+            )?;
+        }
+        if !out.is_empty() {
+            send.write_all(&out).await?;
+            out.clear();
+        }
+    }
     send.finish()?;
     Ok(())
 }
 
-/// The same framed request against an in-process quinn server that only answers.
-pub async fn quic_floor(concurrency: usize, ops: u64) -> anyhow::Result<()> {
+/// The same framed requests against an in-process quinn server that only
+/// answers: one stream per request, or (`framed`) all requests multiplexed
+/// on one long-lived stream, as the client library sends them.
+pub async fn quic_floor(concurrency: usize, ops: u64, framed: bool) -> anyhow::Result<()> {
     let dir: PathBuf = std::env::temp_dir().join(format!("shoal-floor-{}", std::process::id()));
     let files = write_certificates(&dir)?;
     let limits = TransportLimits::default();
@@ -174,16 +184,34 @@ pub async fn quic_floor(concurrency: usize, ops: u64) -> anyhow::Result<()> {
         .connect_with(client_config, address, "shoal")?
         .await?;
     let _ = std::fs::remove_dir_all(&dir);
-    let next_id = Arc::new(AtomicU64::new(1));
-    drive(concurrency, ops, "quic-floor", move || {
-        let connection = connection.clone();
-        let id = next_id.fetch_add(1, Ordering::Relaxed);
-        async move {
-            match call::call(&connection, id, &ClientRequest::Ping, FRAME_MAX).await? {
-                ClientResponse::Pong => Ok(()),
-                other => anyhow::bail!("unexpected {other:?}"),
+    if framed {
+        let channel = Channel::open(&connection, 1024, FRAME_MAX).await?;
+        return drive(concurrency, ops, "quic-floor-framed", move || {
+            let channel = channel.clone();
+            async move {
+                match channel.call(&ClientRequest::Ping).await? {
+                    ClientResponse::Pong => Ok(()),
+                    other => anyhow::bail!("unexpected {other:?}"),
+                }
             }
-        }
-    })
+        })
+        .await;
+    }
+    let next_id = Arc::new(AtomicU64::new(1));
+    drive(
+        concurrency,
+        ops,
+        "quic-floor-stream-per-request",
+        move || {
+            let connection = connection.clone();
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            async move {
+                match call::call(&connection, id, &ClientRequest::Ping, FRAME_MAX).await? {
+                    ClientResponse::Pong => Ok(()),
+                    other => anyhow::bail!("unexpected {other:?}"),
+                }
+            }
+        },
+    )
     .await
 }

@@ -119,6 +119,10 @@ enum Command {
         /// Requests in flight.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Multiplex every request on one long-lived stream (as the client
+        /// library does) instead of one stream per request.
+        #[arg(long)]
+        framed: bool,
         /// Requests.
         #[arg(long, default_value_t = 200_000)]
         ops: u64,
@@ -277,8 +281,10 @@ fn main() -> anyhow::Result<()> {
             concurrency,
             ops,
         )),
-        Command::QuicFloor { concurrency, ops } => {
-            runtime()?.block_on(floor::quic_floor(concurrency, ops))
-        }
+        Command::QuicFloor {
+            concurrency,
+            ops,
+            framed,
+        } => runtime()?.block_on(floor::quic_floor(concurrency, ops, framed)),
     }
 }

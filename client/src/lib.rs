@@ -44,7 +44,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -55,7 +54,8 @@ use shoal_cluster::partitioner::Partitioner;
 use shoal_cluster::protocol::{
     ALPN_CLIENT, ClientRequest, ClientResponse, Inspection, NodeStatus, RingView,
 };
-use shoal_cluster::transport::call::{self, CallError};
+use shoal_cluster::transport::call::CallError;
+use shoal_cluster::transport::channel::Channel;
 use shoal_cluster::transport::tls::{self, TransportLimits};
 use shoal_cluster::version_vector::VersionVector;
 
@@ -213,6 +213,8 @@ struct Routing {
 
 /// How often the ring is refreshed even without a failure.
 const RING_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+/// Requests one connection's stream may have in flight; more wait.
+const STREAM_IN_FLIGHT_MAX: usize = 1024;
 /// How long a node that could not be reached is tried only after the others.
 const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
 /// The longest a connection attempt may take before the next node is tried.
@@ -229,11 +231,10 @@ pub struct Client {
     config: ClientConfig,
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
-    connections: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    connections: tokio::sync::Mutex<HashMap<SocketAddr, (quinn::Connection, Channel)>>,
     routing: Mutex<Option<Routing>>,
     /// Nodes this client failed to reach, and until when to try others first.
     unreachable: Mutex<HashMap<SocketAddr, Instant>>,
-    next_request: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -272,7 +273,6 @@ impl Client {
             connections: tokio::sync::Mutex::new(HashMap::new()),
             routing: Mutex::new(None),
             unreachable: Mutex::new(HashMap::new()),
-            next_request: AtomicU64::new(1),
         };
         // Learn the ring now; a cluster that cannot answer this is unreachable.
         client.refresh_ring().await?;
@@ -633,12 +633,14 @@ impl Client {
         Err(last_error)
     }
 
-    async fn connection(&self, node: SocketAddr) -> Result<quinn::Connection, Error> {
+    /// The channel (one long-lived multiplexed stream) to `node`,
+    /// connecting if there is none or the old one failed.
+    async fn channel(&self, node: SocketAddr) -> Result<Channel, Error> {
         {
             let mut connections = self.connections.lock().await;
-            if let Some(connection) = connections.get(&node) {
-                if connection.close_reason().is_none() {
-                    return Ok(connection.clone());
+            if let Some((connection, channel)) = connections.get(&node) {
+                if connection.close_reason().is_none() && !channel.is_failed() {
+                    return Ok(channel.clone());
                 }
                 connections.remove(&node);
             }
@@ -662,11 +664,18 @@ impl Client {
                 return Err(Error::Connection(format!("{NOT_SENT}{node}: timed out")));
             }
         };
+        let channel = Channel::open(
+            &connection,
+            STREAM_IN_FLIGHT_MAX,
+            self.config.frame_size_max_bytes,
+        )
+        .await
+        .map_err(|error| Error::Connection(format!("{NOT_SENT}{node}: {error}")))?;
         self.connections
             .lock()
             .await
-            .insert(node, connection.clone());
-        Ok(connection)
+            .insert(node, (connection, channel.clone()));
+        Ok(channel)
     }
 
     async fn call(
@@ -674,18 +683,15 @@ impl Client {
         node: SocketAddr,
         request: &ClientRequest,
     ) -> Result<ClientResponse, Error> {
-        let connection = self.connection(node).await?;
-        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        call::call(&connection, id, request, self.config.frame_size_max_bytes)
-            .await
-            .map_err(|error| match error {
-                CallError::NotSent(reason) => {
-                    self.mark_down(node);
-                    Error::Connection(format!("{NOT_SENT}{node}: {reason}"))
-                }
-                CallError::Connection(reason) => Error::Connection(format!("{node}: {reason}")),
-                CallError::Protocol(reason) => Error::Protocol(format!("{node}: {reason}")),
-            })
+        let channel = self.channel(node).await?;
+        channel.call(request).await.map_err(|error| match error {
+            CallError::NotSent(reason) => {
+                self.mark_down(node);
+                Error::Connection(format!("{NOT_SENT}{node}: {reason}"))
+            }
+            CallError::Connection(reason) => Error::Connection(format!("{node}: {reason}")),
+            CallError::Protocol(reason) => Error::Protocol(format!("{node}: {reason}")),
+        })
     }
 }
 

@@ -33,7 +33,7 @@ use crate::protocol::{
     self, ALPN_CLIENT, ALPN_PEER, ClientRequest, ClientResponse, FRAME_CLIENT_REQUEST,
     FRAME_CLIENT_RESPONSE, FRAME_PEER_HELLO, FRAME_PEER_MESSAGE, PeerHello,
 };
-use crate::transport::frame::{self, FRAME_HEADER_SIZE_BYTES};
+use crate::transport::frame;
 use crate::transport::tls::{self, TlsError, TlsFiles, TransportLimits};
 
 /// What the endpoint hands to the node's event loop.
@@ -623,65 +623,136 @@ async fn serve_client_connection(shared: Arc<Shared>, connection: quinn::Connect
     }
 }
 
+/// Requests one client stream may have in flight; beyond it the stream is
+/// not read, which pushes back on the client through flow control.
+const STREAM_REQUESTS_IN_FLIGHT_MAX: usize = 1024;
+
+/// Serves one client stream: any number of request frames, answered in
+/// whatever order they complete, each with its request id. A client that
+/// sends one request and finishes its side gets one response and the end of
+/// the stream.
 async fn serve_client_stream(
     shared: Arc<Shared>,
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     mut receive: quinn::RecvStream,
 ) {
     let maximum = shared.config.frame_size_max_bytes;
-    let limit = FRAME_HEADER_SIZE_BYTES + maximum as usize;
-    let read = tokio::time::timeout(
-        shared.config.request_read_timeout,
-        receive.read_to_end(limit),
-    )
-    .await;
-    let decoded = match read {
-        Err(_) => Err("request not received in time".to_string()),
-        Ok(Err(error)) => Err(format!("reading the request: {error}")),
-        Ok(Ok(bytes)) => frame::decode_complete(&bytes, maximum)
-            .map_err(|error| error.to_string())
-            .and_then(|frame| {
-                protocol::decode_frame::<ClientRequest>(&frame, FRAME_CLIENT_REQUEST)
-                    .map(|request| (frame.request_id, request))
-                    .map_err(|error| error.to_string())
-            }),
-    };
-    let (request_id, response) = match decoded {
-        Err(reason) => {
-            shared
-                .stats
-                .malformed_frames
-                .fetch_add(1, Ordering::Relaxed);
-            (
-                0,
-                ClientResponse::Failed(RequestError::InvalidArgument(reason)),
-            )
-        }
-        Ok((request_id, request)) => {
-            let (reply, answer) = oneshot::channel();
-            let response = match shared.inbound.try_send(Inbound::Client { request, reply }) {
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    shared.stats.client_busy.fetch_add(1, Ordering::Relaxed);
-                    ClientResponse::Failed(RequestError::Busy)
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => ClientResponse::Failed(
-                    RequestError::Unavailable("the node is shutting down".into()),
-                ),
-                Ok(()) => {
-                    match tokio::time::timeout(shared.config.response_timeout, answer).await {
-                        Ok(Ok(response)) => response,
-                        Ok(Err(_)) => ClientResponse::Failed(RequestError::Unavailable(
-                            "the node is shutting down".into(),
-                        )),
-                        Err(_) => ClientResponse::Failed(RequestError::Unavailable(
-                            "the node did not answer in time".into(),
-                        )),
+    let (responses, outgoing) = mpsc::channel::<Bytes>(STREAM_REQUESTS_IN_FLIGHT_MAX);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(STREAM_REQUESTS_IN_FLIGHT_MAX));
+    let writer = tokio::spawn(write_responses(send, outgoing));
+    let mut buffer = BytesMut::new();
+    'reading: loop {
+        loop {
+            match frame::decode(&mut buffer, maximum) {
+                Ok(Some(frame)) => {
+                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                        break 'reading;
+                    };
+                    let request_id = frame.request_id;
+                    match protocol::decode_frame::<ClientRequest>(&frame, FRAME_CLIENT_REQUEST) {
+                        Ok(request) => {
+                            let shared = shared.clone();
+                            let responses = responses.clone();
+                            tokio::spawn(async move {
+                                let response = submit(&shared, request).await;
+                                respond(&shared, &responses, request_id, response).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(error) => {
+                            count_malformed(&shared);
+                            let response = ClientResponse::Failed(RequestError::InvalidArgument(
+                                error.to_string(),
+                            ));
+                            respond(&shared, &responses, request_id, response).await;
+                        }
                     }
                 }
-            };
-            (request_id, response)
+                Ok(None) => break,
+                Err(error) => {
+                    // The framing is lost: answer and stop reading this stream.
+                    count_malformed(&shared);
+                    let response =
+                        ClientResponse::Failed(RequestError::InvalidArgument(error.to_string()));
+                    respond(&shared, &responses, 0, response).await;
+                    break 'reading;
+                }
+            }
         }
-    };
+        // A stalled partial frame may hold its buffer only so long.
+        let read = receive.read_chunk(64 << 10, true);
+        let chunk = if buffer.is_empty() {
+            read.await
+        } else {
+            match tokio::time::timeout(shared.config.request_read_timeout, read).await {
+                Ok(chunk) => chunk,
+                Err(_) => {
+                    count_malformed(&shared);
+                    let response = ClientResponse::Failed(RequestError::InvalidArgument(
+                        "request not received in time".into(),
+                    ));
+                    respond(&shared, &responses, 0, response).await;
+                    break 'reading;
+                }
+            }
+        };
+        match chunk {
+            Ok(Some(chunk)) => buffer.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                if !buffer.is_empty() {
+                    count_malformed(&shared);
+                    let response = ClientResponse::Failed(RequestError::InvalidArgument(
+                        "the stream ended in the middle of a frame".into(),
+                    ));
+                    respond(&shared, &responses, 0, response).await;
+                }
+                break 'reading;
+            }
+            Err(_) => break 'reading,
+        }
+    }
+    // The writer ends once every request of this stream has been answered.
+    drop(responses);
+    let _ = writer.await;
+}
+
+fn count_malformed(shared: &Shared) {
+    shared
+        .stats
+        .malformed_frames
+        .fetch_add(1, Ordering::Relaxed);
+}
+
+/// Hands a request to the event loop and waits for its answer.
+async fn submit(shared: &Shared, request: ClientRequest) -> ClientResponse {
+    let (reply, answer) = oneshot::channel();
+    match shared.inbound.try_send(Inbound::Client { request, reply }) {
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            shared.stats.client_busy.fetch_add(1, Ordering::Relaxed);
+            ClientResponse::Failed(RequestError::Busy)
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => ClientResponse::Failed(
+            RequestError::Unavailable("the node is shutting down".into()),
+        ),
+        Ok(()) => match tokio::time::timeout(shared.config.response_timeout, answer).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(_)) => ClientResponse::Failed(RequestError::Unavailable(
+                "the node is shutting down".into(),
+            )),
+            Err(_) => ClientResponse::Failed(RequestError::Unavailable(
+                "the node did not answer in time".into(),
+            )),
+        },
+    }
+}
+
+async fn respond(
+    shared: &Shared,
+    responses: &mpsc::Sender<Bytes>,
+    request_id: u64,
+    response: ClientResponse,
+) {
+    let maximum = shared.config.frame_size_max_bytes;
     let mut out = BytesMut::new();
     if let Err(error) = protocol::encode_frame(
         FRAME_CLIENT_RESPONSE,
@@ -707,7 +778,24 @@ async fn serve_client_stream(
             return;
         }
     }
-    if send.write_all(&out).await.is_ok() {
-        let _ = send.finish();
+    let _ = responses.send(out.freeze()).await;
+}
+
+/// Writes response frames as they complete, batching what is queued.
+async fn write_responses(mut send: quinn::SendStream, mut outgoing: mpsc::Receiver<Bytes>) {
+    let mut batch = BytesMut::new();
+    while let Some(first) = outgoing.recv().await {
+        batch.extend_from_slice(&first);
+        while batch.len() < WRITE_BATCH_MAX_BYTES {
+            match outgoing.try_recv() {
+                Ok(next) => batch.extend_from_slice(&next),
+                Err(_) => break,
+            }
+        }
+        if send.write_all(&batch).await.is_err() {
+            return;
+        }
+        batch.clear();
     }
+    let _ = send.finish();
 }

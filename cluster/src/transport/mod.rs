@@ -9,9 +9,11 @@
 //! - [`endpoint`]: the node's endpoint: the peer pool (one long-lived
 //!   connection per pair, batched writes, reconnect with backoff) and the
 //!   client service, both feeding one bounded queue into the node's loop.
-//! - [`call`]: the client's side of one request.
+//! - [`call`]: the client's side of one request on its own stream;
+//!   [`channel`]: many requests multiplexed on one long-lived stream.
 
 pub mod call;
+pub mod channel;
 pub mod endpoint;
 pub mod frame;
 pub mod tls;
