@@ -5,6 +5,7 @@
 //! `ping` and `quic-floor` measure the request path against raw quinn
 //! (`floor.rs`).
 
+mod check;
 mod engine;
 mod floor;
 mod run;
@@ -113,6 +114,45 @@ enum Command {
         /// Requests.
         #[arg(long, default_value_t = 200_000)]
         ops: u64,
+    },
+    /// Jepsen-style checker: load and faults on a cluster of scripts/cluster.sh.
+    Check {
+        /// The cluster's directory.
+        #[arg(long, default_value = "./.cluster")]
+        dir: PathBuf,
+        /// scripts/cluster.sh (for the nemesis).
+        #[arg(long, default_value = "scripts/cluster.sh")]
+        script: PathBuf,
+        /// Seconds of load and faults.
+        #[arg(long, default_value_t = 60.0)]
+        duration: f64,
+        /// Keys of the set workload.
+        #[arg(long, default_value_t = 5)]
+        set_keys: usize,
+        /// Keys of the register workload.
+        #[arg(long, default_value_t = 5)]
+        register_keys: usize,
+        /// Workers adding to the sets.
+        #[arg(long, default_value_t = 4)]
+        set_workers: usize,
+        /// Workers on the registers.
+        #[arg(long, default_value_t = 2)]
+        register_workers: usize,
+        /// Faults to inject, comma-separated: kill, pause, partition (needs --netns).
+        #[arg(long, value_delimiter = ',', default_value = "kill,pause")]
+        faults: Vec<String>,
+        /// Seconds between faults (each lasts until the next).
+        #[arg(long, default_value_t = 5.0)]
+        fault_interval: f64,
+        /// Seconds allowed for convergence after healing.
+        #[arg(long, default_value_t = 60.0)]
+        converge_deadline: f64,
+        /// The history file (one JSON line per operation).
+        #[arg(long, default_value = "check-history.jsonl")]
+        history: PathBuf,
+        /// Seed of the fault schedule and key choices.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// The same framed requests against a raw in-process quinn server.
     QuicFloor {
@@ -281,6 +321,49 @@ fn main() -> anyhow::Result<()> {
             concurrency,
             ops,
         )),
+        Command::Check {
+            dir,
+            script,
+            duration,
+            set_keys,
+            register_keys,
+            set_workers,
+            register_workers,
+            faults,
+            fault_interval,
+            converge_deadline,
+            history,
+            seed,
+        } => {
+            for (name, value) in [
+                ("--duration", duration),
+                ("--fault-interval", fault_interval),
+                ("--converge-deadline", converge_deadline),
+            ] {
+                if !(value > 0.0 && value.is_finite()) {
+                    anyhow::bail!("{name} must be a positive number of seconds");
+                }
+            }
+            let parameters = check::CheckParameters {
+                dir,
+                script,
+                duration: std::time::Duration::from_secs_f64(duration),
+                set_keys,
+                register_keys,
+                set_workers,
+                register_workers,
+                faults,
+                fault_interval: std::time::Duration::from_secs_f64(fault_interval),
+                converge_deadline: std::time::Duration::from_secs_f64(converge_deadline),
+                history,
+                seed,
+            };
+            if runtime()?.block_on(check::check(parameters))? {
+                Ok(())
+            } else {
+                std::process::exit(1);
+            }
+        }
         Command::QuicFloor {
             concurrency,
             ops,

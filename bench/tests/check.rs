@@ -1,0 +1,133 @@
+//! The default run of the Jepsen-style checker (`shoal-bench check`): five
+//! real `shoald` processes started by `scripts/cluster.sh`, load on sets and
+//! registers, and a nemesis killing, pausing and — where this machine allows
+//! network namespaces and nftables (root) — partitioning them. Nothing
+//! acknowledged may be lost, and replicas must converge after healing.
+//!
+//! Needs `shoald` and `shoal` built beside `shoal-bench` (`cargo test
+//! --workspace`, as `scripts/test.sh` runs, builds them). Longer runs:
+//! `SHOAL_CHECK_SECONDS=1800` (see docs/testing.md).
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn can_use_network_namespaces() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "0");
+    let nft = Command::new("nft").arg("--version").output().is_ok_and(|o| o.status.success());
+    let ip = Command::new("ip").args(["netns", "list"]).output().is_ok_and(|o| o.status.success());
+    root && nft && ip
+}
+
+struct Cluster {
+    dir: PathBuf,
+    bin_dir: PathBuf,
+}
+
+impl Cluster {
+    fn script(&self, arguments: &[&str]) -> std::process::Output {
+        Command::new(repository().join("scripts/cluster.sh"))
+            .args(arguments)
+            .arg("--dir")
+            .arg(&self.dir)
+            .env("SHOAL_BIN_DIR", &self.bin_dir)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.script(&["wipe"]);
+    }
+}
+
+#[test]
+fn five_nodes_lose_no_acknowledged_write_under_kills_pauses_and_partitions() {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_shoal-bench"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    for binary in ["shoald", "shoal"] {
+        assert!(
+            bin_dir.join(binary).exists(),
+            "{} is missing: build the workspace first (cargo test --workspace builds it)",
+            bin_dir.join(binary).display()
+        );
+    }
+    let seconds: u64 = std::env::var("SHOAL_CHECK_SECONDS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(90);
+    let netns = can_use_network_namespaces();
+    let scratch = tempfile::tempdir().unwrap();
+    let cluster = Cluster {
+        dir: scratch.path().join("cluster"),
+        bin_dir: bin_dir.clone(),
+    };
+    // A base port unlikely to collide with other test runs on this machine.
+    let base_port = 20_000 + (std::process::id() % 2_000) * 10;
+    let mut start = vec!["start", "--nodes", "5"];
+    let base = base_port.to_string();
+    start.extend(["--base-port", &base]);
+    if netns {
+        start.push("--netns");
+    }
+    let started = cluster.script(&start);
+    assert!(
+        started.status.success(),
+        "cluster.sh start failed: {}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let history = scratch.path().join("history.jsonl");
+    let faults = if netns { "kill,pause,partition" } else { "kill,pause" };
+    let seconds_text = seconds.to_string();
+    let mut check = vec![
+        "exec".to_string(),
+        "--".to_string(),
+        bin_dir.join("shoal-bench").display().to_string(),
+        "check".into(),
+        "--dir".into(),
+        cluster.dir.display().to_string(),
+        "--script".into(),
+        repository().join("scripts/cluster.sh").display().to_string(),
+        "--duration".into(),
+        seconds_text,
+        "--fault-interval".into(),
+        "5".into(),
+        "--faults".into(),
+        faults.into(),
+        "--history".into(),
+        history.display().to_string(),
+    ];
+    // cluster.sh takes --dir anywhere; `exec` runs the command where the nodes are.
+    check.insert(1, cluster.dir.display().to_string());
+    check.insert(1, "--dir".into());
+    let output = Command::new(repository().join("scripts/cluster.sh"))
+        .args(&check)
+        .env("SHOAL_BIN_DIR", &bin_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|error| {
+            panic!(
+                "no JSON summary ({error}); stdout: {stdout}; stderr: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+    eprintln!("check summary: {summary}");
+    assert_eq!(summary["lost"], 0, "acknowledged writes were lost: {summary}");
+    assert_eq!(summary["converged"], true, "replicas did not converge: {summary}");
+    assert!(summary["acked"].as_u64().unwrap() > 100, "too little load: {summary}");
+    assert!(summary["faults"].as_u64().unwrap() > 0, "no faults injected: {summary}");
+    assert!(output.status.success(), "the checker failed: {summary}");
+}
