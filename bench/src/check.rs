@@ -194,6 +194,7 @@ async fn set_worker(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn register_worker(
     client: Arc<Client>,
     worker: usize,

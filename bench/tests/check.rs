@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn repository() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn can_use_network_namespaces() -> bool {
@@ -22,8 +25,14 @@ fn can_use_network_namespaces() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "0");
-    let nft = Command::new("nft").arg("--version").output().is_ok_and(|o| o.status.success());
-    let ip = Command::new("ip").args(["netns", "list"]).output().is_ok_and(|o| o.status.success());
+    let nft = Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let ip = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     root && nft && ip
 }
 
@@ -88,7 +97,11 @@ fn five_nodes_lose_no_acknowledged_write_under_kills_pauses_and_partitions() {
         String::from_utf8_lossy(&started.stderr)
     );
     let history = scratch.path().join("history.jsonl");
-    let faults = if netns { "kill,pause,partition" } else { "kill,pause" };
+    let faults = if netns {
+        "kill,pause,partition"
+    } else {
+        "kill,pause"
+    };
     let seconds_text = seconds.to_string();
     let mut check = vec![
         "exec".to_string(),
@@ -98,7 +111,10 @@ fn five_nodes_lose_no_acknowledged_write_under_kills_pauses_and_partitions() {
         "--dir".into(),
         cluster.dir.display().to_string(),
         "--script".into(),
-        repository().join("scripts/cluster.sh").display().to_string(),
+        repository()
+            .join("scripts/cluster.sh")
+            .display()
+            .to_string(),
         "--duration".into(),
         seconds_text,
         "--fault-interval".into(),
@@ -125,9 +141,21 @@ fn five_nodes_lose_no_acknowledged_write_under_kills_pauses_and_partitions() {
             )
         });
     eprintln!("check summary: {summary}");
-    assert_eq!(summary["lost"], 0, "acknowledged writes were lost: {summary}");
-    assert_eq!(summary["converged"], true, "replicas did not converge: {summary}");
-    assert!(summary["acked"].as_u64().unwrap() > 100, "too little load: {summary}");
-    assert!(summary["faults"].as_u64().unwrap() > 0, "no faults injected: {summary}");
+    assert_eq!(
+        summary["lost"], 0,
+        "acknowledged writes were lost: {summary}"
+    );
+    assert_eq!(
+        summary["converged"], true,
+        "replicas did not converge: {summary}"
+    );
+    assert!(
+        summary["acked"].as_u64().unwrap() > 100,
+        "too little load: {summary}"
+    );
+    assert!(
+        summary["faults"].as_u64().unwrap() > 0,
+        "no faults injected: {summary}"
+    );
     assert!(output.status.success(), "the checker failed: {summary}");
 }
