@@ -9,9 +9,10 @@
 //! - **set workload**: workers add unique elements to a few keys by
 //!   read-modify-write with contexts, merging siblings by union. Every
 //!   acknowledged element must be present at the end (`lost` = 0).
-//! - **registers**: blind writes and reads at `r = one`; a read that returns
-//!   nothing as new as the last write acknowledged before the read began is
-//!   stale (reported, not a failure: `r = one` allows it).
+//! - **registers**: blind writes and reads (at `--register-w`, `--register-r`;
+//!   default `quorum` and `one`); a read that returns nothing as new as the
+//!   last write acknowledged before the read began is stale (reported, not a
+//!   failure: `r + w <= N` allows it, and so do sloppy quorums).
 //! - after healing, hints drain and every key's primaries hold identical
 //!   states within a deadline (`converged`, `converge_ms`);
 //! - no node is down that the nemesis did not leave down;
@@ -63,6 +64,10 @@ pub struct CheckParameters {
     pub history: PathBuf,
     /// Seed of the schedule.
     pub seed: u64,
+    /// `r` of the register reads (stale reads are reported per `r`/`w`).
+    pub register_r: Quorum,
+    /// `w` of the register writes.
+    pub register_w: Quorum,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -204,14 +209,15 @@ async fn register_worker(
     history: Arc<History>,
     clock: Arc<AtomicU64>,
     seed: u64,
+    (register_r, register_w): (Quorum, Quorum),
 ) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xabcd ^ (worker as u64) << 24);
     let one = ReadOptions {
-        r: Some(Quorum::One),
+        r: Some(register_r),
         ..ReadOptions::default()
     };
     let write = WriteOptions {
-        w: Some(Quorum::Quorum),
+        w: Some(register_w),
         ..WriteOptions::default()
     };
     while !stop.load(Ordering::Relaxed) {
@@ -425,6 +431,7 @@ pub async fn check(parameters: CheckParameters) -> anyhow::Result<bool> {
             history.clone(),
             clock.clone(),
             parameters.seed,
+            (parameters.register_r, parameters.register_w),
         )));
     }
     let nemesis_task = tokio::spawn(nemesis(
@@ -519,6 +526,8 @@ pub async fn check(parameters: CheckParameters) -> anyhow::Result<bool> {
         "undocumented_samples": undocumented.iter().take(5).collect::<Vec<_>>(),
         "register_reads": tally.register_reads.load(Ordering::Relaxed),
         "stale_reads": tally.stale_reads.load(Ordering::Relaxed),
+        "register_r": parameters.register_r.to_string(),
+        "register_w": parameters.register_w.to_string(),
         "nodes_down_after_heal": down,
         "hint_bytes_max_after_heal": hint_bytes_max,
         "nodes": nodes,

@@ -153,6 +153,12 @@ enum Command {
         /// Seed of the fault schedule and key choices.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// `r` of register reads.
+        #[arg(long, default_value = "one")]
+        register_r: shoal_cluster::message::Quorum,
+        /// `w` of register writes.
+        #[arg(long, default_value = "quorum")]
+        register_w: shoal_cluster::message::Quorum,
     },
     /// The same framed requests against a raw in-process quinn server.
     QuicFloor {
@@ -334,6 +340,8 @@ fn main() -> anyhow::Result<()> {
             converge_deadline,
             history,
             seed,
+            register_r,
+            register_w,
         } => {
             for (name, value) in [
                 ("--duration", duration),
@@ -357,6 +365,8 @@ fn main() -> anyhow::Result<()> {
                 converge_deadline: std::time::Duration::from_secs_f64(converge_deadline),
                 history,
                 seed,
+                register_r,
+                register_w,
             };
             if runtime()?.block_on(check::check(parameters))? {
                 Ok(())
