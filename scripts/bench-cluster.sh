@@ -44,10 +44,10 @@ shoal_row() { # label dir workload concurrency r w
   json=$("$BIN/shoal-bench" run --workload "$workload" --config "$dir/client.toml" --skip-load \
     --records 10000 --ops "$OPS" --concurrency "$concurrency" --r "$r" --w "$w" 2>/dev/null | tail -1)
   after=$(cpu_ticks "${pids[@]}")
-  echo "$json" | jq -r --arg label "$label" --arg c "$concurrency" --arg r "$r" --arg w "$w" \
+  echo "$json" | jq -r --arg name "$label" --arg c "$concurrency" --arg r "$r" --arg w "$w" \
     --argjson cpu "$(( (after - before) ))" --argjson ticks "$TICKS" '
     def lat(op): if .[op] then "\(.[op].p50_us) / \(.[op].p99_us) / \(.[op].p999_us)" else "–" end;
-    "| \($label) | \(.workload) | \($r)/\($w) | \($c) | \(.ops_per_sec|floor) | \(lat("read")) | \(lat("update")) | \((($cpu / $ticks) * 1000 / .ops * 1000) | floor) | \(.errors) |"'
+    "| \($name) | \(.workload) | \($r)/\($w) | \($c) | \(.ops_per_sec|floor) | \(lat("read")) | \(lat("update")) | \((($cpu / $ticks) * 1000 / .ops * 1000) | floor) | \(.errors) |"'
 }
 
 header() {

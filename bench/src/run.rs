@@ -358,6 +358,108 @@ async fn load(shared: &Arc<Shared>) -> anyhow::Result<(f64, u64)> {
     Ok((records as f64 / seconds.max(1e-9), errors))
 }
 
+/// `concurrency` workers, each sending its next request when the last is answered.
+async fn closed_loop(
+    shared: &Arc<Shared>,
+    total: u64,
+    deadline: Option<Instant>,
+) -> anyhow::Result<()> {
+    let mut workers = Vec::new();
+    for worker in 0..shared.parameters.concurrency.max(1) {
+        let shared = shared.clone();
+        workers.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(
+                shared.parameters.seed.wrapping_add(worker as u64 * 7919),
+            );
+            loop {
+                let sequence = shared.next_operation.fetch_add(1, Ordering::Relaxed);
+                if sequence >= total || deadline.is_some_and(|deadline| Instant::now() >= deadline)
+                {
+                    return;
+                }
+                let begun = Instant::now();
+                let kind = choose(shared.parameters.workload, &mut rng);
+                let key = match kind {
+                    Kind::Insert => shared.inserted.fetch_add(1, Ordering::Relaxed),
+                    _ => shared.pick(&mut rng),
+                };
+                let result = shared.operation(kind, key).await;
+                shared.record(kind, begun.elapsed(), result);
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.context("a worker panicked")?;
+    }
+    Ok(())
+}
+
+/// How early the pacer may release a request rather than sleep again.
+const PACER_EARLY_RELEASE: Duration = Duration::from_micros(200);
+
+/// Requests due at `start + n / rate`, each measured from that instant.
+///
+/// A pacer thread with `std::thread::sleep` (tens of microseconds of
+/// precision, where tokio's timers have a millisecond) releases each
+/// request at its due time; a dispatcher starts it as soon as one of
+/// `concurrency` slots is free. A request that waits for a slot has that
+/// wait in its latency, as a real client's queue would.
+async fn open_loop(
+    shared: &Arc<Shared>,
+    rate: f64,
+    started: Instant,
+    total: u64,
+    deadline: Option<Instant>,
+) -> anyhow::Result<()> {
+    let (due_sender, mut due) = tokio::sync::mpsc::channel::<Instant>(1 << 16);
+    let pacer = std::thread::spawn(move || {
+        for sequence in 0..total {
+            let when = started + Duration::from_secs_f64(sequence as f64 / rate);
+            if deadline.is_some_and(|deadline| when >= deadline) {
+                return;
+            }
+            // Sleep only for gaps worth a wakeup; a request released up to
+            // PACER_EARLY_RELEASE early is still measured from its due time.
+            let now = Instant::now();
+            if when > now + PACER_EARLY_RELEASE {
+                std::thread::sleep(when - now - PACER_EARLY_RELEASE);
+            }
+            if due_sender.blocking_send(when).is_err() {
+                return;
+            }
+        }
+    });
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        shared.parameters.concurrency.max(1),
+    ));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(shared.parameters.seed);
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some(intended) = due.recv().await {
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .context("the slots closed")?;
+        let kind = choose(shared.parameters.workload, &mut rng);
+        let key = match kind {
+            Kind::Insert => shared.inserted.fetch_add(1, Ordering::Relaxed),
+            _ => shared.pick(&mut rng),
+        };
+        let shared = shared.clone();
+        tasks.spawn(async move {
+            let result = shared.operation(kind, key).await;
+            shared.record(kind, intended.elapsed(), result);
+            drop(slot);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    if pacer.join().is_err() {
+        anyhow::bail!("the pacer thread panicked");
+    }
+    Ok(())
+}
+
 /// Runs the benchmark and prints the report; the last stdout line is JSON.
 pub async fn run(parameters: RunParameters) -> anyhow::Result<()> {
     let config =
@@ -422,44 +524,9 @@ pub async fn run(parameters: RunParameters) -> anyhow::Result<()> {
             }
         })
     };
-    let mut workers = Vec::new();
-    for worker in 0..parameters.concurrency.max(1) {
-        let shared = shared.clone();
-        workers.push(tokio::spawn(async move {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(
-                shared.parameters.seed.wrapping_add(worker as u64 * 7919),
-            );
-            loop {
-                let sequence = shared.next_operation.fetch_add(1, Ordering::Relaxed);
-                if sequence >= total || deadline.is_some_and(|deadline| Instant::now() >= deadline)
-                {
-                    return;
-                }
-                let intended = match shared.parameters.rate {
-                    Some(rate) => {
-                        let due = started + Duration::from_secs_f64(sequence as f64 / rate);
-                        if let Some(deadline) = deadline
-                            && due >= deadline
-                        {
-                            return;
-                        }
-                        tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
-                        due
-                    }
-                    None => Instant::now(),
-                };
-                let kind = choose(shared.parameters.workload, &mut rng);
-                let key = match kind {
-                    Kind::Insert => shared.inserted.fetch_add(1, Ordering::Relaxed),
-                    _ => shared.pick(&mut rng),
-                };
-                let result = shared.operation(kind, key).await;
-                shared.record(kind, intended.elapsed(), result);
-            }
-        }));
-    }
-    for worker in workers {
-        worker.await.context("a worker panicked")?;
+    match parameters.rate {
+        None => closed_loop(&shared, total, deadline).await?,
+        Some(rate) => open_loop(&shared, rate, started, total, deadline).await?,
     }
     progress.abort();
     let elapsed = started.elapsed().as_secs_f64();
