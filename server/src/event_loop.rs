@@ -273,12 +273,18 @@ impl EventLoop {
                 }
             }
             // Take whatever else is already queued before acting on outputs,
-            // so that bursts are handled in one pass.
+            // so that bursts are handled in one pass (and one store batch).
             for _ in 0..256 {
                 match self.inbound.try_recv() {
                     Ok(input) => self.handle_input(input),
                     Err(_) => break,
                 }
+            }
+            // Nothing of this turn leaves the node before its writes are in
+            // the store; a failed store write stops the node (fail-stop).
+            if let Err(error) = self.store.flush() {
+                tracing::error!(%error, node = %self.id, "store write failed: stopping the node");
+                anyhow::bail!("store write failed: {error}");
             }
             self.drain_outputs();
         }
@@ -408,6 +414,10 @@ impl EventLoop {
                 match output {
                     Output::Send { to, message } if to == self.id => {
                         self.node.handle_message(now, to, message, &mut self.store);
+                        if self.store.flush().is_err() {
+                            // The turn's flush failed: nothing more may leave.
+                            return;
+                        }
                     }
                     Output::Send { to, message } => match self.addresses.get(&to) {
                         Some(address) => self.endpoint.send_message(*address, &message),
