@@ -3,8 +3,9 @@
 //!
 //! It drives a cluster started by `scripts/cluster.sh` through the client
 //! library while a nemesis injects faults on a seeded schedule — SIGKILL and
-//! restart, SIGSTOP/SIGCONT, and (for clusters started with `--netns`)
-//! network partitions — then heals everything and checks:
+//! restart, SIGSTOP/SIGCONT, rolling restarts of every node, and (for
+//! clusters started with `--netns`) network partitions — then heals
+//! everything and checks:
 //!
 //! - **set workload**: workers add unique elements to a few keys by
 //!   read-modify-write with contexts, merging siblings by union. Every
@@ -360,6 +361,17 @@ async fn nemesis(
                     faults.paused.insert(*node);
                 }
             }
+            "rolling" => {
+                // A rolling restart: every node in turn is killed and
+                // restarted, one at a time.
+                for node in 1..=nodes {
+                    script(&parameters, &["kill", &node.to_string()])?;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    script(&parameters, &["restart", &node.to_string()])?;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                chosen = (1..=nodes).collect();
+            }
             "partition" => {
                 let minority_side: Vec<String> = chosen.iter().map(usize::to_string).collect();
                 let majority_side: Vec<String> = (1..=nodes)
@@ -370,7 +382,7 @@ async fn nemesis(
                 script(&parameters, &["partition", &spec])?;
                 faults.partitioned = true;
             }
-            other => bail!("unknown fault {other:?} (kill, pause or partition)"),
+            other => bail!("unknown fault {other:?} (kill, pause, partition or rolling)"),
         }
         injected += 1;
         history.record(serde_json::json!({"nemesis": fault, "nodes": chosen}));

@@ -138,7 +138,7 @@ enum Command {
         /// Workers on the registers.
         #[arg(long, default_value_t = 2)]
         register_workers: usize,
-        /// Faults to inject, comma-separated: kill, pause, partition (needs --netns).
+        /// Faults to inject, comma-separated: kill, pause, rolling, partition (needs --netns).
         #[arg(long, value_delimiter = ',', default_value = "kill,pause")]
         faults: Vec<String>,
         /// Seconds between faults (each lasts until the next).

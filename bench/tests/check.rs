@@ -98,9 +98,9 @@ fn five_nodes_lose_no_acknowledged_write_under_kills_pauses_and_partitions() {
     );
     let history = scratch.path().join("history.jsonl");
     let faults = if netns {
-        "kill,pause,partition"
+        "kill,pause,partition,rolling"
     } else {
-        "kill,pause"
+        "kill,pause,rolling"
     };
     let seconds_text = seconds.to_string();
     let mut check = vec![
