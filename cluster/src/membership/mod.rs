@@ -75,6 +75,13 @@ pub struct Config {
     /// `k` relays, carrying the suspicion) and declare it dead only if that fails
     /// too. Costs one period of detection; makes a missed refutation harmless.
     pub suspicion_verify: bool,
+    /// How many independent probe sets the last-chance probe sends at once
+    /// (each a direct ping plus `k` relays), all within the same period. Under
+    /// uniform loss `p` one set fails for a live member with probability about
+    /// `(2p)·(4p)^k`; each further set multiplies that again, at no cost in
+    /// detection time. This is what keeps a healthy member alive through the
+    /// rare suspicion it could not refute in time (1,000 nodes, 10 % loss).
+    pub suspicion_verify_attempts: u32,
     /// Lifeguard on: local health, nacks, dynamic suspicion, buddy rule. Off: plain SWIM
     /// with the fixed suspicion timeout `Min`.
     pub lifeguard: bool,
@@ -131,6 +138,7 @@ impl Default for Config {
             suspicion_multiplier: 4,
             suspicion_max_multiplier: 6,
             suspicion_verify: true,
+            suspicion_verify_attempts: 2,
             lifeguard: true,
             local_health_max: 8,
             gossip_interval: Duration::from_millis(200),
@@ -1286,6 +1294,7 @@ impl Swim {
             self.verify_suspect(now, i);
             return;
         }
+
         let mut update = self.members[i].update();
         update.state = MemberState::Dead;
         update.from = self.id.0;
@@ -1306,19 +1315,22 @@ impl Swim {
         }
         self.suspicion_deadlines.insert((deadline, id));
         self.verifications.insert(sequence, id);
-        self.send_directed(
-            now,
-            Some(id),
-            address,
-            Body::Ping {
-                sequence,
-                target: id.0,
-            },
-            true,
-            true,
-        );
+        let attempts = self.config.suspicion_verify_attempts.max(1) as usize;
+        for _ in 0..attempts {
+            self.send_directed(
+                now,
+                Some(id),
+                address,
+                Body::Ping {
+                    sequence,
+                    target: id.0,
+                },
+                true,
+                true,
+            );
+        }
         let mut exclude = vec![id];
-        for _ in 0..self.config.indirect_probes {
+        for _ in 0..self.config.indirect_probes * attempts {
             // Relays are Alive members only: a suspected relay is likely dead,
             // and its missing nack would read as our own ill health.
             let Some(r) = self.random_member(&exclude, true) else {
