@@ -3,7 +3,7 @@
 //! one run exactly; a failing seed is printed and replays the failure.
 //!
 //! - `network`: drops, delays, duplicates, reordering, partitions;
-//! - `world`: the nodes, crashes, the liveness oracle, the clients, the phases;
+//! - `world`: the nodes with their SWIM membership, crashes, the clients, the phases;
 //! - `checker`: the history the clients saw and the invariants over it;
 //! - `cli`: `shoal-sim cluster`.
 

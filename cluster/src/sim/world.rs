@@ -1,5 +1,6 @@
 //! One simulated cluster run: `Node`s on virtual time, a seeded faulty
-//! network, process and machine crashes, a liveness oracle, clients running
+//! network, process and machine crashes, SWIM membership (each node's
+//! liveness comes from its own `Swim` on the same network), clients running
 //! the set and register workloads, and the end-of-run invariant checks.
 //!
 //! A run has four phases: *workload* (clients and faults), *drain* (faults
@@ -11,6 +12,7 @@
 //! draws leaves the workload's alone) and the nodes never read a clock.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,6 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::Config;
 use crate::hinted_handoff;
 use crate::id::NodeId;
+use crate::membership::{self, Event as SwimEvent, MemberState as SwimMemberState, Swim};
 use crate::message::{
     Message, Output, Quorum, ReadOptions, Request, RequestError, RequestId, Response, WriteOptions,
     WriteResult,
@@ -210,7 +213,36 @@ const THINK_TIME_MAX_MICROS: u64 = 5_000;
 const PHASE_CHECK_MICROS: u64 = 250_000;
 const DRAIN_MAX_MICROS: u64 = 300_000_000;
 const FAULT_GAP_MEAN_MICROS: f64 = 1_200_000.0;
-const LIVENESS_DELAY_MAX_MICROS: u64 = 600_000;
+
+/// SWIM as the simulated nodes run it: a 300 ms period (the LAN profile's
+/// 1 s scaled to the simulated workload's pace), everything else default.
+fn swim_config() -> membership::Config {
+    membership::Config {
+        protocol_period: Duration::from_millis(300),
+        probe_timeout: Duration::from_millis(150),
+        gossip_interval: Duration::from_millis(100),
+        push_pull_interval: Duration::from_secs(5),
+        reconnect_interval: Duration::from_secs(2),
+        join_retry_interval: Duration::from_millis(500),
+        ..membership::Config::default()
+    }
+}
+
+/// The simulated address of node `index`.
+fn sim_address(index: usize) -> SocketAddr {
+    SocketAddr::from(([10, 0, (index >> 8) as u8, index as u8], 7000))
+}
+
+/// The node index of a simulated address.
+fn sim_index(address: SocketAddr) -> Option<usize> {
+    match address {
+        SocketAddr::V4(v4) if v4.port() == 7000 => {
+            let octets = v4.ip().octets();
+            Some(usize::from(octets[2]) << 8 | usize::from(octets[3]))
+        }
+        _ => None,
+    }
+}
 
 #[derive(Debug)]
 enum Event {
@@ -244,9 +276,11 @@ enum Event {
     },
     FaultTick,
     Heal,
-    Liveness {
-        observer: usize,
-        subject: usize,
+    /// A SWIM datagram between two simulated nodes.
+    Datagram {
+        from: usize,
+        to: usize,
+        bytes: Vec<u8>,
     },
     PhaseCheck,
 }
@@ -263,7 +297,7 @@ impl Event {
             Event::Restart { .. } => 6,
             Event::FaultTick => 7,
             Event::Heal => 8,
-            Event::Liveness { .. } => 9,
+            Event::Datagram { .. } => 9,
             Event::PhaseCheck => 10,
         }
     }
@@ -286,6 +320,9 @@ fn message_code(message: &Message) -> u64 {
 #[derive(Debug)]
 struct Host {
     node: Option<Node>,
+    /// The node's membership: SWIM feeds its liveness (no oracle). Lost
+    /// with the process; a restart joins again in a new generation.
+    swim: Option<Swim>,
     store: MemStore,
     timer_generation: u64,
     timer_at: Option<u64>,
@@ -470,6 +507,7 @@ impl Simulation {
         for _ in 0..simulation.options.nodes {
             simulation.hosts.push(Host {
                 node: None,
+                swim: None,
                 store: MemStore::new(),
                 timer_generation: 0,
                 timer_at: None,
@@ -512,8 +550,10 @@ impl Simulation {
         }
     }
 
-    /// Starts (or restarts) a node; at the cluster's first start every
-    /// member is believed alive, later the oracle tells the current truth.
+    /// Starts (or restarts) a node with its SWIM membership. At the
+    /// cluster's first start every member knows every other (all alive);
+    /// a restarted node joins through the others' addresses and learns who
+    /// is alive from the protocol, as a real node does.
     fn start_node(&mut self, index: usize, first_start: bool) -> Result<(), String> {
         let seed = self.options.seed ^ ((index as u64 + 1) << 40) ^ self.hosts[index].crashes;
         let mut node = Node::new(self.config.clone(), node_id(index), seed)
@@ -521,19 +561,30 @@ impl Simulation {
         let now = self.instant(self.now);
         node.set_wall_clock(now, self.now);
         node.handle_ring(now, self.ring.clone());
-        for other in 0..self.hosts.len() {
-            if other != index {
-                let liveness = if first_start || self.hosts[other].node.is_some() {
-                    Liveness::Alive
-                } else {
-                    Liveness::Dead
-                };
-                node.handle_liveness(now, node_id(other), liveness);
+        let generation = self.hosts[index].crashes + 1;
+        let mut swim = Swim::new(
+            swim_config(),
+            node_id(index),
+            generation,
+            sim_address(index),
+            seed ^ 0x7377_696d,
+            now,
+        );
+        let others: Vec<usize> = (0..self.hosts.len())
+            .filter(|other| *other != index)
+            .collect();
+        if first_start {
+            for other in &others {
+                swim.add_member(node_id(*other), 1, sim_address(*other));
             }
+        } else {
+            let seeds: Vec<SocketAddr> = others.iter().map(|other| sim_address(*other)).collect();
+            swim.join(now, &seeds);
         }
         let host = &mut self.hosts[index];
         node.handle_timeout(now, &mut host.store);
         host.node = Some(node);
+        host.swim = Some(swim);
         host.timer_at = None;
         self.drain(index);
         Ok(())
@@ -593,14 +644,20 @@ impl Simulation {
                 }
             }
         }
-        let deadline = self.hosts[index]
-            .node
-            .as_ref()
-            .and_then(Node::poll_timeout)
-            .map(|when| {
-                u64::try_from(when.saturating_duration_since(self.base).as_micros())
-                    .unwrap_or(u64::MAX)
-            });
+        self.drain_membership(index);
+        let host = &self.hosts[index];
+        let node_due = host.node.as_ref().and_then(Node::poll_timeout);
+        let swim_due = host.swim.as_ref().and_then(Swim::poll_timeout);
+        let due = match (node_due, swim_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // Rounded up to the simulator's microsecond: rounding down would
+        // wake the machines just before their deadline, forever.
+        let deadline = due.map(|when| {
+            let nanos = when.saturating_duration_since(self.base).as_nanos();
+            u64::try_from(nanos.div_ceil(1000)).unwrap_or(u64::MAX)
+        });
         let host = &mut self.hosts[index];
         if deadline != host.timer_at {
             host.timer_at = deadline;
@@ -618,6 +675,79 @@ impl Simulation {
             }
         }
         self.check_hint_bounds(index);
+    }
+
+    /// Sends the node's SWIM datagrams over the simulated network and turns
+    /// its membership events into the core's liveness.
+    fn drain_membership(&mut self, index: usize) {
+        loop {
+            let Some(transmit) = self.hosts[index]
+                .swim
+                .as_mut()
+                .and_then(Swim::poll_transmit)
+            else {
+                break;
+            };
+            let Some(target) = sim_index(transmit.address).filter(|t| *t < self.hosts.len()) else {
+                continue;
+            };
+            let arrivals = self.network.send(
+                &mut self.network_rng,
+                self.now,
+                node_id(index),
+                node_id(target),
+            );
+            for arrival in arrivals {
+                self.schedule(
+                    arrival - self.now,
+                    Event::Datagram {
+                        from: index,
+                        to: target,
+                        bytes: transmit.bytes.clone(),
+                    },
+                );
+            }
+        }
+        let now = self.instant(self.now);
+        loop {
+            let Some(event) = self.hosts[index].swim.as_mut().and_then(Swim::poll_event) else {
+                break;
+            };
+            let (member, liveness) = match event {
+                SwimEvent::MemberUp { node, .. } | SwimEvent::MemberAlive { node, .. } => {
+                    (node, Liveness::Alive)
+                }
+                SwimEvent::MemberSuspect { node, .. } => (node, Liveness::Suspect),
+                SwimEvent::MemberDown { node, .. } | SwimEvent::MemberLeft { node, .. } => {
+                    (node, Liveness::Dead)
+                }
+                SwimEvent::Joined | SwimEvent::MetadataChanged { .. } => continue,
+            };
+            if self.debug {
+                eprintln!("{} liveness {index} learns {member} {liveness:?}", self.now);
+            }
+            self.mix(member.0 ^ ((index as u64) << 32) ^ (liveness as u64) << 48);
+            if let Some(node) = self.hosts[index].node.as_mut() {
+                node.handle_liveness(now, member, liveness);
+            }
+        }
+    }
+
+    /// Whether every node's membership sees every other node alive.
+    fn beliefs_settled(&self) -> bool {
+        self.hosts.iter().enumerate().all(|(index, host)| {
+            let Some(swim) = host.swim.as_ref() else {
+                return false;
+            };
+            (0..self.hosts.len())
+                .filter(|other| *other != index)
+                .all(|other| {
+                    swim.member(node_id(other)).is_some_and(|member| {
+                        member.state == SwimMemberState::Alive
+                            && member.generation == self.hosts[other].crashes + 1
+                    })
+                })
+        })
     }
 
     fn check_hint_bounds(&mut self, index: usize) {
@@ -670,6 +800,9 @@ impl Simulation {
                     return;
                 }
                 host.timer_at = None;
+                if let Some(swim) = host.swim.as_mut() {
+                    swim.handle_timeout(now);
+                }
                 if let Some(state) = host.node.as_mut() {
                     state.handle_timeout(now, &mut host.store);
                     self.drain(node);
@@ -692,7 +825,6 @@ impl Simulation {
                     if let Err(error) = self.start_node(node, false) {
                         self.violation(format!("node {node} failed to restart: {error}"));
                     }
-                    self.report_liveness_later(node);
                 }
             }
             Event::FaultTick => self.fault_tick(),
@@ -701,24 +833,12 @@ impl Simulation {
                     self.network.heal();
                 }
             }
-            Event::Liveness { observer, subject } => {
+            Event::Datagram { from, to, bytes } => {
+                self.mix((from as u64) ^ ((to as u64) << 32) ^ 0xda7a);
                 let now = self.instant(self.now);
-                let alive = self.hosts[subject].node.is_some();
-                if self.debug {
-                    eprintln!(
-                        "{} liveness {observer} learns {subject} alive={alive} observer_up={}",
-                        self.now,
-                        self.hosts[observer].node.is_some()
-                    );
-                }
-                if let Some(node) = self.hosts[observer].node.as_mut() {
-                    let liveness = if alive {
-                        Liveness::Alive
-                    } else {
-                        Liveness::Dead
-                    };
-                    node.handle_liveness(now, node_id(subject), liveness);
-                    self.drain(observer);
+                if let Some(swim) = self.hosts[to].swim.as_mut() {
+                    swim.handle_datagram(now, sim_address(from), &bytes);
+                    self.drain(to);
                 }
             }
             Event::PhaseCheck => {
@@ -819,6 +939,7 @@ impl Simulation {
         self.mix(index as u64 ^ u64::from(machine) << 16);
         let host = &mut self.hosts[index];
         host.node = None;
+        host.swim = None;
         host.crashes += 1;
         host.timer_at = None;
         host.timer_generation += 1;
@@ -839,18 +960,6 @@ impl Simulation {
                 && let Some(flight) = self.clients[client].in_flight.take()
             {
                 self.outcome_unknown(client, flight);
-            }
-        }
-        self.report_liveness_later(index);
-    }
-
-    fn report_liveness_later(&mut self, subject: usize) {
-        for observer in 0..self.hosts.len() {
-            if observer != subject {
-                let delay = self
-                    .fault_rng
-                    .random_range(1_000..LIVENESS_DELAY_MAX_MICROS);
-                self.schedule(delay, Event::Liveness { observer, subject });
             }
         }
     }
@@ -874,12 +983,9 @@ impl Simulation {
                             && node.operations_in_flight() == 0
                     })
                 });
-                // The oracle's last reports must have arrived: a node that
-                // still believes a peer down would skip it in the repair pass.
-                let beliefs_settled = !self
-                    .queue
-                    .values()
-                    .any(|event| matches!(event, Event::Liveness { .. }));
+                // Membership must have settled: a node that still believes a
+                // peer down would skip it in the repair pass.
+                let beliefs_settled = self.beliefs_settled();
                 if all_up && drained && beliefs_settled {
                     self.start_repair();
                 } else if self.now - self.phase_started > DRAIN_MAX_MICROS {
