@@ -680,14 +680,11 @@ impl Simulation {
     /// Sends the node's SWIM datagrams over the simulated network and turns
     /// its membership events into the core's liveness.
     fn drain_membership(&mut self, index: usize) {
-        loop {
-            let Some(transmit) = self.hosts[index]
-                .swim
-                .as_mut()
-                .and_then(Swim::poll_transmit)
-            else {
-                break;
-            };
+        while let Some(transmit) = self.hosts[index]
+            .swim
+            .as_mut()
+            .and_then(Swim::poll_transmit)
+        {
             let Some(target) = sim_index(transmit.address).filter(|t| *t < self.hosts.len()) else {
                 continue;
             };
@@ -709,10 +706,7 @@ impl Simulation {
             }
         }
         let now = self.instant(self.now);
-        loop {
-            let Some(event) = self.hosts[index].swim.as_mut().and_then(Swim::poll_event) else {
-                break;
-            };
+        while let Some(event) = self.hosts[index].swim.as_mut().and_then(Swim::poll_event) {
             let (member, liveness) = match event {
                 SwimEvent::MemberUp { node, .. } | SwimEvent::MemberAlive { node, .. } => {
                     (node, Liveness::Alive)
