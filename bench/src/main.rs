@@ -84,6 +84,9 @@ enum Command {
         /// Write quorum.
         #[arg(long)]
         w: Option<shoal_cluster::message::Quorum>,
+        /// Writes count only once fsynced on each replica.
+        #[arg(long)]
+        durable: bool,
         /// Open loop: this many operations per second, latency from the intended time.
         #[arg(long)]
         rate: Option<f64>,
@@ -285,6 +288,7 @@ fn main() -> anyhow::Result<()> {
             distribution,
             r,
             w,
+            durable,
             rate,
             skip_load,
             json,
@@ -308,6 +312,7 @@ fn main() -> anyhow::Result<()> {
                 distribution,
                 r,
                 w,
+                durable,
                 rate,
                 skip_load,
                 json,

@@ -78,6 +78,8 @@ pub struct RunParameters {
     pub r: Option<Quorum>,
     /// Write quorum.
     pub w: Option<Quorum>,
+    /// Writes count only once fsynced on each replica.
+    pub durable: bool,
     /// Open loop at this many operations per second.
     pub rate: Option<f64>,
     /// Skip the load phase (the keys are already there).
@@ -235,6 +237,7 @@ impl Shared {
     fn write_options(&self) -> WriteOptions {
         WriteOptions {
             w: self.parameters.w,
+            durable: self.parameters.durable.then_some(true),
             ..WriteOptions::default()
         }
     }
@@ -546,6 +549,7 @@ pub async fn run(parameters: RunParameters) -> anyhow::Result<()> {
         "value_size": parameters.value_size,
         "r": parameters.r.map(|q| q.to_string()),
         "w": parameters.w.map(|q| q.to_string()),
+        "durable": parameters.durable,
         "rate": parameters.rate,
         "load_ops_per_sec": load_ops_per_sec.map(|rate| rate.round()),
     });
