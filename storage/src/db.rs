@@ -301,12 +301,19 @@ impl Db {
             ..VersionEdit::default()
         };
         let mut old_manifest = None;
+        // The manifest and offset of a cut (torn) manifest tail, if any.
+        let mut manifest_cut: Option<(PathBuf, u64)> = None;
         let current_path = path.join("CURRENT");
         if current_path.exists() {
             let current = std::fs::read_to_string(&current_path)
                 .map_err(|error| Error::io(&current_path, error))?;
             let manifest_path = path.join(current.trim());
-            let (records, _) = read_log(&manifest_path)?;
+            let (records, torn) = read_log(&manifest_path)?;
+            // Where a cut tail begins, for errors about it.
+            let cut_offset: u64 = records
+                .iter()
+                .map(|record| (crate::log::HEADER_BYTES + record.len()) as u64)
+                .sum();
             let mut live: BTreeMap<u64, (usize, u64, Vec<u8>, Vec<u8>)> = BTreeMap::new();
             for (index, record) in records.iter().enumerate() {
                 let recorded = VersionEdit::decode(record).ok_or_else(|| {
@@ -335,7 +342,20 @@ impl Db {
             }
             let mut added = Vec::new();
             for (number, (level, size, smallest, largest)) in live {
-                let table = Table::open(&path.join(file_name(number, "sst")))?;
+                let table_path = path.join(file_name(number, "sst"));
+                // A table is deleted only after the edit that drops it is
+                // durable; with a cut tail, a missing table means the cut
+                // record was such an edit, damaged, not torn by a crash.
+                if torn && !table_path.exists() {
+                    return Err(Error::corruption(
+                        &manifest_path,
+                        cut_offset,
+                        format!(
+                            "the manifest's last record is damaged: table {number} it leaves live is gone"
+                        ),
+                    ));
+                }
+                let table = Table::open(&table_path)?;
                 added.push((
                     level,
                     Arc::new(TableFile {
@@ -348,6 +368,9 @@ impl Db {
                 ));
             }
             version = version.apply(&[], &added);
+            if torn {
+                manifest_cut = Some((manifest_path.clone(), cut_offset));
+            }
             old_manifest = Some(manifest_path);
         }
 
@@ -376,6 +399,24 @@ impl Db {
             }
         }
         logs.sort_unstable();
+        // A log is deleted only after the edit that moves past it is durable.
+        // With a cut manifest tail, the log the manifest names being gone
+        // while a newer one exists means the cut record was such an edit,
+        // damaged rather than torn; replaying from the newer log would lose
+        // the writes of the table that edit recorded.
+        if let Some((manifest_path, cut_offset)) = &manifest_cut
+            && logs.first().is_some_and(|first| *first > edit.log_number)
+            && edit.log_number > 0
+        {
+            return Err(Error::corruption(
+                manifest_path,
+                *cut_offset,
+                format!(
+                    "the manifest's last record is damaged: log {} it names is gone",
+                    edit.log_number
+                ),
+            ));
+        }
         let recovered = Arc::new(Memtable::new());
         let mut last_sequence = edit.last_sequence;
         for number in &logs {
