@@ -17,7 +17,9 @@
 //! - after healing, hints drain and every key's primaries hold identical
 //!   states within a deadline (`converged`, `converge_ms`);
 //! - no node is down that the nemesis did not leave down;
-//! - every failed request failed with one of the client's documented errors.
+//! - every failed request failed with one of the client's documented errors;
+//! - no node ever held more hints than its per-target bound times the other
+//!   nodes (sampled every second during the run).
 //!
 //! Output: a history file (one JSON line per operation) and, as the last
 //! line of stdout, a JSON summary. Exit status 0 only if every check holds.
@@ -65,6 +67,8 @@ pub struct CheckParameters {
     pub history: PathBuf,
     /// Seed of the schedule.
     pub seed: u64,
+    /// The nodes' `hint_bytes_per_target_max` (hint storage is checked against it).
+    pub hint_bytes_per_target_max: u64,
     /// `r` of the register reads (stale reads are reported per `r`/`w`).
     pub register_r: Quorum,
     /// `w` of the register writes.
@@ -452,12 +456,40 @@ pub async fn check(parameters: CheckParameters) -> anyhow::Result<bool> {
         stop.clone(),
         history.clone(),
     ));
+    // Hint storage is sampled on every node throughout the run: each node
+    // bounds it per target, so no node may ever hold more than that bound
+    // times the other nodes.
+    let hint_sampler = {
+        let client = client.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut peak = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for (_, address) in client.member_addresses() {
+                    let status = tokio::time::timeout(
+                        Duration::from_millis(500),
+                        client.status(Some(address)),
+                    )
+                    .await;
+                    if let Ok(Ok(status)) = status {
+                        peak = peak.max(status.hint_bytes);
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            peak
+        })
+    };
     tokio::time::sleep(parameters.duration).await;
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         worker.await.context("a worker panicked")?;
     }
     let faults = nemesis_task.await.context("the nemesis panicked")??;
+    let hint_bytes_peak = hint_sampler.await.context("the hint sampler panicked")?;
+    let hint_bound = parameters
+        .hint_bytes_per_target_max
+        .saturating_mul(nodes.saturating_sub(1) as u64);
     let healed = Instant::now();
     eprintln!("healed; waiting for hints to drain and replicas to agree");
 
@@ -542,6 +574,8 @@ pub async fn check(parameters: CheckParameters) -> anyhow::Result<bool> {
         "register_w": parameters.register_w.to_string(),
         "nodes_down_after_heal": down,
         "hint_bytes_max_after_heal": hint_bytes_max,
+        "hint_bytes_peak_per_node": hint_bytes_peak,
+        "hint_bytes_bound_per_node": hint_bound,
         "nodes": nodes,
         "seconds": parameters.duration.as_secs_f64(),
         "seed": parameters.seed,

@@ -162,6 +162,9 @@ enum Command {
         /// `w` of register writes.
         #[arg(long, default_value = "quorum")]
         register_w: shoal_cluster::message::Quorum,
+        /// The nodes' hint_bytes_per_target_max (shoald's default).
+        #[arg(long, default_value_t = 256 << 20)]
+        hint_bytes_per_target_max: u64,
     },
     /// The same framed requests against a raw in-process quinn server.
     QuicFloor {
@@ -347,6 +350,7 @@ fn main() -> anyhow::Result<()> {
             seed,
             register_r,
             register_w,
+            hint_bytes_per_target_max,
         } => {
             for (name, value) in [
                 ("--duration", duration),
@@ -372,6 +376,7 @@ fn main() -> anyhow::Result<()> {
                 seed,
                 register_r,
                 register_w,
+                hint_bytes_per_target_max,
             };
             if runtime()?.block_on(check::check(parameters))? {
                 Ok(())

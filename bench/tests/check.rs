@@ -157,5 +157,10 @@ fn five_nodes_lose_no_acknowledged_write_under_kills_pauses_and_partitions() {
         summary["faults"].as_u64().unwrap() > 0,
         "no faults injected: {summary}"
     );
+    assert!(
+        summary["hint_bytes_peak_per_node"].as_u64().unwrap()
+            <= summary["hint_bytes_bound_per_node"].as_u64().unwrap(),
+        "hint storage over its bound: {summary}"
+    );
     assert!(output.status.success(), "the checker failed: {summary}");
 }
