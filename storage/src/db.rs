@@ -191,6 +191,13 @@ struct Frozen {
     wal: Option<LogWriter>,
 }
 
+/// A fresh, empty log whose directory entry is durable.
+struct SpareLog {
+    number: u64,
+    wal: LogWriter,
+    handle: File,
+}
+
 struct State {
     mem: Arc<Memtable>,
     /// Frozen memtables waiting to be flushed, oldest first; at most
@@ -198,7 +205,6 @@ struct State {
     imms: VecDeque<Frozen>,
     mem_wal_number: u64,
     version: Arc<Version>,
-    manifest: LogWriter,
     next_file_number: u64,
     log_number: u64,
     last_flushed_sequence: u64,
@@ -217,6 +223,14 @@ struct Inner {
     table_options: TableOptions,
     _lock: File,
     writer: Mutex<WriterState>,
+    /// The manifest log. Its lock orders version edits (taken before
+    /// `state`, never by writers), so a manifest fsync does not hold the
+    /// state lock that every write needs.
+    manifest: Mutex<LogWriter>,
+    /// A log created ahead of need by the flush thread, so that switching
+    /// memtables does not create a file and fsync the directory on the
+    /// write path.
+    spare_wal: Mutex<Option<SpareLog>>,
     sync: Mutex<SyncState>,
     /// Offset appended to the current log, for the group commit.
     appended: AtomicU64,
@@ -520,6 +534,8 @@ impl Db {
             path,
             table_options,
             _lock: lock,
+            manifest: Mutex::new(manifest),
+            spare_wal: Mutex::new(None),
             writer: Mutex::new(WriterState {
                 wal,
                 wal_number,
@@ -539,7 +555,6 @@ impl Db {
                 imms: VecDeque::new(),
                 mem_wal_number: wal_number,
                 version: Arc::new(version),
-                manifest,
                 next_file_number,
                 log_number: wal_number,
                 last_flushed_sequence: last_sequence,
@@ -1149,6 +1164,46 @@ impl Inner {
         }
     }
 
+    /// Creates a new, empty log and makes its directory entry durable.
+    fn create_log(&self) -> Result<SpareLog> {
+        let number = {
+            let mut state = self.lock_state();
+            state.next_file_number += 1;
+            state.next_file_number - 1
+        };
+        let wal_path = self.path.join(file_name(number, "log"));
+        let wal = LogWriter::create(&wal_path, self.options.wal_preallocate_bytes)?;
+        let handle = File::open(&wal_path).map_err(|error| Error::io(&wal_path, error))?;
+        sync_directory(&self.path)?;
+        Ok(SpareLog {
+            number,
+            wal,
+            handle,
+        })
+    }
+
+    /// Creates the spare log the next memtable switch will take, if none is
+    /// ready. A failure here only costs the switch creating its own.
+    fn prepare_spare_log(&self) {
+        let missing = self
+            .spare_wal
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .is_none();
+        if !missing {
+            return;
+        }
+        match self.create_log() {
+            Ok(spare) => {
+                *self
+                    .spare_wal
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner()) = Some(spare);
+            }
+            Err(error) => tracing::warn!(%error, "could not prepare the next log"),
+        }
+    }
+
     /// Freezes the memtable and starts a new log. With `force`, even if the
     /// memtable is not full (a requested flush).
     fn switch_memtable(&self, force: bool) -> Result<()> {
@@ -1170,23 +1225,30 @@ impl Inner {
         {
             return Ok(());
         }
-        let number = state.next_file_number;
-        state.next_file_number += 1;
         drop(state);
-        let wal_path = self.path.join(file_name(number, "log"));
-        let created =
-            LogWriter::create(&wal_path, self.options.wal_preallocate_bytes).and_then(|wal| {
-                let handle = File::open(&wal_path).map_err(|error| Error::io(&wal_path, error))?;
-                sync_directory(&self.path)?;
-                Ok((wal, handle))
-            });
-        let (wal, handle) = match created {
-            Ok(created) => created,
+        let spare = self
+            .spare_wal
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take();
+        // Logs are replayed from the oldest needed one by number, so a new
+        // log must be numbered above the current one; a spare created while
+        // an earlier switch made its own log is stale.
+        let spare = match spare {
+            Some(stale) if stale.number < writer.wal_number => {
+                let _ = std::fs::remove_file(stale.wal.path());
+                None
+            }
+            spare => spare,
+        };
+        let (number, wal, handle) = match spare.map_or_else(|| self.create_log(), Ok) {
+            Ok(spare) => (spare.number, spare.wal, spare.handle),
             Err(error) => {
                 self.fail(&error);
                 return Err(error);
             }
         };
+        self.work.notify_all();
         // The old log must be durable before its memtable's table replaces
         // it. Under `Always` it already is but for writes in flight, so the
         // fsync is cheap and done here; otherwise the flush thread does it
@@ -1224,20 +1286,34 @@ impl Inner {
         Ok(())
     }
 
-    /// Appends an edit to the manifest (fsynced) and installs the new version.
+    /// Appends an edit to the manifest (fsynced) and installs the new
+    /// version; returns the state lock taken to install it. `log_number`
+    /// moves the oldest needed log forward, or keeps it with `None`. The
+    /// fsync runs under the manifest lock only, not the state lock.
     fn log_and_apply(
         &self,
-        state: &mut State,
         deleted: &[(usize, u64)],
         added: &[(usize, Arc<TableFile>)],
-        log_number: u64,
-    ) -> Result<()> {
+        log_number: Option<u64>,
+    ) -> Result<MutexGuard<'_, State>> {
+        let mut manifest = self
+            .manifest
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let (next_file_number, log_number, last_flushed_sequence) = {
+            let state = self.lock_state();
+            (
+                state.next_file_number,
+                log_number.unwrap_or(state.log_number),
+                state.last_flushed_sequence,
+            )
+        };
         let edit = VersionEdit {
-            next_file_number: state.next_file_number,
+            next_file_number,
             last_sequence: self
                 .visible_sequence
                 .load(AtomicOrdering::Acquire)
-                .max(state.last_flushed_sequence),
+                .max(last_flushed_sequence),
             log_number,
             deleted: deleted
                 .iter()
@@ -1256,11 +1332,12 @@ impl Inner {
                 })
                 .collect(),
         };
-        state.manifest.append(&edit.encode())?;
-        state.manifest.sync()?;
+        manifest.append(&edit.encode())?;
+        manifest.sync()?;
+        let mut state = self.lock_state();
         state.version = Arc::new(state.version.apply(deleted, added));
         state.log_number = log_number;
-        Ok(())
+        Ok(state)
     }
 
     fn flush_immutable(&self) -> Result<()> {
@@ -1289,16 +1366,21 @@ impl Inner {
         }
         let file = write_table_from(&self.path, number, &self.table_options, imm.iter())?;
         sync_directory(&self.path)?;
-        let mut state = self.lock_state();
         let added: Vec<(usize, Arc<TableFile>)> = file.into_iter().map(|file| (0, file)).collect();
         // The oldest log still needed is the next frozen memtable's, or the
-        // current one's.
-        let log_number = state
-            .imms
-            .get(1)
-            .map_or(state.mem_wal_number, |next| next.wal_number);
+        // current one's. Read now, it can only be older than the truth when
+        // the edit lands (a switch in between freezes the current log).
+        let log_number = {
+            let state = self.lock_state();
+            state
+                .imms
+                .get(1)
+                .map_or(state.mem_wal_number, |next| next.wal_number)
+        };
         let old_log = old_wal_number;
-        self.log_and_apply(&mut state, &[], &added, log_number)?;
+        // The table is in the version before its memtable leaves: a reader
+        // may see both for a moment, never neither.
+        let mut state = self.log_and_apply(&[], &added, Some(log_number))?;
         state.imms.pop_front();
         state.stats.flushes += 1;
         drop(state);
@@ -1469,7 +1551,6 @@ impl Inner {
         for output in &outputs {
             bytes_written += output.size_bytes;
         }
-        let mut state = self.lock_state();
         let deleted: Vec<(usize, u64)> = inputs
             .iter()
             .map(|(level, file)| (*level, file.number))
@@ -1478,8 +1559,7 @@ impl Inner {
             .into_iter()
             .map(|file| (output_level, file))
             .collect();
-        let log_number = state.log_number;
-        self.log_and_apply(&mut state, &deleted, &added, log_number)?;
+        let mut state = self.log_and_apply(&deleted, &added, None)?;
         state.stats.compactions += 1;
         state.stats.compaction_bytes_written += bytes_written;
         drop(state);
@@ -1507,6 +1587,7 @@ impl Inner {
 
 fn flush_thread(inner: Arc<Inner>) {
     loop {
+        inner.prepare_spare_log();
         {
             let mut state = inner.lock_state();
             while state.imms.is_empty() && !state.shutting_down {
