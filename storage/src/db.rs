@@ -501,7 +501,7 @@ impl Db {
         manifest.append(&snapshot_edit.encode())?;
         manifest.sync()?;
         let wal_path = path.join(file_name(wal_number, "log"));
-        let wal = LogWriter::create(&wal_path, options.wal_preallocate_bytes)?;
+        let wal = LogWriter::create_mapped(&wal_path, options.wal_preallocate_bytes)?;
         let wal_sync_handle =
             Arc::new(File::open(&wal_path).map_err(|error| Error::io(&wal_path, error))?);
         sync_directory(&path)?;
@@ -1172,7 +1172,7 @@ impl Inner {
             state.next_file_number - 1
         };
         let wal_path = self.path.join(file_name(number, "log"));
-        let wal = LogWriter::create(&wal_path, self.options.wal_preallocate_bytes)?;
+        let wal = LogWriter::create_mapped(&wal_path, self.options.wal_preallocate_bytes)?;
         let handle = File::open(&wal_path).map_err(|error| Error::io(&wal_path, error))?;
         sync_directory(&self.path)?;
         Ok(SpareLog {
