@@ -21,6 +21,7 @@ for phase in "--workload fillseq --num $N --fresh" \
              "--workload overwrite --num $N" \
              "--workload readrandom --num $N" \
              "--workload readmissing --num $N" \
+             "--workload compact --num $N" \
              "--workload fillrandom --num $N --threads 2 --fresh" \
              "--workload readrandom --num $N --threads 2" \
              "--workload fillrandom --num 5000 --sync --fresh"; do

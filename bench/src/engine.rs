@@ -23,6 +23,8 @@ pub trait Engine: Sync {
     fn scan_all(&self) -> Result<u64, String>;
     /// Flushes memtables so a reopen reads from tables.
     fn flush(&self) -> Result<(), String>;
+    /// Merges everything into the bottom level (a full manual compaction).
+    fn compact_all(&self) -> Result<(), String>;
     /// Bytes of live data files.
     fn size_on_disk_bytes(&self) -> u64;
 }
@@ -42,6 +44,8 @@ pub enum Workload {
     Readmissing,
     /// Read every key in order.
     Readseq,
+    /// One full manual compaction; the figure that matters is the size after.
+    Compact,
 }
 
 impl Workload {
@@ -54,6 +58,7 @@ impl Workload {
             Workload::Readrandom => "readrandom",
             Workload::Readmissing => "readmissing",
             Workload::Readseq => "readseq",
+            Workload::Compact => "compact",
         }
     }
 
@@ -168,6 +173,15 @@ pub fn run(engine: &dyn Engine, parameters: &Parameters) -> Result<Report, Strin
                         found.fetch_add(count, Ordering::Relaxed);
                         return Ok(histogram);
                     }
+                    if parameters.workload == Workload::Compact {
+                        if thread == 0 {
+                            let start = Instant::now();
+                            engine.compact_all()?;
+                            let _ = histogram.record(start.elapsed().as_micros().max(1) as u64);
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        return Ok(histogram);
+                    }
                     for offset in 0..per_thread {
                         let index = match parameters.workload {
                             Workload::Fillseq => first + offset,
@@ -189,7 +203,7 @@ pub fn run(engine: &dyn Engine, parameters: &Parameters) -> Result<Report, Strin
                                     found.fetch_add(1, Ordering::Relaxed);
                                 }
                             }
-                            Workload::Readseq => {}
+                            Workload::Readseq | Workload::Compact => {}
                         }
                         let _ = histogram
                             .record(start.elapsed().as_nanos().div_ceil(1000).max(1) as u64);
@@ -221,6 +235,8 @@ pub fn run(engine: &dyn Engine, parameters: &Parameters) -> Result<Report, Strin
     }
     let ops = if parameters.workload == Workload::Readseq {
         found.load(Ordering::Relaxed)
+    } else if parameters.workload == Workload::Compact {
+        1
     } else {
         per_thread * threads as u64
     };

@@ -225,6 +225,10 @@ impl Engine for ShoalEngine {
         self.0.flush().map_err(|error| error.to_string())
     }
 
+    fn compact_all(&self) -> Result<(), String> {
+        self.0.compact().map_err(|error| error.to_string())
+    }
+
     fn size_on_disk_bytes(&self) -> u64 {
         self.0.size_on_disk_bytes()
     }

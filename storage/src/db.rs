@@ -21,7 +21,10 @@
 //!   range (no deeper table overlaps) and only when no snapshot can see below them.
 
 use crate::iterator::InternalIterator;
-use crate::key::{SEQUENCE_MAX, ValueKind, compare_internal_keys, parse_internal_key, user_key};
+use crate::key::{
+    SEQUENCE_MAX, ValueKind, compare_internal_keys, encode_internal_key, parse_internal_key,
+    user_key,
+};
 use crate::log::{LogWriter, read_log, sync_directory};
 use crate::memtable::{MemEntry, Memtable};
 use crate::merge::{MergingIterator, Source};
@@ -1500,6 +1503,7 @@ impl Inner {
         let mut current_user_key: Option<Vec<u8>> = None;
         let mut last_sequence_for_key = SEQUENCE_MAX;
         let mut bytes_written = 0u64;
+        let mut zeroed = Vec::new();
         while merged.valid() {
             let Some(parsed) = parse_internal_key(merged.key()) else {
                 return Err(Error::corruption(
@@ -1539,7 +1543,16 @@ impl Inner {
                     builder = Some((number, TableBuilder::create(&path, &self.table_options)?));
                 }
                 if let Some((_, open)) = builder.as_mut() {
-                    open.add(merged.key(), merged.value())?;
+                    if bottom && parsed.sequence <= smallest_snapshot && parsed.sequence > 0 {
+                        // The only version left, visible to every snapshot:
+                        // its sequence no longer matters, and zeros
+                        // compress (as RocksDB does at the bottom level).
+                        zeroed.clear();
+                        encode_internal_key(&mut zeroed, parsed.user_key, 0, parsed.kind);
+                        open.add(&zeroed, merged.value())?;
+                    } else {
+                        open.add(merged.key(), merged.value())?;
+                    }
                 }
             }
             merged.next()?;
