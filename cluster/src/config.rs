@@ -71,6 +71,13 @@ pub struct Config {
     pub forwarded_ids_remembered_max: usize,
     /// Most cluster members a ring may hold.
     pub members_max: usize,
+    /// How often this node starts an anti-entropy exchange (one partition,
+    /// one peer); zero turns anti-entropy off.
+    pub anti_entropy_interval: Duration,
+    /// Most bytes of key states in one anti-entropy message.
+    pub anti_entropy_bytes_max: usize,
+    /// Most keys scanned per step when building a partition's tree.
+    pub anti_entropy_build_keys_max: usize,
 }
 
 impl Default for Config {
@@ -98,6 +105,9 @@ impl Default for Config {
             output_queue_max: 65_536,
             forwarded_ids_remembered_max: 4096,
             members_max: 1024,
+            anti_entropy_interval: Duration::from_millis(100),
+            anti_entropy_bytes_max: 1 << 20,
+            anti_entropy_build_keys_max: 4096,
         }
     }
 }
@@ -133,6 +143,11 @@ impl Config {
             ("context_size_max_bytes", self.context_size_max_bytes),
             ("key_state_size_max_bytes", self.key_state_size_max_bytes),
             ("hint_replay_batch_max", self.hint_replay_batch_max),
+            ("anti_entropy_bytes_max", self.anti_entropy_bytes_max),
+            (
+                "anti_entropy_build_keys_max",
+                self.anti_entropy_build_keys_max,
+            ),
             ("requests_in_flight_max", self.requests_in_flight_max),
             ("output_queue_max", self.output_queue_max),
             (

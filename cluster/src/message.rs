@@ -289,6 +289,31 @@ pub enum Message {
         /// The digest from [`Message::HintReplay`].
         hint_digest: u64,
     },
+    /// Anti-entropy: the root of the sender's tree of a partition both hold.
+    AeRoot {
+        /// The partition.
+        partition: u32,
+        /// The root hash.
+        root: u64,
+    },
+    /// Anti-entropy: the roots differ; here are the receiver's leaves.
+    AeLeaves {
+        /// The partition.
+        partition: u32,
+        /// One hash per bucket ([`crate::anti_entropy::BUCKETS`]).
+        leaves: Vec<u64>,
+    },
+    /// Anti-entropy: stored key states of the differing buckets, to merge.
+    AeStates {
+        /// The partition.
+        partition: u32,
+        /// The buckets the states were taken from.
+        buckets: Vec<u16>,
+        /// User key and encoded key state.
+        states: Vec<(Bytes, Bytes)>,
+        /// Whether the receiver should answer with its own states of those buckets.
+        reply: bool,
+    },
 }
 
 /// Something the shell must do for the node.
@@ -394,8 +419,22 @@ mod tests {
                 hint_digest: u64::MAX,
             },
             Message::HintAck {
-                key,
+                key: key.clone(),
                 hint_digest: 0,
+            },
+            Message::AeRoot {
+                partition: 7,
+                root: u64::MAX,
+            },
+            Message::AeLeaves {
+                partition: 7,
+                leaves: vec![1; crate::anti_entropy::BUCKETS],
+            },
+            Message::AeStates {
+                partition: 7,
+                buckets: vec![0, 255],
+                states: vec![(key, Bytes::from_static(b"state"))],
+                reply: true,
             },
         ]
     }

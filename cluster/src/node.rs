@@ -23,6 +23,7 @@ use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::anti_entropy::{self, BUCKETS, Tracked, Trees};
 use crate::config::{Config, ConfigError};
 use crate::coordinator::{
     ForwardOperation, Operation, Origin, ReadOperation, WriteOperation, next_fallback,
@@ -94,6 +95,12 @@ pub struct Metrics {
     pub duplicate_forwards: u64,
     /// Outgoing messages shed because the output queue was full.
     pub outputs_shed: u64,
+    /// Anti-entropy exchanges started (a root sent).
+    pub anti_entropy_rounds: u64,
+    /// Exchanges whose trees differed (leaves compared).
+    pub anti_entropy_trees_differed: u64,
+    /// Key states sent by anti-entropy.
+    pub anti_entropy_keys_sent: u64,
 }
 
 /// What exists only once the node has started on its store.
@@ -131,6 +138,12 @@ pub struct Node {
     metrics: Metrics,
     timestamp_last: u64,
     wall_clock_origin: Option<(Instant, u64)>,
+    /// Anti-entropy: the partitions' hash trees, kept on every data write.
+    trees: Trees,
+    /// When the next anti-entropy exchange starts.
+    next_anti_entropy: Option<Instant>,
+    /// Round-robin position over (partition, peer) pairs.
+    anti_entropy_cursor: u64,
 }
 
 impl Node {
@@ -159,6 +172,9 @@ impl Node {
             metrics: Metrics::default(),
             timestamp_last: 0,
             wall_clock_origin: None,
+            trees: Trees::new(),
+            next_anti_entropy: None,
+            anti_entropy_cursor: 0,
         })
     }
 
@@ -221,12 +237,15 @@ impl Node {
     }
 
     /// A new ring (membership change): placement is recomputed from it.
-    pub fn handle_ring(&mut self, _now: Instant, ring: Ring) {
+    pub fn handle_ring(&mut self, now: Instant, ring: Ring) {
         self.placement = Some(Placement::new(
             &ring,
             self.config.partition_count,
             self.config.replication_factor,
         ));
+        if self.next_anti_entropy.is_none() && !self.config.anti_entropy_interval.is_zero() {
+            self.next_anti_entropy = Some(now + self.config.anti_entropy_interval);
+        }
     }
 
     /// What membership now believes about `node`. A member reported alive
@@ -252,16 +271,28 @@ impl Node {
             return self.start_retry;
         }
         let timer = self.timers.first().map(|(when, _)| *when);
-        match (timer, self.next_replay) {
-            (Some(timer), Some(replay)) => Some(timer.min(replay)),
-            (timer, replay) => timer.or(replay),
-        }
+        [timer, self.next_replay, self.next_anti_entropy]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Time passed: retries, deadlines and hint replay that are due run now.
+    /// Time passed: retries, deadlines, hint replay and anti-entropy that
+    /// are due run now.
     pub fn handle_timeout(&mut self, now: Instant, store: &mut impl Store) {
+        let mut trees = std::mem::take(&mut self.trees);
+        let mut tracked = Tracked::new(store, &mut trees);
+        self.timeout(now, &mut tracked);
+        drop(tracked);
+        self.trees = trees;
+    }
+
+    fn timeout<S: Store>(&mut self, now: Instant, store: &mut Tracked<'_, S>) {
         if !self.ensure_started(now, store) {
             return;
+        }
+        if self.next_anti_entropy.is_some_and(|when| when <= now) {
+            self.anti_entropy_round(now, store);
         }
         while let Some(&(when, operation)) = self.timers.first() {
             if when > now {
@@ -283,6 +314,14 @@ impl Node {
         request: Request,
         store: &mut impl Store,
     ) {
+        let mut trees = std::mem::take(&mut self.trees);
+        let mut tracked = Tracked::new(store, &mut trees);
+        self.request(now, id, request, &mut tracked);
+        drop(tracked);
+        self.trees = trees;
+    }
+
+    fn request(&mut self, now: Instant, id: RequestId, request: Request, store: &mut impl Store) {
         self.metrics.requests += 1;
         let origin = Origin::Client(id);
         if let Err(error) = self.validate(&request) {
@@ -325,10 +364,36 @@ impl Node {
         message: Message,
         store: &mut impl Store,
     ) {
+        let mut trees = std::mem::take(&mut self.trees);
+        let mut tracked = Tracked::new(store, &mut trees);
+        self.message(now, from, message, &mut tracked);
+        drop(tracked);
+        self.trees = trees;
+    }
+
+    fn message<S: Store>(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        message: Message,
+        store: &mut Tracked<'_, S>,
+    ) {
         if !self.ensure_started(now, store) {
             return;
         }
         match message {
+            Message::AeRoot { partition, root } => {
+                self.receive_ae_root(from, partition, root, store)
+            }
+            Message::AeLeaves { partition, leaves } => {
+                self.receive_ae_leaves(from, partition, leaves, store)
+            }
+            Message::AeStates {
+                partition,
+                buckets,
+                states,
+                reply,
+            } => self.receive_ae_states(from, partition, buckets, states, reply, store),
             Message::Forward {
                 forward_id,
                 request,
@@ -406,6 +471,234 @@ impl Node {
                     Err(_) => self.metrics.store_failures += 1,
                 }
             }
+        }
+    }
+
+    // ---- anti-entropy ------------------------------------------------------
+
+    /// Whether this node and `peer` are both primaries of `partition`.
+    fn shares_partition(&self, partition: Partition, peer: NodeId) -> bool {
+        self.placement.as_ref().is_some_and(|placement| {
+            let primaries = placement.primaries(partition);
+            primaries.contains(&self.id) && primaries.contains(&peer)
+        })
+    }
+
+    /// A partition number from a peer, when it names one.
+    fn ae_partition(&mut self, partition: u32) -> Option<Partition> {
+        if partition >= self.config.partition_count {
+            self.metrics.malformed_messages += 1;
+            return None;
+        }
+        Some(Partition(partition))
+    }
+
+    /// Builds the partition's tree a bounded step further; the tree when built.
+    fn ae_tree<S: Store>(
+        &mut self,
+        partition: Partition,
+        store: &mut Tracked<'_, S>,
+    ) -> Option<(u64, Vec<u64>)> {
+        let keys_max = self.config.anti_entropy_build_keys_max;
+        let (inner, trees) = store.parts();
+        match trees.build_step(partition, inner, keys_max) {
+            Ok(true) => trees
+                .built(partition)
+                .map(|tree| (tree.root(), tree.leaves().to_vec())),
+            Ok(false) => None,
+            Err(_) => {
+                self.metrics.store_failures += 1;
+                None
+            }
+        }
+    }
+
+    /// One exchange: the next (partition, peer) pair in round-robin order
+    /// whose tree is built gets this node's root. A tree still being built
+    /// takes this round's step and keeps its turn.
+    fn anti_entropy_round<S: Store>(&mut self, now: Instant, store: &mut Tracked<'_, S>) {
+        self.next_anti_entropy = Some(now + self.config.anti_entropy_interval);
+        let Some(placement) = self.placement.as_ref() else {
+            return;
+        };
+        let count = u64::from(self.config.partition_count);
+        let mut chosen = None;
+        for _ in 0..count {
+            let cursor = self.anti_entropy_cursor;
+            self.anti_entropy_cursor = self.anti_entropy_cursor.wrapping_add(1);
+            let partition = Partition((cursor % count) as u32);
+            let primaries = placement.primaries(partition);
+            if !primaries.contains(&self.id) {
+                continue;
+            }
+            let peers: Vec<NodeId> = primaries
+                .iter()
+                .copied()
+                .filter(|peer| *peer != self.id && self.is_alive(*peer))
+                .collect();
+            if peers.is_empty() {
+                continue;
+            }
+            // Successive cycles over the partitions take successive peers.
+            let peer = peers[((cursor / count) % peers.len() as u64) as usize];
+            chosen = Some((cursor, partition, peer));
+            break;
+        }
+        let Some((cursor, partition, peer)) = chosen else {
+            return;
+        };
+        match self.ae_tree(partition, store) {
+            Some((root, _)) => {
+                self.metrics.anti_entropy_rounds += 1;
+                self.send(
+                    peer,
+                    Message::AeRoot {
+                        partition: partition.0,
+                        root,
+                    },
+                );
+            }
+            // Still building: this pair keeps its turn.
+            None => self.anti_entropy_cursor = cursor,
+        }
+    }
+
+    fn receive_ae_root<S: Store>(
+        &mut self,
+        from: NodeId,
+        partition: u32,
+        root: u64,
+        store: &mut Tracked<'_, S>,
+    ) {
+        let Some(partition) = self.ae_partition(partition) else {
+            return;
+        };
+        if !self.shares_partition(partition, from) {
+            return;
+        }
+        // An unbuilt tree cannot answer yet; the peer asks again later.
+        let Some((ours, leaves)) = self.ae_tree(partition, store) else {
+            return;
+        };
+        if ours != root {
+            self.send(
+                from,
+                Message::AeLeaves {
+                    partition: partition.0,
+                    leaves,
+                },
+            );
+        }
+    }
+
+    fn receive_ae_leaves<S: Store>(
+        &mut self,
+        from: NodeId,
+        partition: u32,
+        leaves: Vec<u64>,
+        store: &mut Tracked<'_, S>,
+    ) {
+        let Some(partition) = self.ae_partition(partition) else {
+            return;
+        };
+        if leaves.len() != BUCKETS {
+            self.metrics.malformed_messages += 1;
+            return;
+        }
+        if !self.shares_partition(partition, from) {
+            return;
+        }
+        let Some((_, ours)) = self.ae_tree(partition, store) else {
+            return;
+        };
+        let differing = anti_entropy::differing_buckets(&ours, &leaves);
+        if differing.is_empty() {
+            return;
+        }
+        self.metrics.anti_entropy_trees_differed += 1;
+        self.send_ae_states(from, partition, differing, true, store);
+    }
+
+    fn send_ae_states(
+        &mut self,
+        to: NodeId,
+        partition: Partition,
+        buckets: Vec<u16>,
+        reply: bool,
+        store: &mut impl Store,
+    ) {
+        let states = match anti_entropy::states_in_buckets(
+            store,
+            partition,
+            &buckets,
+            self.config.anti_entropy_bytes_max,
+            self.config.anti_entropy_build_keys_max,
+        ) {
+            Ok(states) => states,
+            Err(_) => {
+                self.metrics.store_failures += 1;
+                return;
+            }
+        };
+        self.metrics.anti_entropy_keys_sent += states.len() as u64;
+        self.send(
+            to,
+            Message::AeStates {
+                partition: partition.0,
+                buckets,
+                states: states
+                    .into_iter()
+                    .map(|(key, state)| (Bytes::from(key), Bytes::from(state)))
+                    .collect(),
+                reply,
+            },
+        );
+    }
+
+    fn receive_ae_states<S: Store>(
+        &mut self,
+        from: NodeId,
+        partition: u32,
+        buckets: Vec<u16>,
+        states: Vec<(Bytes, Bytes)>,
+        reply: bool,
+        store: &mut Tracked<'_, S>,
+    ) {
+        let Some(partition) = self.ae_partition(partition) else {
+            return;
+        };
+        if buckets.is_empty() || buckets.iter().any(|bucket| *bucket as usize >= BUCKETS) {
+            self.metrics.malformed_messages += 1;
+            return;
+        }
+        if !self.shares_partition(partition, from) {
+            return;
+        }
+        for (key, encoded) in &states {
+            let in_place = self.key_is_valid(key)
+                && self.partitioner.partition_of(key) == partition
+                && buckets.contains(&anti_entropy::bucket_of(key));
+            if !in_place {
+                self.metrics.malformed_messages += 1;
+                continue;
+            }
+            let state =
+                match KeyState::decode_with_limit(encoded, self.config.key_state_size_max_bytes) {
+                    Ok(state) => state,
+                    Err(_) => {
+                        self.metrics.malformed_messages += 1;
+                        continue;
+                    }
+                };
+            if self
+                .apply_data(partition, key, &state, Durability::Buffered, store)
+                .is_err()
+            {
+                self.metrics.store_failures += 1;
+            }
+        }
+        if reply {
+            self.send_ae_states(from, partition, buckets, false, store);
         }
     }
 

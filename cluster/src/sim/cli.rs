@@ -36,6 +36,13 @@ pub struct ClusterArgs {
     /// the set workload loses concurrent adds by design and is not checked.
     #[arg(long, default_value = "siblings")]
     pub policy: String,
+    /// End the run on anti-entropy alone: no repair reads; wait until every
+    /// replica of every key holds the same state.
+    #[arg(long)]
+    pub anti_entropy_only: bool,
+    /// When the workload ends, wipe node 0's whole store and restart it empty.
+    #[arg(long)]
+    pub wipe: bool,
 }
 
 /// Runs one seed, turning a panic into a failed report.
@@ -107,6 +114,9 @@ pub fn report_json(report: &Report, wall_seconds: f64) -> serde_json::Value {
         "quorum_failures": metrics.quorum_failures,
         "sibling_limit_rejections": metrics.sibling_limit_rejections,
         "read_repairs": metrics.read_repairs,
+        "anti_entropy_rounds": metrics.anti_entropy_rounds,
+        "anti_entropy_trees_differed": metrics.anti_entropy_trees_differed,
+        "anti_entropy_keys_sent": metrics.anti_entropy_keys_sent,
         "hints_stored": metrics.hints_stored,
         "hints_replayed": metrics.hints_replayed,
         "hints_dropped": metrics.hints_dropped_full + metrics.hints_dropped_expired + metrics.hints_dropped_corrupt,
@@ -157,6 +167,8 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
             ops: args.ops,
             faults,
             conflict_policy,
+            anti_entropy_only: args.anti_entropy_only,
+            wipe_at_drain: args.wipe,
             ..SimulationOptions::new(seed)
         };
         let seed_started = Instant::now();

@@ -41,6 +41,32 @@ fn same_seed_gives_the_same_trace_hash() {
     assert_ne!(first.trace_hash, other.trace_hash);
 }
 
+/// Anti-entropy alone converges every replica of every key after runs with
+/// every fault — no repair reads — and a node whose store was wiped gets
+/// back every acknowledged add another node still held.
+#[test]
+fn anti_entropy_alone_converges_every_replica_even_of_a_wiped_node() {
+    let seeds = env_number("SHOAL_SIM_AE_SEEDS", 40);
+    for seed in 0..seeds {
+        let options = SimulationOptions {
+            ops: 600,
+            anti_entropy_only: true,
+            wipe_at_drain: seed % 2 == 0,
+            ..SimulationOptions::new(seed)
+        };
+        let report = run(options).expect("the options are valid");
+        assert_passed(&report);
+        assert!(report.converged, "seed {seed}");
+        assert!(report.metrics.anti_entropy_rounds > 0, "seed {seed}");
+        if seed % 2 == 0 {
+            assert!(
+                report.metrics.anti_entropy_keys_sent > 0,
+                "seed {seed}: a wiped node must be refilled by anti-entropy"
+            );
+        }
+    }
+}
+
 #[test]
 fn last_writer_wins_runs_converge_and_keep_the_other_invariants() {
     for seed in 0..40 {

@@ -122,6 +122,13 @@ pub struct SimulationOptions {
     /// set workload loses concurrent adds by design, so the set check is
     /// skipped; every other invariant holds as under siblings.
     pub conflict_policy: ConflictPolicy,
+    /// The end of the run relies on anti-entropy alone: no repair reads; the
+    /// run waits until every replica of every key holds the same state.
+    pub anti_entropy_only: bool,
+    /// When the workload ends, node 0 loses its whole store (a new disk) and
+    /// restarts empty. Acknowledged adds that no other node held at that
+    /// moment may be lost; every other one must come back to it.
+    pub wipe_at_drain: bool,
 }
 
 impl SimulationOptions {
@@ -136,6 +143,8 @@ impl SimulationOptions {
             set_keys: 4,
             register_keys: 4,
             conflict_policy: ConflictPolicy::Siblings,
+            anti_entropy_only: false,
+            wipe_at_drain: false,
         }
     }
 }
@@ -314,6 +323,9 @@ fn message_code(message: &Message) -> u64 {
         Message::Repair { .. } => 6,
         Message::HintReplay { .. } => 7,
         Message::HintAck { .. } => 8,
+        Message::AeRoot { .. } => 9,
+        Message::AeLeaves { .. } => 10,
+        Message::AeStates { .. } => 11,
     }
 }
 
@@ -411,6 +423,9 @@ struct Simulation {
     repairs_pending: BTreeSet<usize>,
     repair_attempts: BTreeMap<usize, u32>,
     final_reads: BTreeMap<usize, Vec<Bytes>>,
+    /// With `wipe_at_drain`: per set key, the elements some node other than
+    /// the wiped one held when it was wiped.
+    survived_wipe: Option<BTreeMap<usize, BTreeSet<u64>>>,
 }
 
 fn node_id(index: usize) -> NodeId {
@@ -502,6 +517,7 @@ impl Simulation {
             repairs_pending: BTreeSet::new(),
             repair_attempts: BTreeMap::new(),
             final_reads: BTreeMap::new(),
+            survived_wipe: None,
             options,
         };
         for _ in 0..simulation.options.nodes {
@@ -1006,7 +1022,12 @@ impl Simulation {
                     .queue
                     .values()
                     .any(|event| matches!(event, Event::Deliver { .. }));
-                if self.repairs_pending.is_empty() && quiet && !pending_messages {
+                let repaired = if self.options.anti_entropy_only {
+                    self.all_converged()
+                } else {
+                    self.repairs_pending.is_empty()
+                };
+                if repaired && quiet && !pending_messages {
                     self.phase = Phase::Done;
                 } else if self.now - self.phase_started > DRAIN_MAX_MICROS {
                     self.violation("the repair pass did not finish".into());
@@ -1070,11 +1091,68 @@ impl Simulation {
         for host in &mut self.hosts {
             let _ = host.store.write(b"\xffsim", None, Durability::Buffered);
         }
+        if self.options.wipe_at_drain {
+            self.wipe(0);
+        }
         for index in 0..self.hosts.len() {
             if self.hosts[index].node.is_none() {
                 self.schedule(0, Event::Restart { node: index });
             }
         }
+    }
+
+    /// Node `index` loses its process and its whole store. What the other
+    /// nodes hold of each set at that moment is recorded.
+    fn wipe(&mut self, index: usize) {
+        let mut survived: BTreeMap<usize, BTreeSet<u64>> = BTreeMap::new();
+        for key_index in 0..self.options.set_keys {
+            let key = set_key(key_index);
+            let partition = self.partitioner.partition_of(&key);
+            let elements = survived.entry(key_index).or_default();
+            for (other, host) in self.hosts.iter_mut().enumerate() {
+                if other == index {
+                    continue;
+                }
+                if let Ok(state) = replica::read_state(&mut host.store, partition, &key)
+                    && let Some(set) = checker::union_of(state.values())
+                {
+                    elements.extend(set);
+                }
+            }
+        }
+        self.survived_wipe = Some(survived);
+        let host = &mut self.hosts[index];
+        host.node = None;
+        host.swim = None;
+        host.crashes += 1;
+        host.timer_at = None;
+        host.timer_generation += 1;
+        host.store = MemStore::new();
+        self.report.machine_crashes += 1;
+        self.mix(0x3199_u64 ^ index as u64);
+    }
+
+    /// Whether all primaries of every key hold identical state.
+    fn all_converged(&mut self) -> bool {
+        for key in self.all_keys() {
+            let partition = self.partitioner.partition_of(&key);
+            let primaries: Vec<usize> = self
+                .placement
+                .primaries(partition)
+                .iter()
+                .filter_map(|id| node_index(*id))
+                .collect();
+            let states: Vec<KeyState> = primaries
+                .into_iter()
+                .filter_map(|primary| {
+                    replica::read_state(&mut self.hosts[primary].store, partition, &key).ok()
+                })
+                .collect();
+            if !checker::all_identical(&states) {
+                return false;
+            }
+        }
+        true
     }
 
     fn all_keys(&self) -> Vec<Bytes> {
@@ -1087,6 +1165,9 @@ impl Simulation {
     fn start_repair(&mut self) {
         self.phase = Phase::Repair;
         self.phase_started = self.now;
+        if self.options.anti_entropy_only {
+            return;
+        }
         let keys = self.all_keys();
         for (index, key) in keys.into_iter().enumerate() {
             self.repairs_pending.insert(index);
@@ -1625,6 +1706,9 @@ impl Simulation {
                 metrics.malformed_messages += each.malformed_messages;
                 metrics.duplicate_forwards += each.duplicate_forwards;
                 metrics.outputs_shed += each.outputs_shed;
+                metrics.anti_entropy_rounds += each.anti_entropy_rounds;
+                metrics.anti_entropy_trees_differed += each.anti_entropy_trees_differed;
+                metrics.anti_entropy_keys_sent += each.anti_entropy_keys_sent;
             }
         }
         self.report.metrics = metrics;
@@ -1689,7 +1773,14 @@ impl Simulation {
         if self.options.conflict_policy == ConflictPolicy::Lww {
             return;
         }
-        let expected = checker::expected_adds(&self.history, machine_crashes);
+        let mut expected = checker::expected_adds(&self.history, machine_crashes);
+        if let Some(survived) = &self.survived_wipe {
+            expected.retain(|add| {
+                survived
+                    .get(&add.key)
+                    .is_some_and(|elements| elements.contains(&add.element))
+            });
+        }
         let missing = checker::missing_adds(&expected, &final_sets);
         self.report.lost_writes = missing.len() as u64;
         let all_acked = checker::expected_adds(&self.history, false);

@@ -1,0 +1,403 @@
+//! Anti-entropy (Dynamo §4.7): replicas of a partition compare hash trees
+//! and exchange only the keys of the ranges that differ, so that every
+//! replica converges, including on keys nobody reads.
+//!
+//! The tree of a partition is two levels over [`BUCKETS`] leaves. A key
+//! falls in the leaf chosen by a hash of the key; a leaf's hash is the XOR of
+//! the digests of its keys' stored states, so a write updates it in O(1):
+//! XOR out the old state's digest, XOR in the new one. The root is a hash of
+//! the leaves. An exchange sends the root; only when roots differ are the
+//! leaves sent, and only for differing leaves are key states sent — merged
+//! with the same `sync` as read repair.
+//!
+//! Trees are not persisted: after a start each one is built by scanning its
+//! partition in bounded steps, the first time an exchange needs it. While a
+//! build is under way, writes to keys the scan has passed update the tree
+//! and the others are left to the scan, so the built tree is exact.
+//!
+//! This module computes; [`crate::node`] decides when to exchange and sends
+//! the messages. [`Tracked`] is the store adapter that keeps trees in step
+//! with every data write the node makes.
+
+use std::collections::BTreeMap;
+
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+use crate::id::Partition;
+use crate::replica::{DATA_PREFIX, data_key, parse_data_key};
+use crate::store::{Durability, Entries, Store, StoreError};
+
+/// Leaves per partition tree.
+pub const BUCKETS: usize = 256;
+
+/// Seed of the bucket hash (distinct from the partitioner's).
+const BUCKET_SEED: u64 = 0xae;
+
+/// The leaf a user key falls in.
+pub fn bucket_of(key: &[u8]) -> u16 {
+    (xxh3_64_with_seed(key, BUCKET_SEED) % BUCKETS as u64) as u16
+}
+
+/// The digest of one stored key state: its key and its encoded bytes.
+pub fn digest(key: &[u8], encoded_state: &[u8]) -> u64 {
+    let key_hash = xxh3_64(key);
+    xxh3_64_with_seed(encoded_state, key_hash)
+}
+
+/// The buckets whose leaves differ; empty when either side is malformed.
+pub fn differing_buckets(ours: &[u64], theirs: &[u64]) -> Vec<u16> {
+    if ours.len() != BUCKETS || theirs.len() != BUCKETS {
+        return Vec::new();
+    }
+    ours.iter()
+        .zip(theirs)
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(bucket, _)| bucket as u16)
+        .collect()
+}
+
+/// How far a tree's build has come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Build {
+    /// The scan has covered every user key `<= last` (none yet with `None`).
+    Scanning { last: Option<Vec<u8>> },
+    /// Exact.
+    Built,
+}
+
+/// One partition's tree.
+#[derive(Debug, Clone)]
+pub struct PartitionTree {
+    leaves: Vec<u64>,
+    build: Build,
+}
+
+impl PartitionTree {
+    fn new() -> PartitionTree {
+        PartitionTree {
+            leaves: vec![0; BUCKETS],
+            build: Build::Scanning { last: None },
+        }
+    }
+
+    /// Whether the tree covers every key of the partition.
+    pub fn is_built(&self) -> bool {
+        self.build == Build::Built
+    }
+
+    /// The leaves.
+    pub fn leaves(&self) -> &[u64] {
+        &self.leaves
+    }
+
+    /// A hash of the leaves.
+    pub fn root(&self) -> u64 {
+        let mut bytes = Vec::with_capacity(BUCKETS * 8);
+        for leaf in &self.leaves {
+            bytes.extend_from_slice(&leaf.to_le_bytes());
+        }
+        xxh3_64(&bytes)
+    }
+
+    fn covers(&self, key: &[u8]) -> bool {
+        match &self.build {
+            Build::Built => true,
+            Build::Scanning { last } => last.as_deref().is_some_and(|last| key <= last),
+        }
+    }
+
+    fn toggle(&mut self, key: &[u8], encoded_state: &[u8]) {
+        self.leaves[bucket_of(key) as usize] ^= digest(key, encoded_state);
+    }
+}
+
+/// Every partition's tree on this node.
+#[derive(Debug, Clone, Default)]
+pub struct Trees {
+    trees: BTreeMap<Partition, PartitionTree>,
+}
+
+impl Trees {
+    /// No trees yet; each is built when first needed.
+    pub fn new() -> Trees {
+        Trees::default()
+    }
+
+    /// A data write: `old` and `new` are the [`digest`]s of the states
+    /// before and after (`None` for absent).
+    pub fn on_write(
+        &mut self,
+        partition: Partition,
+        key: &[u8],
+        old: Option<u64>,
+        new: Option<u64>,
+    ) {
+        let Some(tree) = self.trees.get_mut(&partition) else {
+            // Not started: the build's scan will see the write.
+            return;
+        };
+        if !tree.covers(key) {
+            return;
+        }
+        let leaf = &mut tree.leaves[bucket_of(key) as usize];
+        *leaf ^= old.unwrap_or(0) ^ new.unwrap_or(0);
+    }
+
+    /// The partition's tree when it is built.
+    pub fn built(&self, partition: Partition) -> Option<&PartitionTree> {
+        self.trees.get(&partition).filter(|tree| tree.is_built())
+    }
+
+    /// Advances the partition's build by at most `keys_max` keys; true once
+    /// the tree is built.
+    pub fn build_step(
+        &mut self,
+        partition: Partition,
+        store: &mut impl Store,
+        keys_max: usize,
+    ) -> Result<bool, StoreError> {
+        let tree = self
+            .trees
+            .entry(partition)
+            .or_insert_with(PartitionTree::new);
+        let last = match &tree.build {
+            Build::Built => return Ok(true),
+            Build::Scanning { last } => last.clone(),
+        };
+        let start = match &last {
+            // Just after `last`: the same key with a zero byte appended.
+            Some(last) => {
+                let mut start = data_key(partition, last);
+                start.push(0);
+                start
+            }
+            None => data_key(partition, &[]),
+        };
+        let end = partition_end(partition);
+        let entries = store.scan(&start, &end, keys_max.max(1))?;
+        let done = entries.len() < keys_max.max(1);
+        let mut newest = last;
+        for (stored, value) in &entries {
+            if let Some((_, key)) = parse_data_key(stored) {
+                tree.toggle(key, value);
+                newest = Some(key.to_vec());
+            }
+        }
+        tree.build = if done {
+            Build::Built
+        } else {
+            Build::Scanning { last: newest }
+        };
+        Ok(done)
+    }
+}
+
+/// The first stored key after every data key of `partition`.
+fn partition_end(partition: Partition) -> Vec<u8> {
+    match partition.0.checked_add(1) {
+        Some(next) => data_key(Partition(next), &[]),
+        None => vec![DATA_PREFIX + 1],
+    }
+}
+
+/// The partition's stored states (user key, encoded state) whose keys fall
+/// in `buckets`, in key order, until about `bytes_max` bytes; the partition
+/// is scanned `scan_chunk` keys at a time.
+pub fn states_in_buckets(
+    store: &mut impl Store,
+    partition: Partition,
+    buckets: &[u16],
+    bytes_max: usize,
+    scan_chunk: usize,
+) -> Result<Entries, StoreError> {
+    let mut wanted = [false; BUCKETS];
+    for bucket in buckets {
+        if let Some(slot) = wanted.get_mut(*bucket as usize) {
+            *slot = true;
+        }
+    }
+    let end = partition_end(partition);
+    let mut start = data_key(partition, &[]);
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    loop {
+        let entries: Entries = store.scan(&start, &end, scan_chunk.max(1))?;
+        let finished = entries.len() < scan_chunk.max(1);
+        for (stored, value) in entries {
+            if let Some((_, key)) = parse_data_key(&stored)
+                && wanted[bucket_of(key) as usize]
+            {
+                bytes += key.len() + value.len();
+                out.push((key.to_vec(), value));
+                if bytes >= bytes_max {
+                    return Ok(out);
+                }
+            }
+            start = stored;
+            start.push(0);
+        }
+        if finished {
+            return Ok(out);
+        }
+    }
+}
+
+/// A store that keeps [`Trees`] in step with every data write through it.
+/// It remembers the digest of the last data key read, because the replica
+/// code reads a key's state before writing it; otherwise it reads the old
+/// state itself.
+#[derive(Debug)]
+pub struct Tracked<'a, S: Store> {
+    store: &'a mut S,
+    trees: &'a mut Trees,
+    /// The last data key read or written and its state's digest.
+    last_read: Option<(Vec<u8>, Option<u64>)>,
+}
+
+impl<'a, S: Store> Tracked<'a, S> {
+    /// Wraps `store`.
+    pub fn new(store: &'a mut S, trees: &'a mut Trees) -> Tracked<'a, S> {
+        Tracked {
+            store,
+            trees,
+            last_read: None,
+        }
+    }
+
+    /// The trees.
+    pub fn trees(&mut self) -> &mut Trees {
+        self.trees
+    }
+
+    /// The store and the trees, apart.
+    pub fn parts(&mut self) -> (&mut S, &mut Trees) {
+        (self.store, self.trees)
+    }
+}
+
+impl<S: Store> Store for Tracked<'_, S> {
+    fn read(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let value = self.store.read(key)?;
+        if let Some((_, user_key)) = parse_data_key(key) {
+            let old = value.as_deref().map(|value| digest(user_key, value));
+            self.last_read = Some((key.to_vec(), old));
+        }
+        Ok(value)
+    }
+
+    fn write(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        let Some((partition, user_key)) = parse_data_key(key) else {
+            return self.store.write(key, value, durability);
+        };
+        let old = match self.last_read.take() {
+            Some((read_key, old)) if read_key == key => old,
+            _ => self.store.read(key)?.map(|value| digest(user_key, &value)),
+        };
+        self.store.write(key, value, durability)?;
+        let new = value.map(|value| digest(user_key, value));
+        self.trees.on_write(partition, user_key, old, new);
+        self.last_read = Some((key.to_vec(), new));
+        Ok(())
+    }
+
+    fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError> {
+        self.store.scan(start, end, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+
+    fn put(store: &mut impl Store, partition: Partition, key: &[u8], value: &[u8]) {
+        store
+            .write(&data_key(partition, key), Some(value), Durability::Buffered)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_tree_kept_on_writes_equals_one_built_from_scratch() {
+        let partition = Partition(3);
+        let mut tracked_trees = Trees::new();
+        let mut store = MemStore::new();
+        // Some keys before the tree exists, in this and a neighbouring partition.
+        for i in 0..50u32 {
+            put(&mut store, partition, format!("a{i}").as_bytes(), b"one");
+            put(&mut store, Partition(4), format!("a{i}").as_bytes(), b"x");
+        }
+        // Build in small steps, writing between the steps: keys before and
+        // after the scan's position, overwrites and deletes.
+        let mut step = 0;
+        while !tracked_trees.build_step(partition, &mut store, 7).unwrap() {
+            let mut tracked = Tracked::new(&mut store, &mut tracked_trees);
+            let key = format!("a{}", (step * 13) % 60);
+            put(
+                &mut tracked,
+                partition,
+                key.as_bytes(),
+                format!("v{step}").as_bytes(),
+            );
+            let deleted = format!("a{}", (step * 7 + 3) % 60);
+            tracked
+                .write(
+                    &data_key(partition, deleted.as_bytes()),
+                    None,
+                    Durability::Buffered,
+                )
+                .unwrap();
+            step += 1;
+        }
+        assert!(step > 3, "the build took {step} steps");
+        for i in 0..20u32 {
+            let mut tracked = Tracked::new(&mut store, &mut tracked_trees);
+            put(&mut tracked, partition, format!("b{i}").as_bytes(), b"late");
+        }
+        let mut fresh = Trees::new();
+        while !fresh.build_step(partition, &mut store, 1000).unwrap() {}
+        let kept = tracked_trees.built(partition).unwrap();
+        let built = fresh.built(partition).unwrap();
+        assert_eq!(kept.leaves(), built.leaves());
+        assert_eq!(kept.root(), built.root());
+        assert_ne!(kept.root(), PartitionTree::new().root());
+    }
+
+    #[test]
+    fn differing_buckets_name_exactly_the_changed_leaves() {
+        let partition = Partition(0);
+        let mut a = MemStore::new();
+        let mut b = MemStore::new();
+        for i in 0..100u32 {
+            let key = format!("k{i}");
+            put(&mut a, partition, key.as_bytes(), b"same");
+            put(&mut b, partition, key.as_bytes(), b"same");
+        }
+        put(&mut b, partition, b"k7", b"newer");
+        put(&mut b, partition, b"only-b", b"x");
+        let mut trees_a = Trees::new();
+        let mut trees_b = Trees::new();
+        while !trees_a.build_step(partition, &mut a, 16).unwrap() {}
+        while !trees_b.build_step(partition, &mut b, 16).unwrap() {}
+        let leaves_a = trees_a.built(partition).unwrap().leaves();
+        let leaves_b = trees_b.built(partition).unwrap().leaves();
+        let mut expected = vec![bucket_of(b"k7"), bucket_of(b"only-b")];
+        expected.sort_unstable();
+        expected.dedup();
+        assert_eq!(differing_buckets(leaves_a, leaves_b), expected);
+        let states = states_in_buckets(&mut b, partition, &expected, usize::MAX, 8).unwrap();
+        let keys: Vec<&[u8]> = states.iter().map(|(key, _)| key.as_slice()).collect();
+        assert!(keys.contains(&&b"k7"[..]) && keys.contains(&&b"only-b"[..]));
+        assert!(
+            states
+                .iter()
+                .all(|(key, _)| expected.contains(&bucket_of(key)))
+        );
+        assert!(differing_buckets(leaves_a, &leaves_b[1..]).is_empty());
+    }
+}
