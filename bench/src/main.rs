@@ -51,6 +51,9 @@ enum Command {
         /// Delete the directory's contents first (fill workloads).
         #[arg(long)]
         fresh: bool,
+        /// SSTable data block size before compression (default: the engine's).
+        #[arg(long)]
+        block_size: Option<usize>,
     },
     /// Cluster load generator (YCSB core workloads) over the client library.
     Run {
@@ -245,6 +248,7 @@ fn main() -> anyhow::Result<()> {
             threads,
             sync,
             fresh,
+            block_size,
         } => {
             if workload.fills() && dir.exists() {
                 let empty = std::fs::read_dir(&dir)
@@ -268,8 +272,13 @@ fn main() -> anyhow::Result<()> {
                     dir.display()
                 );
             }
-            let db = Db::open(&dir, Options::default())
-                .with_context(|| format!("opening {}", dir.display()))?;
+            let defaults = Options::default();
+            let options = Options {
+                block_size_bytes: block_size.unwrap_or(defaults.block_size_bytes),
+                ..defaults
+            };
+            let db =
+                Db::open(&dir, options).with_context(|| format!("opening {}", dir.display()))?;
             let engine = ShoalEngine(db);
             let parameters = Parameters {
                 workload,

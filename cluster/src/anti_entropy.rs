@@ -201,46 +201,70 @@ fn partition_end(partition: Partition) -> Vec<u8> {
     }
 }
 
+/// What [`states_in_range`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeStates {
+    /// User key and encoded state, in key order.
+    pub states: Entries,
+    /// Where the range really ended: the first user key not looked at, when
+    /// the size limit cut it short; else the requested end.
+    pub until: Option<Vec<u8>>,
+}
+
 /// The partition's stored states (user key, encoded state) whose keys fall
-/// in `buckets`, in key order, until about `bytes_max` bytes; the partition
-/// is scanned `scan_chunk` keys at a time.
-pub fn states_in_buckets(
+/// in `buckets` and lie in `[from, until)`, until about `bytes_max` bytes;
+/// the partition is scanned `scan_chunk` keys at a time.
+pub fn states_in_range(
     store: &mut impl Store,
     partition: Partition,
     buckets: &[u16],
+    from: &[u8],
+    until: Option<&[u8]>,
     bytes_max: usize,
     scan_chunk: usize,
-) -> Result<Entries, StoreError> {
+) -> Result<RangeStates, StoreError> {
     let mut wanted = [false; BUCKETS];
     for bucket in buckets {
         if let Some(slot) = wanted.get_mut(*bucket as usize) {
             *slot = true;
         }
     }
-    let end = partition_end(partition);
-    let mut start = data_key(partition, &[]);
-    let mut out = Vec::new();
+    let end = match until {
+        Some(until) => data_key(partition, until),
+        None => partition_end(partition),
+    };
+    let mut start = data_key(partition, from);
+    let mut states = Vec::new();
     let mut bytes = 0;
-    loop {
+    while start < end {
         let entries: Entries = store.scan(&start, &end, scan_chunk.max(1))?;
         let finished = entries.len() < scan_chunk.max(1);
         for (stored, value) in entries {
-            if let Some((_, key)) = parse_data_key(&stored)
-                && wanted[bucket_of(key) as usize]
-            {
+            let Some((_, key)) = parse_data_key(&stored) else {
+                continue;
+            };
+            if bytes >= bytes_max {
+                // Full: the range ends before this key.
+                return Ok(RangeStates {
+                    states,
+                    until: Some(key.to_vec()),
+                });
+            }
+            if wanted[bucket_of(key) as usize] {
                 bytes += key.len() + value.len();
-                out.push((key.to_vec(), value));
-                if bytes >= bytes_max {
-                    return Ok(out);
-                }
+                states.push((key.to_vec(), value));
             }
             start = stored;
             start.push(0);
         }
         if finished {
-            return Ok(out);
+            break;
         }
     }
+    Ok(RangeStates {
+        states,
+        until: until.map(<[u8]>::to_vec),
+    })
 }
 
 /// A store that keeps [`Trees`] in step with every data write through it.
@@ -369,6 +393,55 @@ mod tests {
     }
 
     #[test]
+    fn ranges_cut_by_size_walk_every_state_exactly_once() {
+        let partition = Partition(9);
+        let mut store = MemStore::new();
+        for i in 0..500u32 {
+            put(
+                &mut store,
+                partition,
+                format!("key{i:04}").as_bytes(),
+                &[1u8; 40],
+            );
+        }
+        put(&mut store, Partition(10), b"key0000", b"other partition");
+        let all: Vec<u16> = (0..BUCKETS as u16).collect();
+        let mut from = Vec::new();
+        let mut seen = Vec::new();
+        let mut steps = 0;
+        loop {
+            let found = states_in_range(&mut store, partition, &all, &from, None, 1000, 7).unwrap();
+            seen.extend(found.states.into_iter().map(|(key, _)| key));
+            steps += 1;
+            match found.until {
+                Some(until) => {
+                    assert!(until > from, "a range must make progress");
+                    from = until;
+                }
+                None => break,
+            }
+        }
+        assert!(steps > 10, "{steps} steps");
+        let expected: Vec<Vec<u8>> = (0..500u32)
+            .map(|i| format!("key{i:04}").into_bytes())
+            .collect();
+        assert_eq!(seen, expected);
+        // A bounded range stops at its end.
+        let bounded = states_in_range(
+            &mut store,
+            partition,
+            &all,
+            b"key0100",
+            Some(b"key0110"),
+            usize::MAX,
+            3,
+        )
+        .unwrap();
+        assert_eq!(bounded.states.len(), 10);
+        assert_eq!(bounded.until.as_deref(), Some(&b"key0110"[..]));
+    }
+
+    #[test]
     fn differing_buckets_name_exactly_the_changed_leaves() {
         let partition = Partition(0);
         let mut a = MemStore::new();
@@ -390,11 +463,14 @@ mod tests {
         expected.sort_unstable();
         expected.dedup();
         assert_eq!(differing_buckets(leaves_a, leaves_b), expected);
-        let states = states_in_buckets(&mut b, partition, &expected, usize::MAX, 8).unwrap();
-        let keys: Vec<&[u8]> = states.iter().map(|(key, _)| key.as_slice()).collect();
+        let found =
+            states_in_range(&mut b, partition, &expected, &[], None, usize::MAX, 8).unwrap();
+        assert_eq!(found.until, None);
+        let keys: Vec<&[u8]> = found.states.iter().map(|(key, _)| key.as_slice()).collect();
         assert!(keys.contains(&&b"k7"[..]) && keys.contains(&&b"only-b"[..]));
         assert!(
-            states
+            found
+                .states
                 .iter()
                 .all(|(key, _)| expected.contains(&bucket_of(key)))
         );

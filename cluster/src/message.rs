@@ -303,15 +303,24 @@ pub enum Message {
         /// One hash per bucket ([`crate::anti_entropy::BUCKETS`]).
         leaves: Vec<u64>,
     },
-    /// Anti-entropy: stored key states of the differing buckets, to merge.
+    /// Anti-entropy: stored key states of the differing buckets whose user
+    /// keys lie in `[from, until)` (`until: None`: to the partition's end),
+    /// to merge. The exchange walks the partition in such ranges, so that
+    /// each message stays within the configured size.
     AeStates {
         /// The partition.
         partition: u32,
         /// The buckets the states were taken from.
         buckets: Vec<u16>,
+        /// The first user key of the range.
+        from: Bytes,
+        /// The end of the range, exclusive.
+        until: Option<Bytes>,
         /// User key and encoded key state.
         states: Vec<(Bytes, Bytes)>,
-        /// Whether the receiver should answer with its own states of those buckets.
+        /// Set by the exchange's initiator: answer with your own states of
+        /// the range (the answer may end the range earlier, to stay within
+        /// size; the initiator then goes on from there).
         reply: bool,
     },
 }
@@ -433,6 +442,8 @@ mod tests {
             Message::AeStates {
                 partition: 7,
                 buckets: vec![0, 255],
+                from: Bytes::new(),
+                until: Some(key.clone()),
                 states: vec![(key, Bytes::from_static(b"state"))],
                 reply: true,
             },

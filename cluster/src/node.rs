@@ -391,9 +391,14 @@ impl Node {
             Message::AeStates {
                 partition,
                 buckets,
+                from: range_from,
+                until,
                 states,
                 reply,
-            } => self.receive_ae_states(from, partition, buckets, states, reply, store),
+            } => {
+                let range = (range_from, until);
+                self.receive_ae_states(from, partition, buckets, range, states, reply, store)
+            }
             Message::Forward {
                 forward_id,
                 request,
@@ -616,37 +621,52 @@ impl Node {
             return;
         }
         self.metrics.anti_entropy_trees_differed += 1;
-        self.send_ae_states(from, partition, differing, true, store);
+        self.send_ae_states(
+            from,
+            partition,
+            differing,
+            (Bytes::new(), None),
+            true,
+            store,
+        );
     }
 
+    /// Sends this node's states of `buckets` in `[from, until)`, the range
+    /// cut short where the size limit says.
     fn send_ae_states(
         &mut self,
         to: NodeId,
         partition: Partition,
         buckets: Vec<u16>,
+        (from, until): (Bytes, Option<Bytes>),
         reply: bool,
         store: &mut impl Store,
     ) {
-        let states = match anti_entropy::states_in_buckets(
+        let found = match anti_entropy::states_in_range(
             store,
             partition,
             &buckets,
+            &from,
+            until.as_deref(),
             self.config.anti_entropy_bytes_max,
             self.config.anti_entropy_build_keys_max,
         ) {
-            Ok(states) => states,
+            Ok(found) => found,
             Err(_) => {
                 self.metrics.store_failures += 1;
                 return;
             }
         };
-        self.metrics.anti_entropy_keys_sent += states.len() as u64;
+        self.metrics.anti_entropy_keys_sent += found.states.len() as u64;
         self.send(
             to,
             Message::AeStates {
                 partition: partition.0,
                 buckets,
-                states: states
+                from,
+                until: found.until.map(Bytes::from),
+                states: found
+                    .states
                     .into_iter()
                     .map(|(key, state)| (Bytes::from(key), Bytes::from(state)))
                     .collect(),
@@ -655,11 +675,16 @@ impl Node {
         );
     }
 
+    /// States of a range: merged here; the responder answers with its own
+    /// states of the range, and the initiator, on that answer, goes on with
+    /// the next range until the partition's end.
+    #[allow(clippy::too_many_arguments)]
     fn receive_ae_states<S: Store>(
         &mut self,
-        from: NodeId,
+        peer: NodeId,
         partition: u32,
         buckets: Vec<u16>,
+        (from, until): (Bytes, Option<Bytes>),
         states: Vec<(Bytes, Bytes)>,
         reply: bool,
         store: &mut Tracked<'_, S>,
@@ -671,13 +696,15 @@ impl Node {
             self.metrics.malformed_messages += 1;
             return;
         }
-        if !self.shares_partition(partition, from) {
+        if !self.shares_partition(partition, peer) {
             return;
         }
         for (key, encoded) in &states {
             let in_place = self.key_is_valid(key)
                 && self.partitioner.partition_of(key) == partition
-                && buckets.contains(&anti_entropy::bucket_of(key));
+                && buckets.contains(&anti_entropy::bucket_of(key))
+                && key[..] >= from[..]
+                && until.as_ref().is_none_or(|until| key[..] < until[..]);
             if !in_place {
                 self.metrics.malformed_messages += 1;
                 continue;
@@ -698,7 +725,12 @@ impl Node {
             }
         }
         if reply {
-            self.send_ae_states(from, partition, buckets, false, store);
+            self.send_ae_states(peer, partition, buckets, (from, until), false, store);
+        } else if let Some(next) = until
+            && next > from
+        {
+            // The answer covered the range up to `next`; the rest follows.
+            self.send_ae_states(peer, partition, buckets, (next, None), true, store);
         }
     }
 

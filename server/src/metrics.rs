@@ -136,6 +136,21 @@ impl MetricsBoard {
             node.read_repairs,
         );
         counter(
+            "anti_entropy_rounds_total",
+            "Anti-entropy exchanges started (a partition's root sent).",
+            node.anti_entropy_rounds,
+        );
+        counter(
+            "anti_entropy_trees_differed_total",
+            "Anti-entropy exchanges whose trees differed.",
+            node.anti_entropy_trees_differed,
+        );
+        counter(
+            "anti_entropy_keys_sent_total",
+            "Key states sent by anti-entropy.",
+            node.anti_entropy_keys_sent,
+        );
+        counter(
             "hints_stored_total",
             "Hints stored for other nodes.",
             node.hints_stored,

@@ -127,8 +127,8 @@ fn many_seeds_with_all_faults_hold_every_invariant() {
     // The simulator must actually exercise what it claims to (TigerBeetle's
     // and FoundationDB's "sometimes" coverage): a run that injects nothing
     // would pass trivially. (Some of these are rare: at the default 300
-    // seeds of 1,000 operations a handful of seeds drop hints at the bound or
-    // lose an unsynced write, so smaller runs skip the check.)
+    // seeds of 1,000 operations only a handful of seeds drop hints at the bound,
+    // so smaller runs skip the check.)
     if seeds >= 300 && ops >= 1000 {
         assert!(totals.machine_crashes > 0, "{totals:?}");
         assert!(totals.process_crashes > 0, "{totals:?}");
@@ -139,8 +139,11 @@ fn many_seeds_with_all_faults_hold_every_invariant() {
         assert!(totals.metrics.hints_dropped_full > 0, "{totals:?}");
         assert!(totals.metrics.sibling_limit_rejections > 0, "{totals:?}");
         assert!(totals.strict_reads_checked > 0, "{totals:?}");
-        // Machine crashes really lose what was not synced (and only that).
-        assert!(totals.unsynced_writes_lost > 0, "{totals:?}");
+        // Whether a machine crash's loss of unsynced writes shows at the end
+        // is no longer a coverage check: anti-entropy now restores such a
+        // write from any replica that kept it (before it, ~1 in 100 seeds
+        // showed one). That the crash drops exactly the unsynced writes is
+        // `store::tests`' check.
     }
 }
 

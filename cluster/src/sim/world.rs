@@ -212,6 +212,9 @@ pub fn simulation_config(rng: &mut ChaCha8Rng) -> Config {
         hint_replay_interval: Duration::from_millis(300),
         hint_replay_batch_max: 8,
         partition_count: 64,
+        // Small enough that anti-entropy walks a partition in several ranges.
+        anti_entropy_bytes_max: rng.random_range(64..4096),
+        anti_entropy_build_keys_max: rng.random_range(1..8),
         ..Config::default()
     }
 }
