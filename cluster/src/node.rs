@@ -522,7 +522,10 @@ impl Node {
     /// whose tree is built gets this node's root. A tree still being built
     /// takes this round's step and keeps its turn.
     fn anti_entropy_round<S: Store>(&mut self, now: Instant, store: &mut Tracked<'_, S>) {
-        self.next_anti_entropy = Some(now + self.config.anti_entropy_interval);
+        // Jittered (±25 %), so that nodes' exchanges do not fall into step.
+        let interval = self.config.anti_entropy_interval;
+        let jitter = self.rng.random_range(0.75..1.25);
+        self.next_anti_entropy = Some(now + interval.mul_f64(jitter));
         let Some(placement) = self.placement.as_ref() else {
             return;
         };

@@ -12,37 +12,65 @@
 use crate::Result;
 use crate::iterator::InternalIterator;
 use crate::key::{TRAILER_BYTES, ValueKind, encode_internal_key};
+use bytes::{Bytes, BytesMut};
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, RwLock};
 
-/// One entry: the internal key (user key ‖ 8-byte trailer) and the value in
-/// one allocation, ordered as [`crate::key::compare_internal_keys`] orders
-/// internal keys: user key ascending, then sequence descending.
+/// One entry: the internal key (user key ‖ 8-byte trailer) and the value,
+/// contiguous in one of the memtable's arena chunks, ordered as
+/// [`crate::key::compare_internal_keys`] orders internal keys: user key
+/// ascending, then sequence descending.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
-    /// `user_key ‖ trailer ‖ value`.
-    bytes: Box<[u8]>,
+    /// `user_key ‖ trailer ‖ value`, a view into an arena chunk.
+    bytes: Bytes,
     user_key_len: u32,
 }
 
+/// Bytes of one arena chunk: entries are carved out of chunks this large, so
+/// that a memtable is a few large allocations, freed at once when it is
+/// dropped — not one allocation per entry, whose freeing on the flush thread
+/// would contend with writers for the allocator.
+const ARENA_CHUNK_BYTES: usize = 1 << 20;
+
 impl Entry {
-    fn new(user_key: &[u8], sequence: u64, kind: ValueKind, value: &[u8]) -> Entry {
-        let mut bytes = Vec::with_capacity(user_key.len() + TRAILER_BYTES + value.len());
-        encode_internal_key(&mut bytes, user_key, sequence, kind);
-        bytes.extend_from_slice(value);
+    fn new(
+        arena: &mut BytesMut,
+        user_key: &[u8],
+        sequence: u64,
+        kind: ValueKind,
+        value: &[u8],
+    ) -> Entry {
+        let length = user_key.len() + TRAILER_BYTES + value.len();
+        if arena.capacity() - arena.len() < length {
+            *arena = BytesMut::with_capacity(ARENA_CHUNK_BYTES.max(length));
+        }
+        arena.extend_from_slice(user_key);
+        arena.extend_from_slice(&((sequence << 8) | kind as u64).to_be_bytes());
+        arena.extend_from_slice(value);
         Entry {
-            bytes: bytes.into_boxed_slice(),
+            bytes: arena.split().freeze(),
             user_key_len: user_key.len() as u32,
         }
     }
 
-    /// A probe at an encoded internal key (no value).
-    fn probe(internal_key: &[u8]) -> Entry {
+    /// A probe at an internal key (no value).
+    fn probe(user_key: &[u8], sequence: u64, kind: ValueKind) -> Entry {
+        let mut bytes = Vec::with_capacity(user_key.len() + TRAILER_BYTES);
+        encode_internal_key(&mut bytes, user_key, sequence, kind);
         Entry {
-            bytes: internal_key.into(),
+            bytes: Bytes::from(bytes),
+            user_key_len: user_key.len() as u32,
+        }
+    }
+
+    /// A probe at an encoded internal key.
+    fn probe_encoded(internal_key: &[u8]) -> Entry {
+        Entry {
+            bytes: Bytes::copy_from_slice(internal_key),
             user_key_len: internal_key.len().saturating_sub(TRAILER_BYTES) as u32,
         }
     }
@@ -91,10 +119,17 @@ const ENTRY_OVERHEAD_BYTES: usize = 48;
 /// Entries an iterator copies out per lookup.
 const ITERATOR_BATCH: usize = 64;
 
+/// The entries and the arena chunk being filled.
+#[derive(Debug, Default)]
+struct Entries {
+    set: BTreeSet<Entry>,
+    arena: BytesMut,
+}
+
 /// A sorted in-memory table of internal keys.
 #[derive(Debug, Default)]
 pub struct Memtable {
-    set: RwLock<BTreeSet<Entry>>,
+    set: RwLock<Entries>,
     size_bytes: AtomicUsize,
 }
 
@@ -109,30 +144,25 @@ impl Memtable {
 
     /// Inserts a group of `(sequence, kind, key, value)` entries.
     pub fn insert_all<'a>(&self, entries: impl Iterator<Item = MemEntry<'a>>) {
-        // Entries are built before the lock is taken.
-        let entries: Vec<Entry> = entries
-            .map(|(sequence, kind, key, value)| Entry::new(key, sequence, kind, value))
-            .collect();
-        let added: usize = entries
-            .iter()
-            .map(|entry| entry.bytes.len() - TRAILER_BYTES + ENTRY_OVERHEAD_BYTES)
-            .sum();
-        let mut set = self
+        let mut added = 0;
+        let mut guard = self
             .set
             .write()
             .unwrap_or_else(|poison| poison.into_inner());
-        for entry in entries {
-            set.insert(entry);
+        let Entries { set, arena } = &mut *guard;
+        for (sequence, kind, key, value) in entries {
+            added += key.len() + value.len() + ENTRY_OVERHEAD_BYTES;
+            set.insert(Entry::new(arena, key, sequence, kind, value));
         }
-        drop(set);
+        drop(guard);
         self.size_bytes.fetch_add(added, AtomicOrdering::Relaxed);
     }
 
     /// The newest version of `user_key` with sequence `<= sequence_max`.
     pub fn get(&self, user_key: &[u8], sequence_max: u64) -> Option<(ValueKind, Vec<u8>)> {
-        let target = Entry::new(user_key, sequence_max, ValueKind::Value, &[]);
-        let set = self.set.read().unwrap_or_else(|poison| poison.into_inner());
-        let entry = set.range(target..).next()?;
+        let target = Entry::probe(user_key, sequence_max, ValueKind::Value);
+        let entries = self.set.read().unwrap_or_else(|poison| poison.into_inner());
+        let entry = entries.set.range(target..).next()?;
         if entry.user_key() != user_key {
             return None;
         }
@@ -150,6 +180,7 @@ impl Memtable {
         self.set
             .read()
             .unwrap_or_else(|poison| poison.into_inner())
+            .set
             .len()
     }
 
@@ -182,12 +213,12 @@ pub struct MemtableIterator {
 
 impl MemtableIterator {
     fn fill(&mut self, bound: Bound<&Entry>) {
-        let set = self
+        let entries = self
             .table
             .set
             .read()
             .unwrap_or_else(|poison| poison.into_inner());
-        let mut range = set.range((bound, Bound::Unbounded));
+        let mut range = entries.set.range((bound, Bound::Unbounded));
         self.batch
             .extend(range.by_ref().take(ITERATOR_BATCH).cloned());
         self.exhausted = self.batch.len() < ITERATOR_BATCH;
@@ -210,7 +241,7 @@ impl InternalIterator for MemtableIterator {
     }
 
     fn seek(&mut self, target: &[u8]) -> Result<()> {
-        self.position(Bound::Included(&Entry::probe(target)));
+        self.position(Bound::Included(&Entry::probe_encoded(target)));
         Ok(())
     }
 

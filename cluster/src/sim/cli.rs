@@ -190,8 +190,17 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
                 eprintln!("seed {seed}: {violation}");
             }
             eprintln!(
-                "seed {seed} FAILED; replay with: shoal-sim cluster --seed {seed} --nodes {} --ops {} --faults {}",
-                args.nodes, args.ops, args.faults
+                "seed {seed} FAILED; replay with: shoal-sim cluster --seed {seed} --nodes {} --ops {} --faults {} --policy {}{}{}",
+                args.nodes,
+                args.ops,
+                args.faults,
+                args.policy,
+                if args.anti_entropy_only {
+                    " --anti-entropy-only"
+                } else {
+                    ""
+                },
+                if args.wipe { " --wipe" } else { "" },
             );
         }
         if !single {

@@ -1021,10 +1021,13 @@ impl Simulation {
                         .as_ref()
                         .is_some_and(|node| node.operations_in_flight() == 0)
                 });
-                let pending_messages = self
-                    .queue
-                    .values()
-                    .any(|event| matches!(event, Event::Deliver { .. }));
+                // Anti-entropy's exchanges never stop; they are background.
+                let pending_messages = self.queue.values().any(|event| {
+                    matches!(event, Event::Deliver { message, .. } if !matches!(
+                        message,
+                        Message::AeRoot { .. } | Message::AeLeaves { .. } | Message::AeStates { .. }
+                    ))
+                });
                 let repaired = if self.options.anti_entropy_only {
                     self.all_converged()
                 } else {
