@@ -148,6 +148,22 @@ impl LogWriter {
         Ok(())
     }
 
+    /// Writes zeros over the whole allocated file and syncs them, so that its
+    /// blocks are written (not merely allocated) before records go in.
+    pub fn zero_fill(&mut self) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let zeros = vec![0u8; 1 << 20];
+        let mut offset = 0;
+        while offset < self.allocated {
+            let length = zeros.len().min((self.allocated - offset) as usize);
+            self.file
+                .write_all_at(&zeros[..length], offset)
+                .map_err(|error| Error::io(&self.path, error))?;
+            offset += length as u64;
+        }
+        self.sync()
+    }
+
     /// Makes every appended record durable.
     pub fn sync(&mut self) -> Result<()> {
         self.file
