@@ -746,7 +746,11 @@ impl Node {
         // A failed start is retried at the next input, or after a replay
         // interval at the latest (the store may have been briefly failing).
         let retry = Some(now + self.config.hint_replay_interval);
-        let epoch = match replica::start_epoch(store) {
+        // Seconds since 2026-01-01 by the wall clock (0 without one).
+        const WALL_EPOCH_BASE_SECONDS: u64 = 1_767_225_600;
+        let floor = (self.wall_micros(now) / 1_000_000).saturating_sub(WALL_EPOCH_BASE_SECONDS);
+        let floor = u32::try_from(floor).unwrap_or(u32::MAX);
+        let epoch = match replica::start_epoch(store, floor) {
             Ok(epoch) => epoch,
             Err(_) => {
                 self.metrics.store_failures += 1;
@@ -771,7 +775,9 @@ impl Node {
         if !hints.targets().is_empty() {
             self.next_replay = Some(now);
         }
-        self.next_operation = (u64::from(epoch) << 40) + 1;
+        // The low 24 bits of the epoch are enough to tell this life's
+        // operations from the last one's.
+        self.next_operation = ((u64::from(epoch) & 0xff_ffff) << 40) + 1;
         self.started = Some(Started {
             actor: replica::actor(self.id, epoch),
             hints,

@@ -181,9 +181,12 @@ pub fn apply_sync(
     Ok(state)
 }
 
-/// Takes the node's next epoch: reads the stored one, adds one, and stores it
-/// durably. Called once per start, before any write is coordinated.
-pub fn start_epoch(store: &mut impl Store) -> Result<u32, ReplicaError> {
+/// Takes the node's next epoch: the stored one plus one, or `floor` if that
+/// is larger, stored durably. Called once per start, before any write is
+/// coordinated. `floor` comes from the wall clock (seconds since 2026), so
+/// that a node whose disk was wiped — its stored epoch lost — still takes an
+/// epoch it never used, and never issues a dot twice (Riak's KV679).
+pub fn start_epoch(store: &mut impl Store, floor: u32) -> Result<u32, ReplicaError> {
     let key = epoch_key();
     let previous = match store.read(&key)? {
         None => 0,
@@ -196,7 +199,8 @@ pub fn start_epoch(store: &mut impl Store) -> Result<u32, ReplicaError> {
     };
     let epoch = previous
         .checked_add(1)
-        .ok_or_else(|| ReplicaError::Corrupt("epoch exhausted".into()))?;
+        .ok_or_else(|| ReplicaError::Corrupt("epoch exhausted".into()))?
+        .max(floor);
     store.write(&key, Some(&epoch.to_be_bytes()), Durability::Durable)?;
     Ok(epoch)
 }
@@ -239,10 +243,16 @@ mod tests {
     #[test]
     fn every_start_takes_a_new_epoch_durably() {
         let mut store = MemStore::new();
-        assert_eq!(start_epoch(&mut store).unwrap(), 1);
-        assert_eq!(start_epoch(&mut store).unwrap(), 2);
+        assert_eq!(start_epoch(&mut store, 0).unwrap(), 1);
+        assert_eq!(start_epoch(&mut store, 0).unwrap(), 2);
         store.crash_machine();
-        assert_eq!(start_epoch(&mut store).unwrap(), 3);
+        assert_eq!(start_epoch(&mut store, 0).unwrap(), 3);
+        // The wall clock's floor lifts it; later starts go on from there.
+        assert_eq!(start_epoch(&mut store, 1000).unwrap(), 1000);
+        assert_eq!(start_epoch(&mut store, 1000).unwrap(), 1001);
+        // A wiped store: the floor alone keeps the epoch new.
+        let mut wiped = MemStore::new();
+        assert_eq!(start_epoch(&mut wiped, 2000).unwrap(), 2000);
     }
 
     #[test]
@@ -252,7 +262,7 @@ mod tests {
             .write(&epoch_key(), Some(b"xy"), Durability::Durable)
             .unwrap();
         assert!(matches!(
-            start_epoch(&mut store),
+            start_epoch(&mut store, 0),
             Err(ReplicaError::Corrupt(_))
         ));
     }

@@ -234,6 +234,10 @@ struct Inner {
     /// memtables does not create a file and fsync the directory on the
     /// write path.
     spare_wal: Mutex<Option<SpareLog>>,
+    /// The memtable is half full: the flush thread should prepare the spare
+    /// log now (not earlier, so that a database that is only read, or
+    /// written little, pays no log's worth of zeros).
+    spare_wanted: AtomicBool,
     sync: Mutex<SyncState>,
     /// Offset appended to the current log, for the group commit.
     appended: AtomicU64,
@@ -540,6 +544,7 @@ impl Db {
             _lock: lock,
             manifest: Mutex::new(manifest),
             spare_wal: Mutex::new(None),
+            spare_wanted: AtomicBool::new(false),
             writer: Mutex::new(WriterState {
                 wal,
                 wal_number,
@@ -658,7 +663,12 @@ impl Db {
                 self.inner.fail(&error);
                 return Err(error);
             }
-            if let Err(error) = writer.wal.append(&record) {
+            let appended = if sync {
+                writer.wal.append_for_sync(&record)
+            } else {
+                writer.wal.append(&record)
+            };
+            if let Err(error) = appended {
                 self.inner.fail(&error);
                 return Err(error);
             }
@@ -1137,7 +1147,13 @@ impl Inner {
                 });
             }
             let level0 = state.version.levels[0].len();
-            let memtable_full = state.mem.size_bytes() >= self.options.memtable_size_bytes;
+            let memtable_bytes = state.mem.size_bytes();
+            if memtable_bytes >= self.options.memtable_size_bytes / 2
+                && !self.spare_wanted.swap(true, AtomicOrdering::AcqRel)
+            {
+                self.work.notify_all();
+            }
+            let memtable_full = memtable_bytes >= self.options.memtable_size_bytes;
             if level0 >= self.options.level0_stop_trigger
                 || (memtable_full
                     && state.imms.len() >= self.options.max_immutable_memtables.max(1))
@@ -1253,6 +1269,7 @@ impl Inner {
             }
             spare => spare,
         };
+        self.spare_wanted.store(false, AtomicOrdering::Release);
         let (number, wal, handle) = match spare.map_or_else(|| self.create_log(), Ok) {
             Ok(spare) => (spare.number, spare.wal, spare.handle),
             Err(error) => {
@@ -1629,20 +1646,33 @@ fn lower_thread_priority() {}
 fn flush_thread(inner: Arc<Inner>) {
     lower_thread_priority();
     loop {
-        inner.prepare_spare_log();
         {
+            let spare_needed = || {
+                inner.spare_wanted.load(AtomicOrdering::Acquire)
+                    && inner
+                        .spare_wal
+                        .lock()
+                        .unwrap_or_else(|poison| poison.into_inner())
+                        .is_none()
+            };
             let mut state = inner.lock_state();
-            while state.imms.is_empty() && !state.shutting_down {
+            while state.imms.is_empty() && !state.shutting_down && !spare_needed() {
                 state = inner
                     .work
                     .wait(state)
                     .unwrap_or_else(|poison| poison.into_inner());
             }
-            if state.imms.is_empty() && state.shutting_down {
-                return;
-            }
             if state.read_only.is_some() {
                 return;
+            }
+            if state.imms.is_empty() {
+                if state.shutting_down {
+                    return;
+                }
+                // Only the spare log is wanted.
+                drop(state);
+                inner.prepare_spare_log();
+                continue;
             }
         }
         if let Err(error) = inner.flush_immutable() {

