@@ -526,12 +526,20 @@ async fn a_wiped_node_converges_through_anti_entropy_alone() {
     std::fs::remove_dir_all(&cluster.nodes[2].data_dir).unwrap();
     cluster.nodes[2].start();
     let started = Instant::now();
-    cluster.wait_alive(&client, 0, 3).await;
+    cluster.wait_alive(&client, 2, 3).await;
     let node_three = cluster.nodes[2].address;
-    let empty = client.inspect(node_three, keys[0].as_bytes()).await;
+    // It came back empty: at first look most keys are missing on it.
+    let mut present = 0;
+    for key in &keys {
+        let inspection = client.inspect(node_three, key.as_bytes()).await.unwrap();
+        if inspection.state.values().next().is_some() {
+            present += 1;
+        }
+    }
     assert!(
-        empty.is_ok_and(|inspection| inspection.state.values().next().is_none()),
-        "the wiped node must start empty"
+        present < keys.len() / 2,
+        "the wiped node held {present} of {} keys at its first look",
+        keys.len()
     );
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut missing: Vec<&String> = keys.iter().collect();
