@@ -74,6 +74,8 @@ pub struct Config {
     /// How often this node starts an anti-entropy exchange (one partition,
     /// one peer); zero turns anti-entropy off.
     pub anti_entropy_interval: Duration,
+    /// Partitions whose roots one anti-entropy round sends (each to one peer).
+    pub anti_entropy_partitions_per_round: usize,
     /// Most bytes of key states in one anti-entropy message.
     pub anti_entropy_bytes_max: usize,
     /// Most keys scanned per step when building a partition's tree.
@@ -106,6 +108,7 @@ impl Default for Config {
             forwarded_ids_remembered_max: 4096,
             members_max: 1024,
             anti_entropy_interval: Duration::from_millis(100),
+            anti_entropy_partitions_per_round: 8,
             anti_entropy_bytes_max: 1 << 20,
             anti_entropy_build_keys_max: 4096,
         }
@@ -144,6 +147,10 @@ impl Config {
             ("key_state_size_max_bytes", self.key_state_size_max_bytes),
             ("hint_replay_batch_max", self.hint_replay_batch_max),
             ("anti_entropy_bytes_max", self.anti_entropy_bytes_max),
+            (
+                "anti_entropy_partitions_per_round",
+                self.anti_entropy_partitions_per_round,
+            ),
             (
                 "anti_entropy_build_keys_max",
                 self.anti_entropy_build_keys_max,

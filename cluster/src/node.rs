@@ -518,22 +518,25 @@ impl Node {
         }
     }
 
-    /// One exchange: the next (partition, peer) pair in round-robin order
-    /// whose tree is built gets this node's root. A tree still being built
-    /// takes this round's step and keeps its turn.
+    /// One round: the next `anti_entropy_partitions_per_round` (partition,
+    /// peer) pairs in round-robin order whose trees are built get this
+    /// node's roots. A tree still being built takes a step and ends the
+    /// round, keeping its turn.
     fn anti_entropy_round<S: Store>(&mut self, now: Instant, store: &mut Tracked<'_, S>) {
         // Jittered (±25 %), so that nodes' exchanges do not fall into step.
         let interval = self.config.anti_entropy_interval;
         let jitter = self.rng.random_range(0.75..1.25);
         self.next_anti_entropy = Some(now + interval.mul_f64(jitter));
-        let Some(placement) = self.placement.as_ref() else {
-            return;
-        };
         let count = u64::from(self.config.partition_count);
-        let mut chosen = None;
-        for _ in 0..count {
+        let mut sent = 0;
+        let mut looked = 0;
+        while sent < self.config.anti_entropy_partitions_per_round && looked < count {
+            let Some(placement) = self.placement.as_ref() else {
+                return;
+            };
             let cursor = self.anti_entropy_cursor;
             self.anti_entropy_cursor = self.anti_entropy_cursor.wrapping_add(1);
+            looked += 1;
             let partition = Partition((cursor % count) as u32);
             let primaries = placement.primaries(partition);
             if !primaries.contains(&self.id) {
@@ -549,25 +552,24 @@ impl Node {
             }
             // Successive cycles over the partitions take successive peers.
             let peer = peers[((cursor / count) % peers.len() as u64) as usize];
-            chosen = Some((cursor, partition, peer));
-            break;
-        }
-        let Some((cursor, partition, peer)) = chosen else {
-            return;
-        };
-        match self.ae_tree(partition, store) {
-            Some((root, _)) => {
-                self.metrics.anti_entropy_rounds += 1;
-                self.send(
-                    peer,
-                    Message::AeRoot {
-                        partition: partition.0,
-                        root,
-                    },
-                );
+            match self.ae_tree(partition, store) {
+                Some((root, _)) => {
+                    sent += 1;
+                    self.metrics.anti_entropy_rounds += 1;
+                    self.send(
+                        peer,
+                        Message::AeRoot {
+                            partition: partition.0,
+                            root,
+                        },
+                    );
+                }
+                // Still building: this pair keeps its turn.
+                None => {
+                    self.anti_entropy_cursor = cursor;
+                    return;
+                }
             }
-            // Still building: this pair keeps its turn.
-            None => self.anti_entropy_cursor = cursor,
         }
     }
 
