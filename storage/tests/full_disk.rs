@@ -77,7 +77,7 @@ fn fill_the_disk(incompressible: bool) {
         if !incompressible {
             return vec![(i % 251) as u8; 300];
         }
-        let mut state = u64::from(i) * 0x9e37_79b9_7f4a_7c15 + 1;
+        let mut state = u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         (0..300)
             .map(|_| {
                 state ^= state << 13;
