@@ -76,6 +76,9 @@ pub struct Config {
     pub anti_entropy_interval: Duration,
     /// Partitions whose roots one anti-entropy round sends (each to one peer).
     pub anti_entropy_partitions_per_round: usize,
+    /// Bytes of key states anti-entropy may send per second (a token bucket
+    /// holding two messages' worth); zero for no limit.
+    pub anti_entropy_bytes_per_second: u64,
     /// Most bytes of key states in one anti-entropy message.
     pub anti_entropy_bytes_max: usize,
     /// Most keys scanned per step when building a partition's tree.
@@ -109,6 +112,7 @@ impl Default for Config {
             members_max: 1024,
             anti_entropy_interval: Duration::from_millis(100),
             anti_entropy_partitions_per_round: 8,
+            anti_entropy_bytes_per_second: 8 << 20,
             anti_entropy_bytes_max: 1 << 20,
             anti_entropy_build_keys_max: 4096,
         }

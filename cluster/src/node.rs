@@ -144,6 +144,27 @@ pub struct Node {
     next_anti_entropy: Option<Instant>,
     /// Round-robin position over (partition, peer) pairs.
     anti_entropy_cursor: u64,
+    /// Bytes anti-entropy may still send now (negative: owed), and when it
+    /// was last refilled at `anti_entropy_bytes_per_second`.
+    ae_budget: f64,
+    ae_budget_at: Option<Instant>,
+    /// Range steps waiting for budget, oldest first.
+    ae_deferred: VecDeque<Deferred>,
+    /// When the waiting steps may go.
+    next_ae_deferred: Option<Instant>,
+}
+
+/// Most anti-entropy range steps waiting for budget.
+const AE_DEFERRED_MAX: usize = 64;
+
+/// One step of an anti-entropy exchange: a range's states to send.
+#[derive(Debug)]
+struct Deferred {
+    peer: NodeId,
+    partition: Partition,
+    buckets: Vec<u16>,
+    range: (Bytes, Option<Bytes>),
+    reply: bool,
 }
 
 impl Node {
@@ -175,6 +196,10 @@ impl Node {
             trees: Trees::new(),
             next_anti_entropy: None,
             anti_entropy_cursor: 0,
+            ae_budget: 0.0,
+            ae_budget_at: None,
+            ae_deferred: VecDeque::new(),
+            next_ae_deferred: None,
         })
     }
 
@@ -271,10 +296,15 @@ impl Node {
             return self.start_retry;
         }
         let timer = self.timers.first().map(|(when, _)| *when);
-        [timer, self.next_replay, self.next_anti_entropy]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            timer,
+            self.next_replay,
+            self.next_anti_entropy,
+            self.next_ae_deferred,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Time passed: retries, deadlines, hint replay and anti-entropy that
@@ -290,6 +320,9 @@ impl Node {
     fn timeout<S: Store>(&mut self, now: Instant, store: &mut Tracked<'_, S>) {
         if !self.ensure_started(now, store) {
             return;
+        }
+        if self.next_ae_deferred.is_some_and(|when| when <= now) {
+            self.ae_drain_deferred(now, store);
         }
         if self.next_anti_entropy.is_some_and(|when| when <= now) {
             self.anti_entropy_round(now, store);
@@ -386,7 +419,7 @@ impl Node {
                 self.receive_ae_root(from, partition, root, store)
             }
             Message::AeLeaves { partition, leaves } => {
-                self.receive_ae_leaves(from, partition, leaves, store)
+                self.receive_ae_leaves(now, from, partition, leaves, store)
             }
             Message::AeStates {
                 partition,
@@ -397,7 +430,8 @@ impl Node {
                 reply,
             } => {
                 let range = (range_from, until);
-                self.receive_ae_states(from, partition, buckets, range, states, reply, store)
+                let exchange = (from, Partition(partition), buckets);
+                self.receive_ae_states(now, exchange, range, states, reply, store)
             }
             Message::Forward {
                 forward_id,
@@ -527,6 +561,10 @@ impl Node {
         let interval = self.config.anti_entropy_interval;
         let jitter = self.rng.random_range(0.75..1.25);
         self.next_anti_entropy = Some(now + interval.mul_f64(jitter));
+        // Saturated: finish what is under way before starting more.
+        if !self.ae_deferred.is_empty() || !self.ae_may_send(now) {
+            return;
+        }
         let count = u64::from(self.config.partition_count);
         let mut sent = 0;
         let mut looked = 0;
@@ -603,6 +641,7 @@ impl Node {
 
     fn receive_ae_leaves<S: Store>(
         &mut self,
+        now: Instant,
         from: NodeId,
         partition: u32,
         leaves: Vec<u64>,
@@ -626,12 +665,15 @@ impl Node {
             return;
         }
         self.metrics.anti_entropy_trees_differed += 1;
-        self.send_ae_states(
-            from,
-            partition,
-            differing,
-            (Bytes::new(), None),
-            true,
+        self.ae_send_or_defer(
+            now,
+            Deferred {
+                peer: from,
+                partition,
+                buckets: differing,
+                range: (Bytes::new(), None),
+                reply: true,
+            },
             store,
         );
     }
@@ -646,7 +688,7 @@ impl Node {
         (from, until): (Bytes, Option<Bytes>),
         reply: bool,
         store: &mut impl Store,
-    ) {
+    ) -> usize {
         let found = match anti_entropy::states_in_range(
             store,
             partition,
@@ -659,10 +701,15 @@ impl Node {
             Ok(found) => found,
             Err(_) => {
                 self.metrics.store_failures += 1;
-                return;
+                return 0;
             }
         };
         self.metrics.anti_entropy_keys_sent += found.states.len() as u64;
+        let bytes: usize = found
+            .states
+            .iter()
+            .map(|(key, state)| key.len() + state.len())
+            .sum();
         self.send(
             to,
             Message::AeStates {
@@ -678,23 +725,22 @@ impl Node {
                 reply,
             },
         );
+        bytes
     }
 
     /// States of a range: merged here; the responder answers with its own
     /// states of the range, and the initiator, on that answer, goes on with
     /// the next range until the partition's end.
-    #[allow(clippy::too_many_arguments)]
     fn receive_ae_states<S: Store>(
         &mut self,
-        peer: NodeId,
-        partition: u32,
-        buckets: Vec<u16>,
+        now: Instant,
+        (peer, partition, buckets): (NodeId, Partition, Vec<u16>),
         (from, until): (Bytes, Option<Bytes>),
         states: Vec<(Bytes, Bytes)>,
         reply: bool,
         store: &mut Tracked<'_, S>,
     ) {
-        let Some(partition) = self.ae_partition(partition) else {
+        let Some(partition) = self.ae_partition(partition.0) else {
             return;
         };
         if buckets.is_empty() || buckets.iter().any(|bucket| *bucket as usize >= BUCKETS) {
@@ -729,13 +775,102 @@ impl Node {
                 self.metrics.store_failures += 1;
             }
         }
-        if reply {
-            self.send_ae_states(peer, partition, buckets, (from, until), false, store);
-        } else if let Some(next) = until
-            && next > from
-        {
-            // The answer covered the range up to `next`; the rest follows.
-            self.send_ae_states(peer, partition, buckets, (next, None), true, store);
+        let next = if reply {
+            // Answer with this node's states of the same range.
+            Some(Deferred {
+                peer,
+                partition,
+                buckets,
+                range: (from, until),
+                reply: false,
+            })
+        } else {
+            // The answer covered the range up to `until`; the rest follows.
+            until.filter(|next| *next > from).map(|next| Deferred {
+                peer,
+                partition,
+                buckets,
+                range: (next, None),
+                reply: true,
+            })
+        };
+        if let Some(next) = next {
+            self.ae_send_or_defer(now, next, store);
+        }
+    }
+
+    /// Refills the anti-entropy byte budget for the time passed.
+    fn ae_refill(&mut self, now: Instant) {
+        let rate = self.config.anti_entropy_bytes_per_second;
+        let capacity = self.config.anti_entropy_bytes_max as f64 * 2.0;
+        if let Some(last) = self.ae_budget_at {
+            let earned = now.saturating_duration_since(last).as_secs_f64() * rate as f64;
+            self.ae_budget = (self.ae_budget + earned).min(capacity);
+        } else {
+            self.ae_budget = capacity;
+        }
+        self.ae_budget_at = Some(now);
+    }
+
+    /// Whether anti-entropy may send now (always, without a rate).
+    fn ae_may_send(&mut self, now: Instant) -> bool {
+        if self.config.anti_entropy_bytes_per_second == 0 {
+            return true;
+        }
+        self.ae_refill(now);
+        self.ae_budget > 0.0
+    }
+
+    /// Sends a range's states now if the byte budget allows, else queues it
+    /// (bounded: past the bound the step is dropped, and a later exchange
+    /// finds the difference again).
+    fn ae_send_or_defer(&mut self, now: Instant, step: Deferred, store: &mut impl Store) {
+        if self.ae_deferred.is_empty() && self.ae_may_send(now) {
+            self.ae_send(step, store);
+            return;
+        }
+        if self.ae_deferred.len() < AE_DEFERRED_MAX {
+            self.ae_deferred.push_back(step);
+        }
+        self.schedule_ae_deferred(now);
+    }
+
+    fn schedule_ae_deferred(&mut self, now: Instant) {
+        if self.ae_deferred.is_empty() {
+            self.next_ae_deferred = None;
+            return;
+        }
+        // Until the budget is positive again, and at least a millisecond:
+        // a wait of zero would run the timer again at the same instant.
+        let rate = self.config.anti_entropy_bytes_per_second.max(1) as f64;
+        let wait = (1.0 - self.ae_budget).max(1.0) / rate;
+        self.next_ae_deferred = Some(now + Duration::from_secs_f64(wait.clamp(0.001, 10.0)));
+    }
+
+    /// Sends the queued range steps the budget allows.
+    fn ae_drain_deferred(&mut self, now: Instant, store: &mut impl Store) {
+        while !self.ae_deferred.is_empty() && self.ae_may_send(now) {
+            if let Some(step) = self.ae_deferred.pop_front() {
+                self.ae_send(step, store);
+            }
+        }
+        self.schedule_ae_deferred(now);
+    }
+
+    fn ae_send(&mut self, step: Deferred, store: &mut impl Store) {
+        let Deferred {
+            peer,
+            partition,
+            buckets,
+            range,
+            reply,
+        } = step;
+        if !self.shares_partition(partition, peer) {
+            return;
+        }
+        let spent = self.send_ae_states(peer, partition, buckets, range, reply, store);
+        if self.config.anti_entropy_bytes_per_second > 0 {
+            self.ae_budget -= spent as f64;
         }
     }
 

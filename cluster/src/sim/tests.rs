@@ -233,3 +233,20 @@ fn found_by_sim_seed_390_anti_entropy() {
     assert_passed(&report);
     assert!(report.converged);
 }
+
+/// With the anti-entropy byte budget exactly used up, the node scheduled its
+/// waiting range steps at the same instant, over and over: the run hung at
+/// one virtual instant. The wait is now until the budget is positive, and at
+/// least a millisecond.
+#[test]
+fn found_by_sim_seed_66_anti_entropy_budget() {
+    let options = SimulationOptions {
+        ops: 2000,
+        anti_entropy_only: true,
+        wipe_at_drain: true,
+        ..SimulationOptions::new(66)
+    };
+    let report = run(options).expect("the options are valid");
+    assert_passed(&report);
+    assert!(report.converged);
+}

@@ -215,6 +215,8 @@ pub fn simulation_config(rng: &mut ChaCha8Rng) -> Config {
         // Small enough that anti-entropy walks a partition in several ranges.
         anti_entropy_bytes_max: rng.random_range(64..4096),
         anti_entropy_build_keys_max: rng.random_range(1..8),
+        // Small enough that range steps wait for budget.
+        anti_entropy_bytes_per_second: rng.random_range(2_000..50_000),
         ..Config::default()
     }
 }
