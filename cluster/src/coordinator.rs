@@ -35,20 +35,18 @@ pub enum Origin {
     },
 }
 
-/// The first fallback in `preference_list` (after the `replication_factor`
-/// primaries) that is believed alive, is not `me` and is not in `used`.
+/// The first fallback in `preference_list` (a node not in `primaries`) that
+/// is believed alive, is not `me` and is not in `used`.
 pub fn next_fallback(
     preference_list: &[NodeId],
-    replication_factor: usize,
+    primaries: &[NodeId],
     me: NodeId,
     used: &BTreeSet<NodeId>,
     alive: impl Fn(NodeId) -> bool,
 ) -> Option<NodeId> {
-    preference_list
-        .iter()
-        .skip(replication_factor)
-        .copied()
-        .find(|node| *node != me && !used.contains(node) && alive(*node))
+    preference_list.iter().copied().find(|node| {
+        !primaries.contains(node) && *node != me && !used.contains(node) && alive(*node)
+    })
 }
 
 /// A put or delete being replicated.
@@ -353,9 +351,9 @@ mod tests {
         let used = BTreeSet::from([NodeId(4)]);
         let alive = |node: NodeId| node != NodeId(5);
         assert_eq!(
-            next_fallback(&list, 3, NodeId(1), &used, alive),
+            next_fallback(&list, &list[..3], NodeId(1), &used, alive),
             Some(NodeId(6))
         );
-        assert_eq!(next_fallback(&list, 3, NodeId(6), &used, alive), None);
+        assert_eq!(next_fallback(&list, &list[..3], NodeId(6), &used, alive), None);
     }
 }

@@ -23,5 +23,6 @@ pub mod ring;
 pub mod siblings;
 pub mod sim;
 pub mod store;
+pub mod transition;
 pub mod transport;
 pub mod version_vector;

@@ -323,6 +323,30 @@ pub enum Message {
         /// size; the initiator then goes on from there).
         reply: bool,
     },
+    /// A new owner of `partition` asks a committed primary for its states
+    /// of the keys from `from` on (ownership move of assignment `version`).
+    PullStates {
+        /// The partition.
+        partition: u32,
+        /// The assignment version the move belongs to.
+        version: u64,
+        /// The first user key wanted.
+        from: Bytes,
+    },
+    /// The answer: the states of `[from, until)` (`until: None`: to the
+    /// partition's end), cut where the configured size says.
+    PullReply {
+        /// The partition.
+        partition: u32,
+        /// The version asked for.
+        version: u64,
+        /// The first user key of the range.
+        from: Bytes,
+        /// The end of the range, exclusive.
+        until: Option<Bytes>,
+        /// User key and encoded key state.
+        states: Vec<(Bytes, Bytes)>,
+    },
 }
 
 /// Something the shell must do for the node.
@@ -342,6 +366,10 @@ pub enum Output {
         /// The answer.
         response: Response,
     },
+    /// The node changed the ring (a move finished, its progress mark, a
+    /// commit): merge it into the shell's ring, persist and gossip it, and
+    /// hand the merge back through `handle_ring`.
+    Ring(crate::ring::Ring),
 }
 
 #[cfg(test)]
@@ -444,8 +472,20 @@ mod tests {
                 buckets: vec![0, 255],
                 from: Bytes::new(),
                 until: Some(key.clone()),
-                states: vec![(key, Bytes::from_static(b"state"))],
+                states: vec![(key.clone(), Bytes::from_static(b"state"))],
                 reply: true,
+            },
+            Message::PullStates {
+                partition: 7,
+                version: 3,
+                from: key.clone(),
+            },
+            Message::PullReply {
+                partition: 7,
+                version: 3,
+                from: Bytes::new(),
+                until: None,
+                states: vec![(key, Bytes::from_static(b"state"))],
             },
         ]
     }

@@ -38,9 +38,10 @@ use crate::partitioner::Partitioner;
 use crate::placement::Placement;
 use crate::quorum::{QuorumOutcome, QuorumTracker};
 use crate::replica::{self, ReplicaError, ReplicaLimits};
-use crate::ring::Ring;
+use crate::ring::{MemberState, Ring};
 use crate::siblings::{KeyState, SiblingValue};
 use crate::store::{Durability, Store};
+use crate::transition::{self, Layout};
 use crate::version_vector::VersionVector;
 
 /// What membership believes about a member. Only [`Liveness::Alive`] members
@@ -101,6 +102,16 @@ pub struct Metrics {
     pub anti_entropy_trees_differed: u64,
     /// Key states sent by anti-entropy.
     pub anti_entropy_keys_sent: u64,
+    /// Ownership moves to this node still pulling (partition, source) pairs.
+    pub moves_pulling: u64,
+    /// Moves this node finished and recorded in the ring.
+    pub moves_completed: u64,
+    /// Key states received by pulls.
+    pub move_keys_received: u64,
+    /// Bytes of key states received by pulls.
+    pub move_bytes_received: u64,
+    /// Key states sent to pulling new owners.
+    pub move_keys_sent: u64,
 }
 
 /// What exists only once the node has started on its store.
@@ -152,6 +163,35 @@ pub struct Node {
     ae_deferred: VecDeque<Deferred>,
     /// When the waiting steps may go.
     next_ae_deferred: Option<Instant>,
+    /// The ring as this node knows it, and what moves under it.
+    ring: Ring,
+    layout: Option<Layout>,
+    /// The pulls of partitions moving to this node, by (partition, source),
+    /// under assignment `pulls_version`.
+    pulls: BTreeMap<(Partition, NodeId), Pull>,
+    pulls_version: (u64, u64),
+    /// When pulls are next looked at.
+    next_pull: Option<Instant>,
+}
+
+/// Most pulls of moving partitions in flight at once.
+const PULLS_IN_FLIGHT_MAX: usize = 4;
+
+/// How long an unanswered pull request waits before it is asked again.
+const PULL_RETRY: Duration = Duration::from_secs(1);
+
+/// How often pulls are looked at while any is under way.
+const PULL_TICK: Duration = Duration::from_millis(50);
+
+/// One pull of a moving partition from one source.
+#[derive(Debug, Default)]
+struct Pull {
+    /// The first user key not yet received.
+    cursor: Bytes,
+    /// Received up to the partition's end.
+    done: bool,
+    /// When the request for `cursor` was sent, if it is unanswered.
+    asked_at: Option<Instant>,
 }
 
 /// Most anti-entropy range steps waiting for budget.
@@ -200,6 +240,11 @@ impl Node {
             ae_budget_at: None,
             ae_deferred: VecDeque::new(),
             next_ae_deferred: None,
+            ring: Ring::new(),
+            layout: None,
+            pulls: BTreeMap::new(),
+            pulls_version: (0, 0),
+            next_pull: None,
         })
     }
 
@@ -261,13 +306,12 @@ impl Node {
         self.wall_clock_origin = Some((now, unix_time_micros));
     }
 
-    /// A new ring (membership change): placement is recomputed from it.
+    /// A ring learnt (membership change, gossip): merged into this node's,
+    /// which may change it further ([`Output::Ring`]); placement and the
+    /// moves to pull are recomputed.
     pub fn handle_ring(&mut self, now: Instant, ring: Ring) {
-        self.placement = Some(Placement::new(
-            &ring,
-            self.config.partition_count,
-            self.config.replication_factor,
-        ));
+        self.ring.merge(&ring);
+        self.ring_changed(now);
         if self.next_anti_entropy.is_none() && !self.config.anti_entropy_interval.is_zero() {
             self.next_anti_entropy = Some(now + self.config.anti_entropy_interval);
         }
@@ -301,6 +345,7 @@ impl Node {
             self.next_replay,
             self.next_anti_entropy,
             self.next_ae_deferred,
+            self.next_pull,
         ]
         .into_iter()
         .flatten()
@@ -336,6 +381,9 @@ impl Node {
         }
         if self.next_replay.is_some_and(|when| when <= now) {
             self.replay_hints(now, store);
+        }
+        if self.next_pull.is_some_and(|when| when <= now) {
+            self.pull_tick(now);
         }
     }
 
@@ -415,6 +463,24 @@ impl Node {
             return;
         }
         match message {
+            Message::PullStates {
+                partition,
+                version,
+                from: range_from,
+            } => self.serve_pull(from, partition, version, range_from, store),
+            Message::PullReply {
+                partition,
+                version,
+                from: range_from,
+                until,
+                states,
+            } => self.receive_pull_reply(
+                now,
+                (from, partition, version),
+                (range_from, until),
+                states,
+                store,
+            ),
             Message::AeRoot { partition, root } => {
                 self.receive_ae_root(from, partition, root, store)
             }
@@ -510,6 +576,302 @@ impl Node {
                     Err(_) => self.metrics.store_failures += 1,
                 }
             }
+        }
+    }
+
+    // ---- ownership moves ---------------------------------------------------
+
+    /// The ring changed: take this node's steps in it, recompute the layout,
+    /// and start or drop pulls.
+    fn ring_changed(&mut self, now: Instant) {
+        let (count, replicas) = (self.config.partition_count, self.config.replication_factor);
+        let mut changed = false;
+        // Each step raises the ring (a version, a mark, a commit); a handful
+        // is the most one ring can need.
+        for _ in 0..8 {
+            match transition::ring_step(&self.ring, self.id, count, replicas) {
+                Some(next) => {
+                    self.ring.merge(&next);
+                    changed = true;
+                }
+                None => break,
+            }
+        }
+        let layout = Layout::new(&self.ring, count, replicas);
+        self.placement = Some(layout.effective().clone());
+        if layout.id() != self.pulls_version {
+            self.pulls.clear();
+            self.pulls_version = layout.id();
+        }
+        let mut wanted = BTreeSet::new();
+        let mut finished = Vec::new();
+        for item in layout.moves() {
+            if item.to != self.id || item.done {
+                continue;
+            }
+            let sources: Vec<NodeId> = item
+                .sources
+                .iter()
+                .copied()
+                .filter(|source| *source != self.id)
+                .collect();
+            if sources.is_empty() {
+                // Every committed holder is gone: nothing to pull.
+                finished.push(item.partition);
+            }
+            for source in sources {
+                wanted.insert((item.partition, source));
+            }
+        }
+        self.pulls.retain(|key, _| wanted.contains(key));
+        for key in wanted {
+            self.pulls.entry(key).or_default();
+        }
+        self.metrics.moves_pulling = self.pulls.values().filter(|pull| !pull.done).count() as u64;
+        if self.pulls.values().any(|pull| !pull.done) && self.next_pull.is_none() {
+            self.next_pull = Some(now);
+        }
+        self.layout = Some(layout);
+        let mut completed = false;
+        for partition in finished {
+            completed |= self.ring.complete_move(self.pulls_version, partition.0, self.id);
+        }
+        if changed || completed {
+            self.outputs.push_back(Output::Ring(self.ring.clone()));
+        }
+        if completed {
+            // Bounded: a move completes once.
+            self.ring_changed(now);
+        }
+    }
+
+    /// The members a write to `partition` goes to: the effective primaries,
+    /// then, while the partition moves, the other group's.
+    fn write_set(&self, partition: Partition) -> Vec<NodeId> {
+        let mut set = self
+            .placement
+            .as_ref()
+            .map(|placement| placement.primaries(partition).to_vec())
+            .unwrap_or_default();
+        if let Some((old, new)) = self
+            .layout
+            .as_ref()
+            .and_then(|layout| layout.write_groups(partition))
+        {
+            for node in old.iter().chain(new) {
+                if !set.contains(node) {
+                    set.push(*node);
+                }
+            }
+        }
+        set
+    }
+
+    /// Asks sources for the next range of every pull that is ready, within
+    /// the in-flight bound and the anti-entropy byte budget (pulls and
+    /// exchanges share it).
+    fn pull_tick(&mut self, now: Instant) {
+        self.next_pull = None;
+        if self.pulls.values().all(|pull| pull.done) {
+            return;
+        }
+        self.next_pull = Some(now + PULL_TICK);
+        let ready: BTreeSet<Partition> = self
+            .layout
+            .as_ref()
+            .map(|layout| {
+                layout
+                    .moves()
+                    .iter()
+                    .filter(|item| item.to == self.id && item.ready)
+                    .map(|item| item.partition)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut in_flight = self
+            .pulls
+            .values()
+            .filter(|pull| pull.asked_at.is_some_and(|at| now < at + PULL_RETRY))
+            .count();
+        let version = self.pulls_version.0;
+        let mut requests = Vec::new();
+        for ((partition, source), pull) in &mut self.pulls {
+            if in_flight >= PULLS_IN_FLIGHT_MAX {
+                break;
+            }
+            let waiting = pull.asked_at.is_some_and(|at| now < at + PULL_RETRY);
+            if pull.done || waiting || !ready.contains(partition) {
+                continue;
+            }
+            pull.asked_at = Some(now);
+            in_flight += 1;
+            requests.push((*source, partition.0, pull.cursor.clone()));
+        }
+        for (source, partition, from) in requests {
+            if !self.ae_may_send(now) {
+                // Out of budget: forget the ask, so the next tick sends it.
+                if let Some(pull) = self.pulls.get_mut(&(Partition(partition), source)) {
+                    pull.asked_at = None;
+                }
+                continue;
+            }
+            self.send(
+                source,
+                Message::PullStates {
+                    partition,
+                    version,
+                    from,
+                },
+            );
+        }
+    }
+
+    /// A new owner asks for this node's states of a moving partition.
+    fn serve_pull(
+        &mut self,
+        from: NodeId,
+        partition: u32,
+        version: u64,
+        range_from: Bytes,
+        store: &mut impl Store,
+    ) {
+        let Some(partition) = self.ae_partition(partition) else {
+            return;
+        };
+        // Only to members of the ring: a removed or unknown node gets nothing.
+        let member = self
+            .ring
+            .get(from)
+            .is_some_and(|entry| entry.state != MemberState::Removed);
+        if !member || range_from.len() > self.config.key_size_max_bytes {
+            self.metrics.malformed_messages += 1;
+            return;
+        }
+        let every_bucket: Vec<u16> = (0..BUCKETS as u16).collect();
+        let found = match anti_entropy::states_in_range(
+            store,
+            partition,
+            &every_bucket,
+            &range_from,
+            None,
+            self.config.anti_entropy_bytes_max,
+            self.config.anti_entropy_build_keys_max,
+        ) {
+            Ok(found) => found,
+            Err(_) => {
+                self.metrics.store_failures += 1;
+                return;
+            }
+        };
+        self.metrics.move_keys_sent += found.states.len() as u64;
+        self.send(
+            from,
+            Message::PullReply {
+                partition: partition.0,
+                version,
+                from: range_from,
+                until: found.until.map(Bytes::from),
+                states: found
+                    .states
+                    .into_iter()
+                    .map(|(key, state)| (Bytes::from(key), Bytes::from(state)))
+                    .collect(),
+            },
+        );
+    }
+
+    /// A range of a pull: merged here (as read repair merges); the pull goes
+    /// on from its end, or, at the partition's end, is done — and when every
+    /// source of the partition is done, the move is recorded in the ring,
+    /// after a durable write that makes everything pulled durable.
+    fn receive_pull_reply<S: Store>(
+        &mut self,
+        now: Instant,
+        (source, partition, version): (NodeId, u32, u64),
+        (range_from, until): (Bytes, Option<Bytes>),
+        states: Vec<(Bytes, Bytes)>,
+        store: &mut Tracked<'_, S>,
+    ) {
+        let Some(partition) = self.ae_partition(partition) else {
+            return;
+        };
+        if version != self.pulls_version.0 {
+            return;
+        }
+        let Some(pull) = self.pulls.get(&(partition, source)) else {
+            return;
+        };
+        // A late or duplicated answer for a range already taken.
+        if pull.done || pull.cursor != range_from {
+            return;
+        }
+        let mut bytes = 0;
+        for (key, encoded) in &states {
+            let in_place = self.key_is_valid(key)
+                && self.partitioner.partition_of(key) == partition
+                && key[..] >= range_from[..]
+                && until.as_ref().is_none_or(|until| key[..] < until[..]);
+            if !in_place {
+                self.metrics.malformed_messages += 1;
+                continue;
+            }
+            let state =
+                match KeyState::decode_with_limit(encoded, self.config.key_state_size_max_bytes) {
+                    Ok(state) => state,
+                    Err(_) => {
+                        self.metrics.malformed_messages += 1;
+                        continue;
+                    }
+                };
+            bytes += key.len() + encoded.len();
+            if self
+                .apply_data(partition, key, &state, Durability::Buffered, store)
+                .is_err()
+            {
+                // Not taken: this range is asked again.
+                self.metrics.store_failures += 1;
+                if let Some(pull) = self.pulls.get_mut(&(partition, source)) {
+                    pull.asked_at = None;
+                }
+                return;
+            }
+        }
+        self.metrics.move_keys_received += states.len() as u64;
+        self.metrics.move_bytes_received += bytes as u64;
+        if self.config.anti_entropy_bytes_per_second > 0 {
+            self.ae_budget -= bytes as f64;
+        }
+        let next = until.filter(|next| *next > range_from);
+        if let Some(pull) = self.pulls.get_mut(&(partition, source)) {
+            pull.asked_at = None;
+            match next {
+                Some(next) => pull.cursor = next,
+                None => pull.done = true,
+            }
+        }
+        self.metrics.moves_pulling = self.pulls.values().filter(|pull| !pull.done).count() as u64;
+        let partition_done = self
+            .pulls
+            .iter()
+            .filter(|((moving, _), _)| *moving == partition)
+            .all(|(_, pull)| pull.done);
+        if partition_done {
+            // Everything pulled reaches disk before the ring says so.
+            let (inner, _) = store.parts();
+            if inner
+                .write(&replica::moves_key(), Some(&version.to_be_bytes()), Durability::Durable)
+                .is_err()
+            {
+                self.metrics.store_failures += 1;
+                return;
+            }
+            if self.ring.complete_move(self.pulls_version, partition.0, self.id) {
+                self.metrics.moves_completed += 1;
+                self.outputs.push_back(Output::Ring(self.ring.clone()));
+                self.ring_changed(now);
+            }
+        } else {
+            self.pull_tick(now);
         }
     }
 
@@ -1275,6 +1637,22 @@ impl Node {
                 return;
             }
         };
+        // While the partition moves, the write goes to both groups and
+        // needs `w` of each.
+        let tracker = match self
+            .layout
+            .as_ref()
+            .and_then(|layout| layout.write_groups(partition))
+        {
+            Some((old, new)) => QuorumTracker::with_groups(required, vec![old.to_vec(), new.to_vec()]),
+            None => QuorumTracker::new(required),
+        };
+        let mut primaries = primaries;
+        for node in self.write_set(partition) {
+            if !primaries.contains(&node) {
+                primaries.push(node);
+            }
+        }
         let mut operation = WriteOperation {
             origin,
             key,
@@ -1287,7 +1665,7 @@ impl Node {
             handoffs: BTreeMap::new(),
             local_hints: BTreeSet::new(),
             stored: BTreeSet::new(),
-            tracker: QuorumTracker::new(required),
+            tracker,
             responded: false,
             deadline: now + timeout,
         };
@@ -1349,7 +1727,7 @@ impl Node {
             .collect();
         let fallback = next_fallback(
             &list,
-            self.config.replication_factor,
+            &operation.primaries,
             self.id,
             &used,
             |node| self.is_alive(node),
@@ -1506,9 +1884,7 @@ impl Node {
         // other node would let a confused peer grow the per-target map.
         if let Some(target) = hint_for
             && target != self.id
-            && !self
-                .primaries(partition)
-                .is_ok_and(|primaries| primaries.contains(&target))
+            && !self.write_set(partition).contains(&target)
         {
             self.metrics.malformed_messages += 1;
             self.send(
@@ -1627,9 +2003,10 @@ impl Node {
     fn substitute(&mut self, id: u64, operation: &mut ReadOperation, primary: NodeId) {
         let list = self.preference_list(operation.partition);
         let used: BTreeSet<NodeId> = operation.substitutes.keys().copied().collect();
+        let write_set = self.write_set(operation.partition);
         let fallback = next_fallback(
             &list,
-            self.config.replication_factor,
+            &write_set,
             self.id,
             &used,
             |node| self.is_alive(node),

@@ -54,6 +54,10 @@ pub struct QuorumTracker {
     counted: BTreeSet<NodeId>,
     answered: BTreeSet<NodeId>,
     asked: BTreeSet<NodeId>,
+    /// While a partition moves, the groups (committed and target
+    /// primaries) that must each have `required` slots covered (or all of
+    /// theirs, if fewer); empty otherwise.
+    groups: Vec<Vec<NodeId>>,
 }
 
 impl QuorumTracker {
@@ -64,7 +68,29 @@ impl QuorumTracker {
             counted: BTreeSet::new(),
             answered: BTreeSet::new(),
             asked: BTreeSet::new(),
+            groups: Vec::new(),
         }
+    }
+
+    /// A tracker needing `required` counted answers in each of `groups`.
+    pub fn with_groups(required: usize, groups: Vec<Vec<NodeId>>) -> QuorumTracker {
+        QuorumTracker {
+            groups,
+            ..QuorumTracker::new(required)
+        }
+    }
+
+    fn reached(&self) -> bool {
+        if self.groups.is_empty() {
+            return self.counted.len() >= self.required;
+        }
+        self.groups.iter().all(|group| {
+            let covered = group
+                .iter()
+                .filter(|node| self.counted.contains(node))
+                .count();
+            covered >= self.required.min(group.len())
+        })
     }
 
     /// Notes that `node` was asked (so that its silence matters).
@@ -104,7 +130,7 @@ impl QuorumTracker {
 
     /// Where the operation stands.
     pub fn outcome(&self) -> QuorumOutcome {
-        if self.counted.len() >= self.required {
+        if self.reached() {
             QuorumOutcome::Reached
         } else if self.all_answered() {
             QuorumOutcome::Failed
@@ -117,6 +143,30 @@ impl QuorumTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn while_moving_each_group_needs_its_own_quorum() {
+        let (a, b, c, d) = (NodeId(1), NodeId(2), NodeId(3), NodeId(4));
+        let mut tracker = QuorumTracker::with_groups(2, vec![vec![a, b, c], vec![a, b, d]]);
+        for node in [a, b, c, d] {
+            tracker.asked(node);
+        }
+        assert_eq!(tracker.record(a, Some(a)), QuorumOutcome::Pending);
+        // Two of the committed group, one of the target group.
+        assert_eq!(tracker.record(c, Some(c)), QuorumOutcome::Pending);
+        assert_eq!(tracker.record(d, Some(d)), QuorumOutcome::Reached);
+        let mut tracker = QuorumTracker::with_groups(2, vec![vec![a, b, c], vec![a, b, d]]);
+        for node in [a, c, d] {
+            tracker.asked(node);
+            tracker.record(node, Some(node));
+        }
+        assert_eq!(tracker.outcome(), QuorumOutcome::Reached);
+        let mut tracker = QuorumTracker::with_groups(2, vec![vec![a, b, c], vec![a, b, d]]);
+        tracker.asked(c);
+        tracker.asked(d);
+        tracker.record(c, Some(c));
+        assert_eq!(tracker.record(d, Some(d)), QuorumOutcome::Failed);
+    }
 
     #[test]
     fn quorum_of_three_is_two() {

@@ -91,6 +91,13 @@ pub fn epoch_key() -> Vec<u8> {
     key
 }
 
+/// The stored key written durably when a pulled partition is complete.
+pub fn moves_key() -> Vec<u8> {
+    let mut key = vec![METADATA_PREFIX];
+    key.extend_from_slice(b"moves");
+    key
+}
+
 /// Reads a stored, encoded key state; absent is the empty state.
 pub fn decode_state(bytes: Option<Vec<u8>>) -> Result<KeyState, ReplicaError> {
     match bytes {

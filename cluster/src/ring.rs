@@ -20,7 +20,6 @@
 //! down keeps its partitions; sloppy quorums and hinted handoff cover it.
 
 use crate::id::NodeId;
-use crate::placement::Placement;
 use std::collections::BTreeMap;
 
 /// A member's ownership state. Ordered so merges can break ties.
@@ -73,8 +72,13 @@ pub struct Assignment {
     pub partition_count: u32,
     /// The replication factor the table was made for.
     pub replication_factor: u32,
-    /// For each partition, its primaries in order.
+    /// For each partition, its primaries in order: the committed table,
+    /// which reads and writes use until a move of the partition completes.
     pub primaries: Vec<Vec<NodeId>>,
+    /// The owners the next table is claimed for (active and joining
+    /// members when this assignment was recorded). When the claim over them
+    /// differs from `primaries`, data is moving (see [`crate::transition`]).
+    pub target_owners: Vec<NodeId>,
 }
 
 /// Why ring bytes could not be decoded. Nothing was built.
@@ -96,6 +100,15 @@ pub const RING_ENCODED_SIZE_MAX_BYTES: usize = 1 << 20;
 pub struct Ring {
     members: BTreeMap<NodeId, MemberEntry>,
     assignment: Option<Assignment>,
+    /// Moves finished under an assignment: `(version, assignment digest,
+    /// partition, new owner)` — the digest tells apart two assignments
+    /// recorded concurrently with one version. A grow-only set, pruned below
+    /// the assignment's version.
+    completed: std::collections::BTreeSet<(u64, u64, u32, NodeId)>,
+    /// How far each member has followed the moves: `2·version` once it knows
+    /// of the assignment `version`, `2·version + 1` once it also knows every
+    /// move of it completed. Merged by maximum.
+    seen: BTreeMap<NodeId, u64>,
 }
 
 impl Ring {
@@ -168,18 +181,71 @@ impl Ring {
         self.assignment.as_ref()
     }
 
-    /// Records `placement`'s primaries as the base of the next claim.
-    pub fn record_assignment(&mut self, placement: &Placement) {
-        let version = self
-            .assignment
+    /// The recorded assignment's version (0 without one).
+    pub fn assignment_version(&self) -> u64 {
+        self.assignment
             .as_ref()
-            .map_or(1, |assignment| assignment.version + 1);
+            .map_or(0, |assignment| assignment.version)
+    }
+
+    /// Records `primaries` as the committed table, to be claimed anew over
+    /// `target_owners`, under the next assignment version.
+    pub fn record_assignment(
+        &mut self,
+        partition_count: u32,
+        replication_factor: usize,
+        primaries: Vec<Vec<NodeId>>,
+        target_owners: Vec<NodeId>,
+    ) {
+        let version = self.assignment_version() + 1;
         self.assignment = Some(Assignment {
             version,
-            partition_count: placement.partition_count(),
-            replication_factor: placement.replication_factor() as u32,
-            primaries: placement.primary_table(),
+            partition_count,
+            replication_factor: replication_factor as u32,
+            primaries,
+            target_owners,
         });
+        self.prune_completed();
+    }
+
+    /// The recorded assignment's version and digest (zeros without one):
+    /// what a finished move is recorded under.
+    pub fn assignment_id(&self) -> (u64, u64) {
+        self.assignment.as_ref().map_or((0, 0), |assignment| {
+            let bytes = postcard::to_allocvec(assignment)
+                .expect("serializing plain data into a Vec cannot fail");
+            (assignment.version, xxhash_rust::xxh3::xxh3_64(&bytes))
+        })
+    }
+
+    /// Notes that `node` has taken over `partition` under the assignment `id`.
+    pub fn complete_move(&mut self, id: (u64, u64), partition: u32, node: NodeId) -> bool {
+        id.0 >= self.assignment_version() && self.completed.insert((id.0, id.1, partition, node))
+    }
+
+    /// Whether `node` has taken over `partition` under the assignment `id`.
+    pub fn move_completed(&self, id: (u64, u64), partition: u32, node: NodeId) -> bool {
+        self.completed.contains(&(id.0, id.1, partition, node))
+    }
+
+    /// How far `node` has followed the moves (see the field).
+    pub fn seen(&self, node: NodeId) -> u64 {
+        self.seen.get(&node).copied().unwrap_or(0)
+    }
+
+    /// Raises `node`'s progress mark; returns true if it grew.
+    pub fn set_seen(&mut self, node: NodeId, mark: u64) -> bool {
+        let entry = self.seen.entry(node).or_insert(0);
+        if *entry >= mark {
+            return false;
+        }
+        *entry = mark;
+        true
+    }
+
+    fn prune_completed(&mut self) {
+        let version = self.assignment_version();
+        self.completed.retain(|(at, _, _, _)| *at >= version);
     }
 
     /// Merges another ring into this one; returns true if this ring changed.
@@ -197,6 +263,16 @@ impl Ring {
         if other.assignment > self.assignment {
             self.assignment = other.assignment.clone();
             changed = true;
+        }
+        let version = self.assignment_version();
+        for completed in &other.completed {
+            if completed.0 >= version && self.completed.insert(*completed) {
+                changed = true;
+            }
+        }
+        self.prune_completed();
+        for (node, mark) in &other.seen {
+            changed |= self.set_seen(*node, *mark);
         }
         changed
     }
@@ -245,6 +321,8 @@ mod tests {
         Add(u64),
         Join(u64),
         State(u64, MemberState),
+        Seen(u64, u64),
+        Complete(u64, u32, u64),
     }
 
     fn change() -> impl Strategy<Value = Change> {
@@ -258,6 +336,9 @@ mod tests {
             (0u64..5).prop_map(Change::Add),
             (0u64..5).prop_map(Change::Join),
             ((0u64..5), state).prop_map(|(node, state)| Change::State(node, state)),
+            ((0u64..5), (0u64..6)).prop_map(|(node, mark)| Change::Seen(node, mark)),
+            ((0u64..3), (0u32..4), (0u64..5))
+                .prop_map(|(version, partition, node)| Change::Complete(version, partition, node)),
         ]
     }
 
@@ -266,6 +347,10 @@ mod tests {
             Change::Add(node) => ring.add_member(NodeId(*node), format!("r{replica}")),
             Change::Join(node) => ring.join_member(NodeId(*node), format!("r{replica}")),
             Change::State(node, state) => ring.set_state(NodeId(*node), *state),
+            Change::Seen(node, mark) => ring.set_seen(NodeId(*node), *mark),
+            Change::Complete(version, partition, node) => {
+                ring.complete_move((*version, *version % 2), *partition, NodeId(*node))
+            }
         };
     }
 

@@ -43,6 +43,10 @@ pub struct ClusterArgs {
     /// When the workload ends, wipe node 0's whole store and restart it empty.
     #[arg(long)]
     pub wipe: bool,
+    /// Change membership under the workload: two nodes join, then a
+    /// founder leaves (data moves while faults go on).
+    #[arg(long)]
+    pub topology: bool,
 }
 
 /// Runs one seed, turning a panic into a failed report.
@@ -110,6 +114,10 @@ pub fn report_json(report: &Report, wall_seconds: f64) -> serde_json::Value {
         "machine_crashes": report.machine_crashes,
         "partitions": report.partitions,
         "store_failures_injected": report.store_failures_injected,
+        "joins": report.joins,
+        "leaves": report.leaves,
+        "moves_completed": metrics.moves_completed,
+        "move_keys_received": metrics.move_keys_received,
         "store_failures": metrics.store_failures,
         "quorum_failures": metrics.quorum_failures,
         "sibling_limit_rejections": metrics.sibling_limit_rejections,
@@ -169,6 +177,7 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
             conflict_policy,
             anti_entropy_only: args.anti_entropy_only,
             wipe_at_drain: args.wipe,
+            topology: args.topology,
             ..SimulationOptions::new(seed)
         };
         let seed_started = Instant::now();
@@ -190,7 +199,7 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
                 eprintln!("seed {seed}: {violation}");
             }
             eprintln!(
-                "seed {seed} FAILED; replay with: shoal-sim cluster --seed {seed} --nodes {} --ops {} --faults {} --policy {}{}{}",
+                "seed {seed} FAILED; replay with: shoal-sim cluster --seed {seed} --nodes {} --ops {} --faults {} --policy {}{}{}{}",
                 args.nodes,
                 args.ops,
                 args.faults,
@@ -201,6 +210,7 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
                     ""
                 },
                 if args.wipe { " --wipe" } else { "" },
+                if args.topology { " --topology" } else { "" },
             );
         }
         if !single {

@@ -129,6 +129,9 @@ pub struct SimulationOptions {
     /// restarts empty. Acknowledged adds that no other node held at that
     /// moment may be lost; every other one must come back to it.
     pub wipe_at_drain: bool,
+    /// Membership changes under the workload: two nodes join (`nodes` → `nodes
+    /// + 2`), then one founder leaves; data moves while faults go on.
+    pub topology: bool,
 }
 
 impl SimulationOptions {
@@ -145,6 +148,7 @@ impl SimulationOptions {
             conflict_policy: ConflictPolicy::Siblings,
             anti_entropy_only: false,
             wipe_at_drain: false,
+            topology: false,
         }
     }
 }
@@ -189,6 +193,10 @@ pub struct Report {
     pub partitions: u64,
     /// Store write failures injected.
     pub store_failures_injected: u64,
+    /// Nodes that joined, and that left, during the run.
+    pub joins: u64,
+    /// Nodes that left.
+    pub leaves: u64,
     /// The nodes' counters, summed.
     pub metrics: Metrics,
 }
@@ -227,6 +235,7 @@ const THINK_TIME_MAX_MICROS: u64 = 5_000;
 const PHASE_CHECK_MICROS: u64 = 250_000;
 const DRAIN_MAX_MICROS: u64 = 300_000_000;
 const FAULT_GAP_MEAN_MICROS: f64 = 1_200_000.0;
+const RING_TICK_MICROS: u64 = 500_000;
 
 /// SWIM as the simulated nodes run it: a 300 ms period (the LAN profile's
 /// 1 s scaled to the simulated workload's pace), everything else default.
@@ -297,6 +306,21 @@ enum Event {
         bytes: Vec<u8>,
     },
     PhaseCheck,
+    /// A node's ring reaches another (gossip; lost or delayed as messages are).
+    RingGossip {
+        to: usize,
+        ring: Box<Ring>,
+    },
+    /// Every member pushes its ring to one other (as SWIM's push-pull does).
+    RingTick,
+    /// A new node starts and joins the ring.
+    Join {
+        node: usize,
+    },
+    /// A member is told to leave (as `shoal leave` does, at a random member).
+    Leave {
+        node: usize,
+    },
 }
 
 impl Event {
@@ -313,6 +337,10 @@ impl Event {
             Event::Heal => 8,
             Event::Datagram { .. } => 9,
             Event::PhaseCheck => 10,
+            Event::RingGossip { .. } => 11,
+            Event::RingTick => 12,
+            Event::Join { .. } => 13,
+            Event::Leave { .. } => 14,
         }
     }
 }
@@ -331,6 +359,8 @@ fn message_code(message: &Message) -> u64 {
         Message::AeRoot { .. } => 9,
         Message::AeLeaves { .. } => 10,
         Message::AeStates { .. } => 11,
+        Message::PullStates { .. } => 12,
+        Message::PullReply { .. } => 13,
     }
 }
 
@@ -345,6 +375,13 @@ struct Host {
     timer_at: Option<u64>,
     /// Bumped at every crash, so a client can tell a crash from a hang.
     crashes: u64,
+    /// The node's ring, persisted (it survives crashes, as the server's
+    /// ring file does).
+    ring: Ring,
+    /// In the cluster: a founder, or a node that has joined.
+    member: bool,
+    /// Removed from the ring and stopped for good.
+    gone: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -525,7 +562,9 @@ impl Simulation {
             survived_wipe: None,
             options,
         };
-        for _ in 0..simulation.options.nodes {
+        let founders = simulation.options.nodes;
+        let joiners = if simulation.options.topology { 2 } else { 0 };
+        for index in 0..founders + joiners {
             simulation.hosts.push(Host {
                 node: None,
                 swim: None,
@@ -533,10 +572,28 @@ impl Simulation {
                 timer_generation: 0,
                 timer_at: None,
                 crashes: 0,
+                ring: if index < founders {
+                    simulation.ring.clone()
+                } else {
+                    Ring::new()
+                },
+                member: index < founders,
+                gone: false,
             });
         }
-        for index in 0..simulation.options.nodes {
+        for index in 0..founders {
             simulation.start_node(index, true)?;
+        }
+        if simulation.options.topology {
+            // Two joins, then a founder leaves, while the workload runs.
+            let first = simulation.fault_rng.random_range(200_000..800_000);
+            let second = first + simulation.fault_rng.random_range(300_000..1_200_000);
+            let leave = second + simulation.fault_rng.random_range(200_000..1_500_000);
+            let leaving = simulation.fault_rng.random_range(0..founders);
+            simulation.schedule(first, Event::Join { node: founders });
+            simulation.schedule(second, Event::Join { node: founders + 1 });
+            simulation.schedule(leave, Event::Leave { node: leaving });
+            simulation.schedule(RING_TICK_MICROS, Event::RingTick);
         }
         for client in 0..simulation.options.clients {
             let delay = simulation
@@ -581,7 +638,7 @@ impl Simulation {
             .map_err(|error| error.to_string())?;
         let now = self.instant(self.now);
         node.set_wall_clock(now, self.now);
-        node.handle_ring(now, self.ring.clone());
+        node.handle_ring(now, self.hosts[index].ring.clone());
         let generation = self.hosts[index].crashes + 1;
         let mut swim = Swim::new(
             swim_config(),
@@ -592,7 +649,7 @@ impl Simulation {
             now,
         );
         let others: Vec<usize> = (0..self.hosts.len())
-            .filter(|other| *other != index)
+            .filter(|other| *other != index && self.hosts[*other].member && !self.hosts[*other].gone)
             .collect();
         if first_start {
             for other in &others {
@@ -645,6 +702,28 @@ impl Simulation {
                         );
                     }
                 }
+                Output::Ring(ring) => {
+                    self.hosts[index].ring.merge(&ring);
+                    if self.debug {
+                        let ring = &self.hosts[index].ring;
+                        let members: Vec<String> = ring
+                            .members()
+                            .map(|(node, entry)| format!("{node}:{:?}:{}", entry.state, ring.seen(node)))
+                            .collect();
+                        eprintln!(
+                            "{} ring at {index}: v{} {members:?}",
+                            self.now,
+                            ring.assignment_version()
+                        );
+                    }
+                    let ring = self.hosts[index].ring.clone();
+                    let others: Vec<usize> = (0..self.hosts.len())
+                        .filter(|other| *other != index && self.hosts[*other].member)
+                        .collect();
+                    for other in others {
+                        self.gossip_ring(index, other, &ring);
+                    }
+                }
                 Output::Respond { id, response } => {
                     let client = self.clients.iter().position(|client| {
                         client
@@ -666,6 +745,9 @@ impl Simulation {
             }
         }
         self.drain_membership(index);
+        if self.retire_if_removed(index) {
+            return;
+        }
         let host = &self.hosts[index];
         let node_due = host.node.as_ref().and_then(Node::poll_timeout);
         let swim_due = host.swim.as_ref().and_then(Swim::poll_timeout);
@@ -696,6 +778,89 @@ impl Simulation {
             }
         }
         self.check_hint_bounds(index);
+    }
+
+    /// Sends `ring` from node `from` to node `to` over the simulated network.
+    fn gossip_ring(&mut self, from: usize, to: usize, ring: &Ring) {
+        let arrivals = self
+            .network
+            .send(&mut self.network_rng, self.now, node_id(from), node_id(to));
+        for arrival in arrivals {
+            self.schedule(
+                arrival - self.now,
+                Event::RingGossip {
+                    to,
+                    ring: Box::new(ring.clone()),
+                },
+            );
+        }
+    }
+
+    /// A node its ring says is removed stops for good once it holds no
+    /// hints and no operations (as `shoald` does after a leave commits).
+    fn retire_if_removed(&mut self, index: usize) -> bool {
+        let host = &self.hosts[index];
+        let removed = host
+            .ring
+            .get(node_id(index))
+            .is_some_and(|entry| entry.state == crate::ring::MemberState::Removed);
+        let idle = host
+            .node
+            .as_ref()
+            .is_some_and(|node| node.hint_bytes_total() == 0 && node.operations_in_flight() == 0);
+        if !removed || !idle {
+            return false;
+        }
+        if self.debug {
+            eprintln!("{} node {index} removed: stops", self.now);
+        }
+        self.mix(0x9011e ^ index as u64);
+        let host = &mut self.hosts[index];
+        host.node = None;
+        host.swim = None;
+        host.gone = true;
+        host.timer_at = None;
+        host.timer_generation += 1;
+        for client in 0..self.clients.len() {
+            if self.clients[client]
+                .in_flight
+                .as_ref()
+                .is_some_and(|flight| flight.node == index)
+                && let Some(flight) = self.clients[client].in_flight.take()
+            {
+                self.outcome_unknown(client, flight);
+            }
+        }
+        true
+    }
+
+    /// Members that are in the cluster and not removed.
+    fn live_members(&self) -> Vec<usize> {
+        (0..self.hosts.len())
+            .filter(|index| self.hosts[*index].member && !self.hosts[*index].gone)
+            .collect()
+    }
+
+    /// Whether every live member's ring is the same and nothing moves.
+    fn topology_settled(&self) -> bool {
+        let members = self.live_members();
+        let Some(first) = members.first().map(|index| &self.hosts[*index].ring) else {
+            return true;
+        };
+        let same = members.iter().all(|index| self.hosts[*index].ring == *first);
+        let still = first.members().all(|(_, entry)| {
+            matches!(
+                entry.state,
+                crate::ring::MemberState::Active | crate::ring::MemberState::Removed
+            )
+        });
+        let layout = crate::transition::Layout::new(
+            first,
+            self.config.partition_count,
+            self.config.replication_factor,
+        );
+        let joined = self.hosts.iter().all(|host| host.member);
+        same && still && layout.moves().is_empty() && joined
     }
 
     /// Sends the node's SWIM datagrams over the simulated network and turns
@@ -750,11 +915,15 @@ impl Simulation {
 
     /// Whether every node's membership sees every other node alive.
     fn beliefs_settled(&self) -> bool {
-        self.hosts.iter().enumerate().all(|(index, host)| {
-            let Some(swim) = host.swim.as_ref() else {
+        let members = self.live_members();
+        members.iter().all(|index| {
+            let index = *index;
+            let Some(swim) = self.hosts[index].swim.as_ref() else {
                 return false;
             };
-            (0..self.hosts.len())
+            members
+                .iter()
+                .copied()
                 .filter(|other| *other != index)
                 .all(|other| {
                     swim.member(node_id(other)).is_some_and(|member| {
@@ -832,7 +1001,7 @@ impl Simulation {
             Event::ClientTimeout { client, request } => self.client_timeout(client, request),
             Event::Crash { node, machine } => self.crash(node, machine),
             Event::Restart { node } => {
-                if self.hosts[node].node.is_none() {
+                if self.hosts[node].node.is_none() && !self.hosts[node].gone {
                     if self.debug {
                         eprintln!("{} restart {node}", self.now);
                     }
@@ -854,6 +1023,89 @@ impl Simulation {
                 if let Some(swim) = self.hosts[to].swim.as_mut() {
                     swim.handle_datagram(now, sim_address(from), &bytes);
                     self.drain(to);
+                }
+            }
+            Event::RingGossip { to, ring } => {
+                let now = self.instant(self.now);
+                let host = &mut self.hosts[to];
+                if let Some(node) = host.node.as_mut()
+                    && host.ring.merge(&ring)
+                {
+                    node.handle_ring(now, host.ring.clone());
+                    self.drain(to);
+                }
+            }
+            Event::RingTick => {
+                let up: Vec<usize> = self
+                    .live_members()
+                    .into_iter()
+                    .filter(|index| self.hosts[*index].node.is_some())
+                    .collect();
+                if up.len() > 1 {
+                    for from in up.iter().copied() {
+                        let others: Vec<usize> =
+                            up.iter().copied().filter(|other| *other != from).collect();
+                        let to = others[self.fault_rng.random_range(0..others.len())];
+                        let ring = self.hosts[from].ring.clone();
+                        self.gossip_ring(from, to, &ring);
+                    }
+                }
+                if self.phase != Phase::Done {
+                    self.schedule(RING_TICK_MICROS, Event::RingTick);
+                }
+            }
+            Event::Join { node } => {
+                self.report.joins += 1;
+                if self.debug {
+                    eprintln!("{} join {node}", self.now);
+                }
+                let host = &mut self.hosts[node];
+                host.member = true;
+                host.ring.join_member(node_id(node), format!("sim-{node}"));
+                if let Err(error) = self.start_node(node, false) {
+                    self.violation(format!("node {node} failed to start: {error}"));
+                }
+                // Its ring reaches the members it joins through, theirs it.
+                let ring = self.hosts[node].ring.clone();
+                for other in self.live_members() {
+                    if other != node {
+                        self.gossip_ring(node, other, &ring);
+                        let theirs = self.hosts[other].ring.clone();
+                        self.gossip_ring(other, node, &theirs);
+                    }
+                }
+            }
+            Event::Leave { node } => {
+                let up: Vec<usize> = self
+                    .live_members()
+                    .into_iter()
+                    .filter(|index| self.hosts[*index].node.is_some())
+                    .collect();
+                if up.is_empty() {
+                    // Asked again later, as an operator would.
+                    self.schedule(RING_TICK_MICROS, Event::Leave { node });
+                    return;
+                }
+                self.report.leaves += 1;
+                let admin = up[self.fault_rng.random_range(0..up.len())];
+                if self.debug {
+                    eprintln!("{} leave {node} (asked at {admin})", self.now);
+                }
+                let now = self.instant(self.now);
+                let host = &mut self.hosts[admin];
+                if host
+                    .ring
+                    .set_state(node_id(node), crate::ring::MemberState::Leaving)
+                    && let Some(state) = host.node.as_mut()
+                {
+                    state.handle_ring(now, host.ring.clone());
+                    let ring = host.ring.clone();
+                    for other in self.live_members() {
+                        if other != admin {
+                            self.gossip_ring(admin, other, &ring);
+                        }
+                    }
+                    self.drain(admin);
                 }
             }
             Event::PhaseCheck => {
@@ -895,7 +1147,11 @@ impl Simulation {
             let choice = choices[self.fault_rng.random_range(0..choices.len())];
             match choice {
                 0 | 1 => {
-                    let down = self.hosts.iter().filter(|host| host.node.is_none()).count();
+                    let down = self
+                        .live_members()
+                        .iter()
+                        .filter(|index| self.hosts[**index].node.is_none())
+                        .count();
                     let up: Vec<usize> = (0..self.hosts.len())
                         .filter(|index| self.hosts[*index].node.is_some())
                         .collect();
@@ -990,9 +1246,10 @@ impl Simulation {
                 }
             }
             Phase::Drain => {
-                let all_up = self.hosts.iter().all(|host| host.node.is_some());
-                let drained = self.hosts.iter().all(|host| {
-                    host.node.as_ref().is_some_and(|node| {
+                let members = self.live_members();
+                let all_up = members.iter().all(|index| self.hosts[*index].node.is_some());
+                let drained = members.iter().all(|index| {
+                    self.hosts[*index].node.as_ref().is_some_and(|node| {
                         node.epoch().is_some()
                             && node.hint_bytes_total() == 0
                             && node.operations_in_flight() == 0
@@ -1001,7 +1258,7 @@ impl Simulation {
                 // Membership must have settled: a node that still believes a
                 // peer down would skip it in the repair pass.
                 let beliefs_settled = self.beliefs_settled();
-                if all_up && drained && beliefs_settled {
+                if all_up && drained && beliefs_settled && self.topology_settled() {
                     self.start_repair();
                 } else if self.now - self.phase_started > DRAIN_MAX_MICROS {
                     let held: u64 = self
@@ -1018,8 +1275,8 @@ impl Simulation {
                 }
             }
             Phase::Repair => {
-                let quiet = self.hosts.iter().all(|host| {
-                    host.node
+                let quiet = self.live_members().iter().all(|index| {
+                    self.hosts[*index].node
                         .as_ref()
                         .is_some_and(|node| node.operations_in_flight() == 0)
                 });
@@ -1102,7 +1359,7 @@ impl Simulation {
         if self.options.wipe_at_drain {
             self.wipe(0);
         }
-        for index in 0..self.hosts.len() {
+        for index in self.live_members() {
             if self.hosts[index].node.is_none() {
                 self.schedule(0, Event::Restart { node: index });
             }
@@ -1171,6 +1428,15 @@ impl Simulation {
     }
 
     fn start_repair(&mut self) {
+        // The checks use the ring the members settled on.
+        if let Some(first) = self.live_members().first() {
+            self.ring = self.hosts[*first].ring.clone();
+            self.placement = Placement::new(
+                &self.ring,
+                self.config.partition_count,
+                self.config.replication_factor,
+            );
+        }
         self.phase = Phase::Repair;
         self.phase_started = self.now;
         if self.options.anti_entropy_only {
@@ -1655,7 +1921,9 @@ impl Simulation {
             return;
         }
         let partition = self.partitioner.partition_of(key);
-        let primaries: Vec<NodeId> = self.placement.primaries(partition).to_vec();
+        // A hint may stand for any member (while data moves, new owners are
+        // written too).
+        let primaries: Vec<NodeId> = (0..self.hosts.len()).map(node_id).collect();
         let mut holders = 0;
         for index in 0..self.hosts.len() {
             let store = &mut self.hosts[index].store;
@@ -1717,6 +1985,10 @@ impl Simulation {
                 metrics.anti_entropy_rounds += each.anti_entropy_rounds;
                 metrics.anti_entropy_trees_differed += each.anti_entropy_trees_differed;
                 metrics.anti_entropy_keys_sent += each.anti_entropy_keys_sent;
+                metrics.moves_completed += each.moves_completed;
+                metrics.move_keys_received += each.move_keys_received;
+                metrics.move_bytes_received += each.move_bytes_received;
+                metrics.move_keys_sent += each.move_keys_sent;
             }
         }
         self.report.metrics = metrics;
