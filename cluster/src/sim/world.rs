@@ -468,6 +468,37 @@ struct Simulation {
     /// With `wipe_at_drain`: per set key, the elements some node other than
     /// the wiped one held when it was wiped.
     survived_wipe: Option<BTreeMap<usize, BTreeSet<u64>>>,
+    /// The counters of node lives that ended (crashes, wipes, removals).
+    stopped_metrics: Metrics,
+}
+
+/// Adds one node's counters to a total.
+fn add_metrics(total: &mut Metrics, each: &Metrics) {
+    total.requests += each.requests;
+    total.forwarded += each.forwarded;
+    total.gets_coordinated += each.gets_coordinated;
+    total.writes_coordinated += each.writes_coordinated;
+    total.quorum_failures += each.quorum_failures;
+    total.sibling_limit_rejections += each.sibling_limit_rejections;
+    total.busy_rejections += each.busy_rejections;
+    total.invalid_requests += each.invalid_requests;
+    total.read_repairs += each.read_repairs;
+    total.hints_stored += each.hints_stored;
+    total.hints_replayed += each.hints_replayed;
+    total.hints_dropped_full += each.hints_dropped_full;
+    total.hints_dropped_expired += each.hints_dropped_expired;
+    total.hints_dropped_corrupt += each.hints_dropped_corrupt;
+    total.store_failures += each.store_failures;
+    total.malformed_messages += each.malformed_messages;
+    total.duplicate_forwards += each.duplicate_forwards;
+    total.outputs_shed += each.outputs_shed;
+    total.anti_entropy_rounds += each.anti_entropy_rounds;
+    total.anti_entropy_trees_differed += each.anti_entropy_trees_differed;
+    total.anti_entropy_keys_sent += each.anti_entropy_keys_sent;
+    total.moves_completed += each.moves_completed;
+    total.move_keys_received += each.move_keys_received;
+    total.move_bytes_received += each.move_bytes_received;
+    total.move_keys_sent += each.move_keys_sent;
 }
 
 fn node_id(index: usize) -> NodeId {
@@ -560,6 +591,7 @@ impl Simulation {
             repair_attempts: BTreeMap::new(),
             final_reads: BTreeMap::new(),
             survived_wipe: None,
+            stopped_metrics: Metrics::default(),
             options,
         };
         let founders = simulation.options.nodes;
@@ -815,6 +847,9 @@ impl Simulation {
             eprintln!("{} node {index} removed: stops", self.now);
         }
         self.mix(0x9011e ^ index as u64);
+        if let Some(node) = self.hosts[index].node.as_ref() {
+            add_metrics(&mut self.stopped_metrics, node.metrics());
+        }
         let host = &mut self.hosts[index];
         host.node = None;
         host.swim = None;
@@ -1208,6 +1243,9 @@ impl Simulation {
             eprintln!("{} crash {index}", self.now);
         }
         self.mix(index as u64 ^ u64::from(machine) << 16);
+        if let Some(node) = self.hosts[index].node.as_ref() {
+            add_metrics(&mut self.stopped_metrics, node.metrics());
+        }
         let host = &mut self.hosts[index];
         host.node = None;
         host.swim = None;
@@ -1386,6 +1424,9 @@ impl Simulation {
             }
         }
         self.survived_wipe = Some(survived);
+        if let Some(node) = self.hosts[index].node.as_ref() {
+            add_metrics(&mut self.stopped_metrics, node.metrics());
+        }
         let host = &mut self.hosts[index];
         host.node = None;
         host.swim = None;
@@ -1960,35 +2001,10 @@ impl Simulation {
     fn finish(mut self) -> Report {
         self.report.simulated_millis = self.now / 1000;
         self.report.failed_requests = self.history.failed_requests;
-        let mut metrics = Metrics::default();
+        let mut metrics = std::mem::take(&mut self.stopped_metrics);
         for host in &self.hosts {
             if let Some(node) = host.node.as_ref() {
-                let each = node.metrics();
-                metrics.requests += each.requests;
-                metrics.forwarded += each.forwarded;
-                metrics.gets_coordinated += each.gets_coordinated;
-                metrics.writes_coordinated += each.writes_coordinated;
-                metrics.quorum_failures += each.quorum_failures;
-                metrics.sibling_limit_rejections += each.sibling_limit_rejections;
-                metrics.busy_rejections += each.busy_rejections;
-                metrics.invalid_requests += each.invalid_requests;
-                metrics.read_repairs += each.read_repairs;
-                metrics.hints_stored += each.hints_stored;
-                metrics.hints_replayed += each.hints_replayed;
-                metrics.hints_dropped_full += each.hints_dropped_full;
-                metrics.hints_dropped_expired += each.hints_dropped_expired;
-                metrics.hints_dropped_corrupt += each.hints_dropped_corrupt;
-                metrics.store_failures += each.store_failures;
-                metrics.malformed_messages += each.malformed_messages;
-                metrics.duplicate_forwards += each.duplicate_forwards;
-                metrics.outputs_shed += each.outputs_shed;
-                metrics.anti_entropy_rounds += each.anti_entropy_rounds;
-                metrics.anti_entropy_trees_differed += each.anti_entropy_trees_differed;
-                metrics.anti_entropy_keys_sent += each.anti_entropy_keys_sent;
-                metrics.moves_completed += each.moves_completed;
-                metrics.move_keys_received += each.move_keys_received;
-                metrics.move_bytes_received += each.move_bytes_received;
-                metrics.move_keys_sent += each.move_keys_sent;
+                add_metrics(&mut metrics, node.metrics());
             }
         }
         self.report.metrics = metrics;
