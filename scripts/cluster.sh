@@ -329,7 +329,25 @@ cmd_add() {
   make_certificates
   write_client_config
   start_node "$NODES" "--join"
-  echo "node $NODES started at 127.0.0.1:$(port_of "$NODES") (joining: it owns no partitions until data movement makes it active)"
+  echo "node $NODES started at 127.0.0.1:$(port_of "$NODES") (joining: it pulls its share of the partitions, then becomes active; watch 'shoal status')"
+}
+
+cmd_decommission() {
+  ensure_binaries
+  load_state
+  local i="${ARGS[0]:-x}"
+  check_index "$i"
+  local pid; pid="$(node_pid "$i")" || die "node $i is not running (a dead node is removed with: shoal remove $i)"
+  in_ns "$SHOAL" --config "$DIR/client.toml" --nodes "127.0.0.1:$(port_of "$i")" leave "$i" \
+    || die "node $i refused to leave"
+  # The node stops by itself once its partitions have moved and the change
+  # is committed; wait for that (bounded).
+  local deadline=$((SECONDS + ${DECOMMISSION_TIMEOUT:-900}))
+  while kill -0 "$pid" 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || die "node $i is still handing off after ${DECOMMISSION_TIMEOUT:-900} s (see 'shoal status')"
+    sleep 0.5
+  done
+  echo "node $i decommissioned: its partitions moved to the others and it stopped"
 }
 
 case "$COMMAND" in
@@ -345,8 +363,7 @@ case "$COMMAND" in
     node_pid "${ARGS[0]}" >/dev/null && die "node ${ARGS[0]} is running (kill it first)"
     start_node "${ARGS[0]}"; echo "restarted node ${ARGS[0]}" ;;
   add) cmd_add ;;
-  decommission)
-    die "decommission needs partition handoff (data movement), which is not built yet; use 'shoal leave' to mark a node leaving" ;;
+  decommission) cmd_decommission ;;
   partition) cmd_partition ;;
   heal) cmd_heal ;;
   exec)

@@ -645,6 +645,19 @@ impl Node {
         }
     }
 
+    /// Progress of the moves of the current assignment.
+    pub fn moves_status(&self) -> crate::protocol::MovesStatus {
+        let Some(layout) = self.layout.as_ref() else {
+            return crate::protocol::MovesStatus::default();
+        };
+        crate::protocol::MovesStatus {
+            assignment_version: layout.version(),
+            total: layout.moves().len(),
+            done: layout.moves().iter().filter(|item| item.done).count(),
+            pulling_here: self.metrics.moves_pulling,
+        }
+    }
+
     /// The members a write to `partition` goes to: the effective primaries,
     /// then, while the partition moves, the other group's.
     fn write_set(&self, partition: Partition) -> Vec<NodeId> {

@@ -128,6 +128,21 @@ pub struct NodeStatus {
     pub requests_in_flight: usize,
     /// Bytes of hints it holds for other nodes.
     pub hint_bytes: u64,
+    /// Ownership moves under way, as this node knows them.
+    pub moves: MovesStatus,
+}
+
+/// Progress of the partition moves of the current assignment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovesStatus {
+    /// The assignment version the moves belong to.
+    pub assignment_version: u64,
+    /// Moves (a partition to a new owner) of that assignment.
+    pub total: usize,
+    /// Of which finished (the new owner holds the partition).
+    pub done: usize,
+    /// Moves to the answering node still pulling, and from how many sources.
+    pub pulling_here: u64,
 }
 
 /// The ring and its placement.

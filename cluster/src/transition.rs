@@ -148,10 +148,8 @@ impl Layout {
                 .iter()
                 .chain(new)
                 .all(|node| ring.seen(*node) >= 2 * version);
-            let mut all_done = true;
             for to in new.iter().copied().filter(|node| !old.contains(node)) {
                 let done = ring.move_completed(id, index, to);
-                all_done &= done;
                 moves.push(Move {
                     partition,
                     to,
@@ -160,7 +158,12 @@ impl Layout {
                     ready,
                 });
             }
-            effective_table.push(if all_done { new.to_vec() } else { old.to_vec() });
+            effective_table.push(old.to_vec());
+        }
+        // Reads switch to the target table all at once, when every move is
+        // done; until the commit, writes still reach both tables.
+        if moves.iter().all(|item| item.done) {
+            effective_table = target.primary_table();
         }
         let effective = Placement::from_table(
             effective_table,
@@ -249,8 +252,21 @@ pub fn ring_step(
     let active = ring
         .get(me)
         .is_some_and(|entry| entry.state == MemberState::Active);
+    // A change waiting for its commit (every move done) is committed before
+    // the next is recorded: nodes that know every move is done read from
+    // the target table, which the next change's writes might not cover. A
+    // removal (a dead member) does not wait, or a dead member could block
+    // the commit forever.
+    let commit_pending = matching.is_some_and(|assignment| {
+        let removal = assignment
+            .target_owners
+            .iter()
+            .any(|node| is_removed(ring, *node));
+        let layout = Layout::new(ring, partition_count, replication_factor);
+        !removal && !layout.moves().is_empty() && layout.all_done()
+    });
     match matching {
-        _ if !active => {}
+        _ if !active || commit_pending => {}
         None if transitional => {
             // The founders' table, removed members included (their
             // partitions are pulled from the others, not silently reassigned).
@@ -289,6 +305,7 @@ pub fn ring_step(
         // nothing moves, nothing to commit.
         return None;
     }
+    let _ = &desired;
     let layout = Layout::new(ring, partition_count, replication_factor);
     let version = layout.version();
     // 2. This node's progress mark.
@@ -298,36 +315,44 @@ pub fn ring_step(
         next.set_seen(me, mark);
         return Some(next);
     }
-    // 3. Commit once every member knows every move finished.
-    let pending = !layout.moves().is_empty()
-        || ring.members().any(|(_, entry)| {
-            matches!(entry.state, MemberState::Joining | MemberState::Leaving)
-        });
+    // 3. Commit once every member knows every move finished. Only what the
+    //    assignment reflects is committed: a joining member it targets
+    //    becomes active, a leaving member it no longer targets is removed
+    //    (a change not yet recorded waits for the next version).
+    let Some(assignment) = matching else {
+        return None;
+    };
+    let targeted: Vec<NodeId> = assignment
+        .target_owners
+        .iter()
+        .copied()
+        .filter(|node| !is_removed(ring, *node))
+        .collect();
+    let members: Vec<(NodeId, MemberState)> = ring
+        .members()
+        .map(|(node, entry)| (node, entry.state))
+        .collect();
+    let settles = |(node, state): &(NodeId, MemberState)| match state {
+        MemberState::Joining => targeted.contains(node),
+        MemberState::Leaving => !targeted.contains(node),
+        MemberState::Active | MemberState::Removed => false,
+    };
+    let pending = !layout.moves().is_empty() || members.iter().any(settles);
     let everyone_knows = ring
         .members()
         .filter(|(_, entry)| entry.state != MemberState::Removed)
         .all(|(node, _)| ring.seen(node) > 2 * version);
-    // Only an assignment that reflects the members' states is committed
-    // (a leave not yet recorded must not be taken as finished).
-    let recorded = matching.is_some_and(|assignment| assignment.target_owners == desired);
-    if recorded && pending && layout.all_done() && everyone_knows {
+    if pending && layout.all_done() && everyone_knows {
         let mut next = ring.clone();
-        let members: Vec<(NodeId, MemberState)> = ring
-            .members()
-            .map(|(node, entry)| (node, entry.state))
-            .collect();
-        for (node, state) in members {
-            match state {
-                MemberState::Joining => {
-                    next.set_state(node, MemberState::Active);
-                }
-                MemberState::Leaving => {
-                    next.set_state(node, MemberState::Removed);
-                }
-                MemberState::Active | MemberState::Removed => {}
-            }
+        for (node, state) in members.iter().filter(|member| settles(member)) {
+            let settled = if *state == MemberState::Joining {
+                MemberState::Active
+            } else {
+                MemberState::Removed
+            };
+            next.set_state(*node, settled);
         }
-        let owners = desired_owners(&next);
+        let owners = targeted;
         next.record_assignment(
             partition_count,
             replication_factor,
@@ -445,24 +470,51 @@ mod tests {
     }
 
     #[test]
-    fn a_partition_switches_alone_when_its_moves_complete() {
+    fn reads_switch_to_the_target_only_when_every_move_is_done() {
         let mut ring = founders(3);
+        let before = Layout::new(&ring, PARTITIONS, REPLICAS).effective().clone();
         ring.join_member(NodeId(4), "n4".into());
         settle(&mut ring);
         let layout = Layout::new(&ring, PARTITIONS, REPLICAS);
         let first = layout.moves()[0].clone();
         ring.complete_move(layout.id(), first.partition.0, first.to);
         let next = Layout::new(&ring, PARTITIONS, REPLICAS);
-        assert!(
-            next.effective()
-                .primaries(first.partition)
-                .contains(&NodeId(4))
-        );
-        let other = layout.moves()[1].partition;
-        assert!(!next.effective().primaries(other).contains(&NodeId(4)));
+        assert!(next.moves()[0].done);
+        assert_eq!(next.effective().primary_table(), before.primary_table());
         // Not committed while moves are left.
         settle(&mut ring);
         assert_eq!(ring.assignment_version(), layout.version());
+        finish_moves(&mut ring);
+        let done = Layout::new(&ring, PARTITIONS, REPLICAS);
+        assert_eq!(
+            done.effective().primary_table(),
+            layout.target().primary_table()
+        );
+    }
+
+    #[test]
+    fn a_change_waits_for_the_commit_of_a_finished_one() {
+        let mut ring = founders(3);
+        ring.join_member(NodeId(4), "n4".into());
+        settle(&mut ring);
+        finish_moves(&mut ring);
+        let version = ring.assignment_version();
+        ring.join_member(NodeId(5), "n5".into());
+        // Node 1 alone cannot commit (the others have not seen the moves
+        // done) and must not record the join before that commit.
+        while let Some(next) = ring_step(&ring, NodeId(1), PARTITIONS, REPLICAS) {
+            ring.merge(&next);
+        }
+        assert_eq!(ring.assignment_version(), version);
+        settle(&mut ring);
+        assert_eq!(
+            ring.get(NodeId(4)).map(|entry| entry.state),
+            Some(MemberState::Active)
+        );
+        let layout = Layout::new(&ring, PARTITIONS, REPLICAS);
+        assert!(layout.version() >= version + 2);
+        assert!(layout.moves().iter().any(|item| item.to == NodeId(5)));
+        assert!(layout.moves().iter().all(|item| !item.done));
     }
 
     #[test]
@@ -511,7 +563,11 @@ mod tests {
         ring.join_member(NodeId(4), "n4".into());
         settle(&mut ring);
         let first = Layout::new(&ring, PARTITIONS, REPLICAS);
-        assert!(finish_moves(&mut ring) > 0);
+        // Half of the moves finish.
+        for item in first.moves().iter().step_by(2) {
+            ring.complete_move(first.id(), item.partition.0, item.to);
+        }
+        let first = Layout::new(&ring, PARTITIONS, REPLICAS);
         // Node 5 joins before the first change commits.
         ring.join_member(NodeId(5), "n5".into());
         // Only node 1 steps, so the first version is not committed first.
@@ -527,7 +583,7 @@ mod tests {
             let had = first
                 .moves()
                 .iter()
-                .any(|old| old.partition == item.partition && old.to == item.to);
+                .any(|old| old.partition == item.partition && old.to == item.to && old.done);
             assert_eq!(item.done, had, "{item:?}");
             carried += usize::from(had);
         }

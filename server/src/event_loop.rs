@@ -25,7 +25,6 @@ use shoal_cluster::id::NodeId;
 use shoal_cluster::membership::{self, Event, MemberState as SwimState, Swim};
 use shoal_cluster::message::{Output, Request, RequestError, RequestId, Response};
 use shoal_cluster::node::{Liveness, Node};
-use shoal_cluster::placement::Placement;
 use shoal_cluster::protocol::{
     ClientRequest, ClientResponse, Inspection, MemberStatus, NodeStatus, RingView,
 };
@@ -35,6 +34,9 @@ use shoal_cluster::transport::endpoint::{Endpoint, Inbound};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::NodeConfig;
+
+/// How long a removed node waits for its hints to be delivered before it stops.
+const RETIRE_HINTS_WAIT: Duration = Duration::from_secs(60);
 use crate::metrics::{MetricsBoard, Operation};
 use crate::store::DbStore;
 
@@ -106,6 +108,8 @@ pub struct EventLoop {
     pending: HashMap<u64, (oneshot::Sender<ClientResponse>, Operation, Instant)>,
     next_request: u64,
     draining: bool,
+    /// Since when this node knows it was removed from the ring.
+    retire_from: Option<Instant>,
     metrics: Arc<MetricsBoard>,
     unroutable_messages: u64,
 }
@@ -218,6 +222,7 @@ impl EventLoop {
             pending: HashMap::new(),
             next_request: 1,
             draining: false,
+            retire_from: None,
             metrics,
             unroutable_messages: 0,
         };
@@ -234,6 +239,17 @@ impl EventLoop {
             if now >= next_publish {
                 self.publish_metrics();
                 next_publish = now + Duration::from_secs(1);
+            }
+            // Removed from the ring: stop once the hints held for others are
+            // delivered (or after a bound), as a leave commits.
+            if let Some(since) = self.retire_from
+                && !self.draining
+                && (self.node.hint_bytes_total() == 0 || now >= since + RETIRE_HINTS_WAIT)
+            {
+                tracing::info!(node = %self.id, "removed from the ring: stopping");
+                self.draining = true;
+                self.swim.leave(now);
+                leave_deadline = Some(now + Duration::from_secs(5));
             }
             if let Some(deadline) = leave_deadline {
                 let drained = self.node.operations_in_flight() == 0 && self.pending.is_empty();
@@ -351,27 +367,45 @@ impl EventLoop {
         let _ = reply.send(response);
     }
 
+    /// `shoal leave` and `shoal remove`: the member's new state goes into
+    /// the ring; the nodes then move its partitions (`cluster::transition`).
     fn change_ring(&mut self, now: Instant, node: NodeId, state: MemberState) -> ClientResponse {
-        if self.ring.get(node).is_none() {
+        let Some(entry) = self.ring.get(node) else {
             return ClientResponse::Failed(RequestError::InvalidArgument(format!(
                 "node {node} is not in the ring"
             )));
+        };
+        if entry.state == MemberState::Removed {
+            return ClientResponse::Done(format!("node {node} is already removed"));
+        }
+        if state == MemberState::Leaving {
+            // A leave hands data to the others: refuse one that would leave
+            // fewer owners than replicas (remove, for a dead node, is allowed).
+            let remaining = shoal_cluster::transition::desired_owners(&self.ring)
+                .into_iter()
+                .filter(|member| *member != node)
+                .count();
+            let replicas = self.config.cluster.replication_factor;
+            if remaining < replicas {
+                return ClientResponse::Failed(RequestError::InvalidArgument(format!(
+                    "node {node} cannot leave: {remaining} owners would be left for {replicas} replicas (add a node first, or remove it if it is dead)"
+                )));
+            }
         }
         if !self.ring.set_state(node, state) {
             return ClientResponse::Done(format!("node {node} is already {state:?}"));
         }
-        let placement = Placement::new(
-            &self.ring,
-            self.config.cluster.partition_count,
-            self.config.cluster.replication_factor,
-        );
-        self.ring.record_assignment(&placement);
         if let Err(error) = self.install_ring(now) {
             return ClientResponse::Failed(RequestError::StoreFailed(format!(
                 "persisting the ring: {error}"
             )));
         }
-        ClientResponse::Done(format!("node {node} is now {state:?}"))
+        let what = match state {
+            MemberState::Leaving => "leaving: its partitions move to the others, then it stops",
+            MemberState::Removed => "removed: its partitions are rebuilt from the other replicas",
+            _ => "changed",
+        };
+        ClientResponse::Done(format!("node {node} is {what}"))
     }
 
     /// Persists the ring, hands it to the core and gossips it.
@@ -383,7 +417,24 @@ impl EventLoop {
             tracing::error!(%error, "ring too large to gossip");
         }
         self.refresh_addresses();
+        if !self.draining
+            && self.retire_from.is_none()
+            && self
+                .ring
+                .get(self.id)
+                .is_some_and(|entry| entry.state == MemberState::Removed)
+        {
+            tracing::info!(node = %self.id, "removed from the ring: replaying hints, then stopping");
+            self.retire_from = Some(now);
+        }
         Ok(())
+    }
+
+    /// The ring grew by a merge (gossip or the node's own step).
+    fn ring_merged(&mut self, now: Instant) {
+        if let Err(error) = self.install_ring(now) {
+            tracing::error!(%error, "persisting the ring failed");
+        }
     }
 
     fn inspect(&mut self, key: Bytes) -> ClientResponse {
@@ -423,6 +474,11 @@ impl EventLoop {
                         Some(address) => self.endpoint.send_message(*address, &message),
                         None => self.unroutable_messages += 1,
                     },
+                    Output::Ring(ring) => {
+                        if self.ring.merge(&ring) {
+                            self.ring_merged(now);
+                        }
+                    }
                     Output::Respond { id, response } => {
                         if let Some((reply, operation, started)) = self.pending.remove(&id.0) {
                             let ok = !matches!(response, Response::Failed(_));
@@ -468,11 +524,7 @@ impl EventLoop {
                 match Ring::decode(bytes) {
                     Ok(theirs) => {
                         if self.ring.merge(&theirs) {
-                            if let Err(error) = save_ring(&self.config.data_dir, &self.ring) {
-                                tracing::error!(%error, "persisting the ring failed");
-                            }
-                            self.node.handle_ring(now, self.ring.clone());
-                            self.refresh_addresses();
+                            self.ring_merged(now);
                         }
                     }
                     Err(error) => tracing::warn!(%error, "undecodable ring in gossip"),
@@ -542,6 +594,7 @@ impl EventLoop {
             members,
             requests_in_flight: self.node.operations_in_flight(),
             hint_bytes: self.node.hint_bytes_total(),
+            moves: self.node.moves_status(),
         }
     }
 

@@ -151,6 +151,26 @@ impl MetricsBoard {
             node.anti_entropy_keys_sent,
         );
         counter(
+            "moves_completed_total",
+            "Partition moves to this node finished and recorded in the ring.",
+            node.moves_completed,
+        );
+        counter(
+            "move_keys_received_total",
+            "Key states received by pulls of moving partitions.",
+            node.move_keys_received,
+        );
+        counter(
+            "move_bytes_received_total",
+            "Bytes of key states received by pulls of moving partitions.",
+            node.move_bytes_received,
+        );
+        counter(
+            "move_keys_sent_total",
+            "Key states sent to new owners pulling a moving partition.",
+            node.move_keys_sent,
+        );
+        counter(
             "hints_stored_total",
             "Hints stored for other nodes.",
             node.hints_stored,
@@ -268,6 +288,11 @@ impl MetricsBoard {
             suspect_members as u64,
         );
         gauge("hint_bytes", "Bytes of hints held.", hint_bytes);
+        gauge(
+            "moves_pulling",
+            "Pulls (partition, source) of partitions moving to this node still under way.",
+            node.moves_pulling,
+        );
         gauge(
             "requests_in_flight",
             "Requests coordinated or forwarded now.",

@@ -287,6 +287,13 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                     status.requests_in_flight,
                     status.hint_bytes
                 );
+                let moves = &status.moves;
+                if moves.total > 0 {
+                    println!(
+                        "moving partitions (assignment {}): {} of {} moves done, {} pulls under way here",
+                        moves.assignment_version, moves.done, moves.total, moves.pulling_here
+                    );
+                }
                 println!(
                     "{:<8} {:<22} {:<9} {:<9} primaries",
                     "node", "address", "ring", "liveness"

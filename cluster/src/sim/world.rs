@@ -836,10 +836,10 @@ impl Simulation {
             .ring
             .get(node_id(index))
             .is_some_and(|entry| entry.state == crate::ring::MemberState::Removed);
-        let idle = host
-            .node
-            .as_ref()
-            .is_some_and(|node| node.hint_bytes_total() == 0 && node.operations_in_flight() == 0);
+        // Started (its hints loaded), none left, nothing in flight.
+        let idle = host.node.as_ref().is_some_and(|node| {
+            node.epoch().is_some() && node.hint_bytes_total() == 0 && node.operations_in_flight() == 0
+        });
         if !removed || !idle {
             return false;
         }
