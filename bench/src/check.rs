@@ -16,7 +16,10 @@
 //!   failure: `r + w <= N` allows it, and so do sloppy quorums).
 //! - after healing, hints drain and every key's primaries hold identical
 //!   states within a deadline (`converged`, `converge_ms`);
-//! - no node is down that the nemesis did not leave down;
+//! - no node is down that the nemesis did not leave down (a decommissioned
+//!   node is down by design);
+//! - membership changes (`--topology add,decommission:1`) run while the
+//!   workload and faults go on; nothing acknowledged may be lost to them;
 //! - every failed request failed with one of the client's documented errors;
 //! - no node ever held more hints than its per-target bound times the other
 //!   nodes (sampled every second during the run).
@@ -59,6 +62,8 @@ pub struct CheckParameters {
     pub register_workers: usize,
     /// Faults to draw from: kill, pause, partition.
     pub faults: Vec<String>,
+    /// Membership changes spread over the run: `add`, `decommission:I`.
+    pub topology: Vec<String>,
     /// Seconds between fault starts; each fault lasts about as long.
     pub fault_interval: Duration,
     /// How long convergence may take after healing.
@@ -325,6 +330,50 @@ fn heal(
     Ok(())
 }
 
+/// The membership changes of `--topology`, spread evenly over the run;
+/// returns the nodes decommissioned.
+async fn topology(
+    parameters: CheckParameters,
+    history: Arc<History>,
+) -> anyhow::Result<Vec<usize>> {
+    let steps = parameters.topology.clone();
+    let gap = parameters.duration.div_f64(steps.len() as f64 + 1.0);
+    let mut decommissioned = Vec::new();
+    for step in steps {
+        tokio::time::sleep(gap).await;
+        let arguments: Vec<String> = match step.split_once(':') {
+            None if step == "add" => vec!["add".into()],
+            Some(("decommission", node)) if node.parse::<usize>().is_ok() => {
+                vec!["decommission".into(), node.into()]
+            }
+            _ => bail!("unknown topology step {step:?} (add or decommission:I)"),
+        };
+        history.record(serde_json::json!({"topology": step, "phase": "start"}));
+        let started = Instant::now();
+        let for_script = parameters.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
+            script(&for_script, &arguments)
+        })
+        .await
+        .context("a topology step panicked")??;
+        if let Some(node) = step.strip_prefix("decommission:") {
+            decommissioned.push(node.parse::<usize>()?);
+        }
+        history.record(serde_json::json!({
+            "topology": step,
+            "phase": "done",
+            "step_ms": started.elapsed().as_millis() as u64,
+            "output": output.trim(),
+        }));
+        eprintln!(
+            "topology: {step} done in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(decommissioned)
+}
+
 async fn nemesis(
     parameters: CheckParameters,
     nodes: usize,
@@ -347,7 +396,14 @@ async fn nemesis(
         }
         let fault = &parameters.faults[rng.random_range(0..parameters.faults.len())];
         let count = rng.random_range(1..=minority);
-        let mut chosen: Vec<usize> = (1..=nodes).collect();
+        // Nodes that will be decommissioned are left alone: a removed node
+        // cannot be restarted.
+        let leaving: Vec<usize> = parameters
+            .topology
+            .iter()
+            .filter_map(|step| step.strip_prefix("decommission:")?.parse().ok())
+            .collect();
+        let mut chosen: Vec<usize> = (1..=nodes).filter(|node| !leaving.contains(node)).collect();
         for index in (1..chosen.len()).rev() {
             chosen.swap(index, rng.random_range(0..=index));
         }
@@ -450,6 +506,7 @@ pub async fn check(parameters: CheckParameters) -> anyhow::Result<bool> {
             (parameters.register_r, parameters.register_w),
         )));
     }
+    let topology_task = tokio::spawn(topology(parameters.clone(), history.clone()));
     let nemesis_task = tokio::spawn(nemesis(
         parameters.clone(),
         nodes,
@@ -486,6 +543,10 @@ pub async fn check(parameters: CheckParameters) -> anyhow::Result<bool> {
         worker.await.context("a worker panicked")?;
     }
     let faults = nemesis_task.await.context("the nemesis panicked")??;
+    // Membership changes finish (a decommission waits for its hand-off).
+    let decommissioned = topology_task
+        .await
+        .context("the topology changes panicked")??;
     let hint_bytes_peak = hint_sampler.await.context("the hint sampler panicked")?;
     let hint_bound = parameters
         .hint_bytes_per_target_max
@@ -498,6 +559,11 @@ pub async fn check(parameters: CheckParameters) -> anyhow::Result<bool> {
     let down: Vec<String> = status
         .lines()
         .filter(|line| line.starts_with("node ") && !line.contains("running"))
+        .filter(|line| {
+            !decommissioned
+                .iter()
+                .any(|node| line.starts_with(&format!("node {node} ")))
+        })
         .map(str::to_string)
         .collect();
 
@@ -515,6 +581,8 @@ pub async fn check(parameters: CheckParameters) -> anyhow::Result<bool> {
         ..ReadOptions::default()
     };
     while Instant::now() < deadline {
+        // Learn the ring afresh: members change (joined, removed).
+        let _ = client.ring().await;
         let mut hints = 0;
         let mut reachable = true;
         for (_, address) in client.member_addresses() {
@@ -573,6 +641,8 @@ pub async fn check(parameters: CheckParameters) -> anyhow::Result<bool> {
         "register_r": parameters.register_r.to_string(),
         "register_w": parameters.register_w.to_string(),
         "nodes_down_after_heal": down,
+        "topology": parameters.topology,
+        "decommissioned": decommissioned,
         "hint_bytes_max_after_heal": hint_bytes_max,
         "hint_bytes_peak_per_node": hint_bytes_peak,
         "hint_bytes_bound_per_node": hint_bound,

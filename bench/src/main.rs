@@ -147,6 +147,11 @@ enum Command {
         /// Faults to inject, comma-separated: kill, pause, rolling, partition (needs --netns).
         #[arg(long, value_delimiter = ',', default_value = "kill,pause")]
         faults: Vec<String>,
+        /// Membership changes, comma-separated, spread evenly over the run:
+        /// `add` (one more node joins) and `decommission:I` (node I leaves,
+        /// hands off its data and stops). Example: add,add,decommission:1.
+        #[arg(long, value_delimiter = ',')]
+        topology: Vec<String>,
         /// Seconds between faults (each lasts until the next).
         #[arg(long, default_value_t = 5.0)]
         fault_interval: f64,
@@ -357,6 +362,7 @@ fn main() -> anyhow::Result<()> {
             set_workers,
             register_workers,
             faults,
+            topology,
             fault_interval,
             converge_deadline,
             history,
@@ -383,6 +389,7 @@ fn main() -> anyhow::Result<()> {
                 set_workers,
                 register_workers,
                 faults,
+                topology,
                 fault_interval: std::time::Duration::from_secs_f64(fault_interval),
                 converge_deadline: std::time::Duration::from_secs_f64(converge_deadline),
                 history,

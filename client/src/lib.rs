@@ -590,6 +590,10 @@ impl Client {
                     let addresses = ring
                         .members
                         .iter()
+                        // A removed member has stopped for good.
+                        .filter(|(_, entry)| {
+                            entry.state != shoal_cluster::ring::MemberState::Removed
+                        })
                         .filter_map(|(node, entry)| {
                             entry.address.parse().ok().map(|address| (*node, address))
                         })

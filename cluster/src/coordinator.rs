@@ -354,6 +354,9 @@ mod tests {
             next_fallback(&list, &list[..3], NodeId(1), &used, alive),
             Some(NodeId(6))
         );
-        assert_eq!(next_fallback(&list, &list[..3], NodeId(6), &used, alive), None);
+        assert_eq!(
+            next_fallback(&list, &list[..3], NodeId(6), &used, alive),
+            None
+        );
     }
 }

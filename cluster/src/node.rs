@@ -634,7 +634,9 @@ impl Node {
         self.layout = Some(layout);
         let mut completed = false;
         for partition in finished {
-            completed |= self.ring.complete_move(self.pulls_version, partition.0, self.id);
+            completed |= self
+                .ring
+                .complete_move(self.pulls_version, partition.0, self.id);
         }
         if changed || completed {
             self.outputs.push_back(Output::Ring(self.ring.clone()));
@@ -872,13 +874,20 @@ impl Node {
             // Everything pulled reaches disk before the ring says so.
             let (inner, _) = store.parts();
             if inner
-                .write(&replica::moves_key(), Some(&version.to_be_bytes()), Durability::Durable)
+                .write(
+                    &replica::moves_key(),
+                    Some(&version.to_be_bytes()),
+                    Durability::Durable,
+                )
                 .is_err()
             {
                 self.metrics.store_failures += 1;
                 return;
             }
-            if self.ring.complete_move(self.pulls_version, partition.0, self.id) {
+            if self
+                .ring
+                .complete_move(self.pulls_version, partition.0, self.id)
+            {
                 self.metrics.moves_completed += 1;
                 self.outputs.push_back(Output::Ring(self.ring.clone()));
                 self.ring_changed(now);
@@ -1657,7 +1666,9 @@ impl Node {
             .as_ref()
             .and_then(|layout| layout.write_groups(partition))
         {
-            Some((old, new)) => QuorumTracker::with_groups(required, vec![old.to_vec(), new.to_vec()]),
+            Some((old, new)) => {
+                QuorumTracker::with_groups(required, vec![old.to_vec(), new.to_vec()])
+            }
             None => QuorumTracker::new(required),
         };
         let mut primaries = primaries;
@@ -1738,13 +1749,9 @@ impl Node {
             .copied()
             .chain(operation.stored.iter().copied())
             .collect();
-        let fallback = next_fallback(
-            &list,
-            &operation.primaries,
-            self.id,
-            &used,
-            |node| self.is_alive(node),
-        );
+        let fallback = next_fallback(&list, &operation.primaries, self.id, &used, |node| {
+            self.is_alive(node)
+        });
         if let Some(fallback) = fallback {
             operation.handoffs.insert(primary, fallback);
             operation.tracker.asked(fallback);
@@ -2017,13 +2024,9 @@ impl Node {
         let list = self.preference_list(operation.partition);
         let used: BTreeSet<NodeId> = operation.substitutes.keys().copied().collect();
         let write_set = self.write_set(operation.partition);
-        let fallback = next_fallback(
-            &list,
-            &write_set,
-            self.id,
-            &used,
-            |node| self.is_alive(node),
-        );
+        let fallback = next_fallback(&list, &write_set, self.id, &used, |node| {
+            self.is_alive(node)
+        });
         if let Some(fallback) = fallback {
             operation.substitutes.insert(fallback, primary);
             operation.tracker.asked(fallback);

@@ -375,12 +375,7 @@ mod tests {
     /// The claim over the ring's owners starting from `before`'s table.
     fn reclaimed(ring: &Ring, before: &Placement) -> Placement {
         let owners: Vec<NodeId> = ring.owners().collect();
-        Placement::claimed(
-            Some(&before.primary_table()),
-            &owners,
-            PARTITIONS,
-            REPLICAS,
-        )
+        Placement::claimed(Some(&before.primary_table()), &owners, PARTITIONS, REPLICAS)
     }
 
     /// Adds (or removes) one owner to a ring of `owners` with a recorded

@@ -123,8 +123,12 @@ impl Layout {
         everyone.extend(target_owners.iter().copied());
         everyone.sort();
         everyone.dedup();
-        let current =
-            Placement::from_table(committed.clone(), &owners, partition_count, replication_factor);
+        let current = Placement::from_table(
+            committed.clone(),
+            &owners,
+            partition_count,
+            replication_factor,
+        );
         let target = Placement::claimed(
             Some(&committed),
             &target_owners,
@@ -220,9 +224,12 @@ impl Layout {
     /// The two groups a write to `partition` must reach `w` of, while the
     /// partition moves: the committed primaries and the target ones.
     pub fn write_groups(&self, partition: Partition) -> Option<(&[NodeId], &[NodeId])> {
-        self.moving
-            .contains(&partition)
-            .then(|| (self.current.primaries(partition), self.target.primaries(partition)))
+        self.moving.contains(&partition).then(|| {
+            (
+                self.current.primaries(partition),
+                self.target.primaries(partition),
+            )
+        })
     }
 }
 

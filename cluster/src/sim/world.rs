@@ -681,7 +681,9 @@ impl Simulation {
             now,
         );
         let others: Vec<usize> = (0..self.hosts.len())
-            .filter(|other| *other != index && self.hosts[*other].member && !self.hosts[*other].gone)
+            .filter(|other| {
+                *other != index && self.hosts[*other].member && !self.hosts[*other].gone
+            })
             .collect();
         if first_start {
             for other in &others {
@@ -740,7 +742,9 @@ impl Simulation {
                         let ring = &self.hosts[index].ring;
                         let members: Vec<String> = ring
                             .members()
-                            .map(|(node, entry)| format!("{node}:{:?}:{}", entry.state, ring.seen(node)))
+                            .map(|(node, entry)| {
+                                format!("{node}:{:?}:{}", entry.state, ring.seen(node))
+                            })
                             .collect();
                         eprintln!(
                             "{} ring at {index}: v{} {members:?}",
@@ -814,9 +818,9 @@ impl Simulation {
 
     /// Sends `ring` from node `from` to node `to` over the simulated network.
     fn gossip_ring(&mut self, from: usize, to: usize, ring: &Ring) {
-        let arrivals = self
-            .network
-            .send(&mut self.network_rng, self.now, node_id(from), node_id(to));
+        let arrivals =
+            self.network
+                .send(&mut self.network_rng, self.now, node_id(from), node_id(to));
         for arrival in arrivals {
             self.schedule(
                 arrival - self.now,
@@ -838,7 +842,9 @@ impl Simulation {
             .is_some_and(|entry| entry.state == crate::ring::MemberState::Removed);
         // Started (its hints loaded), none left, nothing in flight.
         let idle = host.node.as_ref().is_some_and(|node| {
-            node.epoch().is_some() && node.hint_bytes_total() == 0 && node.operations_in_flight() == 0
+            node.epoch().is_some()
+                && node.hint_bytes_total() == 0
+                && node.operations_in_flight() == 0
         });
         if !removed || !idle {
             return false;
@@ -882,7 +888,9 @@ impl Simulation {
         let Some(first) = members.first().map(|index| &self.hosts[*index].ring) else {
             return true;
         };
-        let same = members.iter().all(|index| self.hosts[*index].ring == *first);
+        let same = members
+            .iter()
+            .all(|index| self.hosts[*index].ring == *first);
         let still = first.members().all(|(_, entry)| {
             matches!(
                 entry.state,
@@ -1285,7 +1293,9 @@ impl Simulation {
             }
             Phase::Drain => {
                 let members = self.live_members();
-                let all_up = members.iter().all(|index| self.hosts[*index].node.is_some());
+                let all_up = members
+                    .iter()
+                    .all(|index| self.hosts[*index].node.is_some());
                 let drained = members.iter().all(|index| {
                     self.hosts[*index].node.as_ref().is_some_and(|node| {
                         node.epoch().is_some()
@@ -1314,7 +1324,8 @@ impl Simulation {
             }
             Phase::Repair => {
                 let quiet = self.live_members().iter().all(|index| {
-                    self.hosts[*index].node
+                    self.hosts[*index]
+                        .node
                         .as_ref()
                         .is_some_and(|node| node.operations_in_flight() == 0)
                 });
