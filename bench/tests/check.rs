@@ -59,8 +59,7 @@ impl Drop for Cluster {
     }
 }
 
-#[test]
-fn five_nodes_lose_no_acknowledged_write_under_kills_pauses_and_partitions() {
+fn bin_dir() -> PathBuf {
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_shoal-bench"))
         .parent()
         .unwrap()
@@ -72,6 +71,129 @@ fn five_nodes_lose_no_acknowledged_write_under_kills_pauses_and_partitions() {
             bin_dir.join(binary).display()
         );
     }
+    bin_dir
+}
+
+/// Runs `shoal-bench check` with `arguments` where the nodes are; returns
+/// its JSON summary and whether it exited 0.
+fn run_check(cluster: &Cluster, arguments: &[String]) -> (serde_json::Value, bool) {
+    let mut check = vec![
+        "exec".to_string(),
+        "--dir".into(),
+        cluster.dir.display().to_string(),
+        "--".to_string(),
+        cluster.bin_dir.join("shoal-bench").display().to_string(),
+        "check".into(),
+        "--dir".into(),
+        cluster.dir.display().to_string(),
+        "--script".into(),
+        repository()
+            .join("scripts/cluster.sh")
+            .display()
+            .to_string(),
+    ];
+    check.extend(arguments.iter().cloned());
+    let output = Command::new(repository().join("scripts/cluster.sh"))
+        .args(&check)
+        .env("SHOAL_BIN_DIR", &cluster.bin_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|error| {
+            panic!(
+                "no JSON summary ({error}); stdout: {stdout}; stderr: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+    eprintln!("check summary: {summary}");
+    (summary, output.status.success())
+}
+
+/// Three nodes grow to five (two `cluster.sh add`) and shrink to four (a
+/// `cluster.sh decommission`) while the workload runs and nodes are killed
+/// and paused: every acknowledged write survives and the replicas converge.
+#[test]
+fn three_nodes_grow_to_five_and_shrink_to_four_under_load_losing_nothing() {
+    let bin_dir = bin_dir();
+    let seconds: u64 = std::env::var("SHOAL_CHECK_TOPOLOGY_SECONDS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(40);
+    let scratch = tempfile::tempdir().unwrap();
+    let cluster = Cluster {
+        dir: scratch.path().join("cluster"),
+        bin_dir,
+    };
+    let base_port = 24_000 + (std::process::id() % 2_000) * 10;
+    let base = base_port.to_string();
+    let started = cluster.script(&["start", "--nodes", "3", "--base-port", &base]);
+    assert!(
+        started.status.success(),
+        "cluster.sh start failed: {}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let history = scratch.path().join("history.jsonl");
+    let arguments: Vec<String> = [
+        "--duration",
+        &seconds.to_string(),
+        "--fault-interval",
+        "4",
+        "--faults",
+        "kill,pause",
+        "--topology",
+        "add,add,decommission:1",
+        "--history",
+        &history.display().to_string(),
+    ]
+    .iter()
+    .map(|text| text.to_string())
+    .collect();
+    let (summary, ok) = run_check(&cluster, &arguments);
+    assert_eq!(
+        summary["lost"], 0,
+        "acknowledged writes were lost: {summary}"
+    );
+    assert_eq!(
+        summary["converged"], true,
+        "replicas did not converge: {summary}"
+    );
+    assert_eq!(
+        summary["decommissioned"],
+        serde_json::json!([1]),
+        "{summary}"
+    );
+    assert!(
+        summary["acked"].as_u64().unwrap() > 100,
+        "too little load: {summary}"
+    );
+    assert!(ok, "the checker failed: {summary}");
+    // The ring ends with four active members and node 1 removed.
+    let ring = Command::new(cluster.bin_dir.join("shoal"))
+        .args([
+            "--config",
+            &cluster.dir.join("client.toml").display().to_string(),
+        ])
+        .args(["ring", "--json"])
+        .output()
+        .unwrap();
+    let ring: serde_json::Value = serde_json::from_slice(&ring.stdout).unwrap();
+    let states: Vec<String> = ring["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|member| member[1]["state"].as_str().unwrap_or("?").to_string())
+        .collect();
+    assert_eq!(
+        states,
+        ["Removed", "Active", "Active", "Active", "Active"],
+        "{ring}"
+    );
+}
+
+#[test]
+fn five_nodes_lose_no_acknowledged_write_under_kills_pauses_and_partitions() {
+    let bin_dir = bin_dir();
     let seconds: u64 = std::env::var("SHOAL_CHECK_SECONDS")
         .ok()
         .and_then(|value| value.parse().ok())
@@ -102,45 +224,20 @@ fn five_nodes_lose_no_acknowledged_write_under_kills_pauses_and_partitions() {
     } else {
         "kill,pause,rolling"
     };
-    let seconds_text = seconds.to_string();
-    let mut check = vec![
-        "exec".to_string(),
-        "--".to_string(),
-        bin_dir.join("shoal-bench").display().to_string(),
-        "check".into(),
-        "--dir".into(),
-        cluster.dir.display().to_string(),
-        "--script".into(),
-        repository()
-            .join("scripts/cluster.sh")
-            .display()
-            .to_string(),
-        "--duration".into(),
-        seconds_text,
-        "--fault-interval".into(),
-        "5".into(),
-        "--faults".into(),
-        faults.into(),
-        "--history".into(),
-        history.display().to_string(),
-    ];
-    // cluster.sh takes --dir anywhere; `exec` runs the command where the nodes are.
-    check.insert(1, cluster.dir.display().to_string());
-    check.insert(1, "--dir".into());
-    let output = Command::new(repository().join("scripts/cluster.sh"))
-        .args(&check)
-        .env("SHOAL_BIN_DIR", &bin_dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|error| {
-            panic!(
-                "no JSON summary ({error}); stdout: {stdout}; stderr: {}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-        });
-    eprintln!("check summary: {summary}");
+    let arguments: Vec<String> = [
+        "--duration",
+        &seconds.to_string(),
+        "--fault-interval",
+        "5",
+        "--faults",
+        faults,
+        "--history",
+        &history.display().to_string(),
+    ]
+    .iter()
+    .map(|text| text.to_string())
+    .collect();
+    let (summary, ok) = run_check(&cluster, &arguments);
     assert_eq!(
         summary["lost"], 0,
         "acknowledged writes were lost: {summary}"
@@ -162,5 +259,5 @@ fn five_nodes_lose_no_acknowledged_write_under_kills_pauses_and_partitions() {
             <= summary["hint_bytes_bound_per_node"].as_u64().unwrap(),
         "hint storage over its bound: {summary}"
     );
-    assert!(output.status.success(), "the checker failed: {summary}");
+    assert!(ok, "the checker failed: {summary}");
 }

@@ -647,6 +647,23 @@ impl Node {
         }
     }
 
+    /// The pulls under way, in words (for debugging).
+    pub fn pulls_summary(&self) -> String {
+        self.pulls
+            .iter()
+            .filter(|(_, pull)| !pull.done)
+            .map(|((partition, source), pull)| {
+                format!(
+                    "{}<-{source}@{}:{:?}",
+                    partition.0,
+                    pull.cursor.len(),
+                    pull.asked_at.is_some()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// Progress of the moves of the current assignment.
     pub fn moves_status(&self) -> crate::protocol::MovesStatus {
         let Some(layout) = self.layout.as_ref() else {
@@ -857,21 +874,15 @@ impl Node {
             self.ae_budget -= bytes as f64;
         }
         let next = until.filter(|next| *next > range_from);
-        if let Some(pull) = self.pulls.get_mut(&(partition, source)) {
-            pull.asked_at = None;
-            match next {
-                Some(next) => pull.cursor = next,
-                None => pull.done = true,
-            }
-        }
-        self.metrics.moves_pulling = self.pulls.values().filter(|pull| !pull.done).count() as u64;
-        let partition_done = self
-            .pulls
-            .iter()
-            .filter(|((moving, _), _)| *moving == partition)
-            .all(|(_, pull)| pull.done);
+        let partition_done = next.is_none()
+            && self
+                .pulls
+                .iter()
+                .filter(|((moving, from), _)| *moving == partition && *from != source)
+                .all(|(_, pull)| pull.done);
         if partition_done {
-            // Everything pulled reaches disk before the ring says so.
+            // Everything pulled reaches disk before the ring says so; if that
+            // fails, the last range is asked again.
             let (inner, _) = store.parts();
             if inner
                 .write(
@@ -882,16 +893,28 @@ impl Node {
                 .is_err()
             {
                 self.metrics.store_failures += 1;
+                if let Some(pull) = self.pulls.get_mut(&(partition, source)) {
+                    pull.asked_at = None;
+                }
                 return;
             }
-            if self
+        }
+        if let Some(pull) = self.pulls.get_mut(&(partition, source)) {
+            pull.asked_at = None;
+            match next {
+                Some(next) => pull.cursor = next,
+                None => pull.done = true,
+            }
+        }
+        self.metrics.moves_pulling = self.pulls.values().filter(|pull| !pull.done).count() as u64;
+        if partition_done
+            && self
                 .ring
                 .complete_move(self.pulls_version, partition.0, self.id)
-            {
-                self.metrics.moves_completed += 1;
-                self.outputs.push_back(Output::Ring(self.ring.clone()));
-                self.ring_changed(now);
-            }
+        {
+            self.metrics.moves_completed += 1;
+            self.outputs.push_back(Output::Ring(self.ring.clone()));
+            self.ring_changed(now);
         } else {
             self.pull_tick(now);
         }

@@ -1309,6 +1309,18 @@ impl Simulation {
                 if all_up && drained && beliefs_settled && self.topology_settled() {
                     self.start_repair();
                 } else if self.now - self.phase_started > DRAIN_MAX_MICROS {
+                    if self.debug {
+                        for index in self.live_members() {
+                            if let Some(node) = self.hosts[index].node.as_ref() {
+                                eprintln!(
+                                    "{} node {index}: {:?} {}",
+                                    self.now,
+                                    node.moves_status(),
+                                    node.pulls_summary()
+                                );
+                            }
+                        }
+                    }
                     let held: u64 = self
                         .hosts
                         .iter()
