@@ -307,12 +307,9 @@ pub fn ring_step(
         }
         Some(_) => {}
     }
-    if matching.is_none() {
-        // Founders only (or a node that has not learnt the cluster yet):
-        // nothing moves, nothing to commit.
-        return None;
-    }
-    let _ = &desired;
+    // Founders only (or a node that has not learnt the cluster yet):
+    // nothing moves, nothing to commit.
+    let assignment = matching?;
     let layout = Layout::new(ring, partition_count, replication_factor);
     let version = layout.version();
     // 2. This node's progress mark.
@@ -326,9 +323,6 @@ pub fn ring_step(
     //    assignment reflects is committed: a joining member it targets
     //    becomes active, a leaving member it no longer targets is removed
     //    (a change not yet recorded waits for the next version).
-    let Some(assignment) = matching else {
-        return None;
-    };
     let targeted: Vec<NodeId> = assignment
         .target_owners
         .iter()
