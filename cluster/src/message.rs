@@ -332,6 +332,8 @@ pub enum Message {
         version: u64,
         /// The first user key wanted.
         from: Bytes,
+        /// Answer with digests of the states, not the states.
+        digests: bool,
     },
     /// The answer: the states of `[from, until)` (`until: None`: to the
     /// partition's end), cut where the configured size says.
@@ -344,6 +346,26 @@ pub enum Message {
         from: Bytes,
         /// The end of the range, exclusive.
         until: Option<Bytes>,
+        /// User key and encoded key state (or its 8-byte digest).
+        states: Vec<(Bytes, Bytes)>,
+        /// Whether `states` carries digests.
+        digests: bool,
+    },
+    /// A new owner asks for the states of keys whose digests differed.
+    PullKeys {
+        /// The partition.
+        partition: u32,
+        /// The assignment version the move belongs to.
+        version: u64,
+        /// The user keys (at most `anti_entropy_build_keys_max`).
+        keys: Vec<Bytes>,
+    },
+    /// The answer: the states of those keys this node holds.
+    PullKeysReply {
+        /// The partition.
+        partition: u32,
+        /// The version asked for.
+        version: u64,
         /// User key and encoded key state.
         states: Vec<(Bytes, Bytes)>,
     },
@@ -479,12 +501,24 @@ mod tests {
                 partition: 7,
                 version: 3,
                 from: key.clone(),
+                digests: true,
             },
             Message::PullReply {
                 partition: 7,
                 version: 3,
                 from: Bytes::new(),
                 until: None,
+                states: vec![(key.clone(), Bytes::from_static(b"state"))],
+                digests: false,
+            },
+            Message::PullKeys {
+                partition: 7,
+                version: 3,
+                keys: vec![key.clone()],
+            },
+            Message::PullKeysReply {
+                partition: 7,
+                version: 3,
                 states: vec![(key, Bytes::from_static(b"state"))],
             },
         ]

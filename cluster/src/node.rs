@@ -38,10 +38,10 @@ use crate::partitioner::Partitioner;
 use crate::placement::Placement;
 use crate::quorum::{QuorumOutcome, QuorumTracker};
 use crate::replica::{self, ReplicaError, ReplicaLimits};
-use crate::ring::{MemberState, Ring};
+use crate::ring::Ring;
 use crate::siblings::{KeyState, SiblingValue};
 use crate::store::{Durability, Store};
-use crate::transition::{self, Layout};
+use crate::transition::Layout;
 use crate::version_vector::VersionVector;
 
 /// What membership believes about a member. Only [`Liveness::Alive`] members
@@ -168,30 +168,10 @@ pub struct Node {
     layout: Option<Layout>,
     /// The pulls of partitions moving to this node, by (partition, source),
     /// under assignment `pulls_version`.
-    pulls: BTreeMap<(Partition, NodeId), Pull>,
+    pulls: BTreeMap<(Partition, NodeId), moves::Pull>,
     pulls_version: (u64, u64),
     /// When pulls are next looked at.
     next_pull: Option<Instant>,
-}
-
-/// Most pulls of moving partitions in flight at once.
-const PULLS_IN_FLIGHT_MAX: usize = 4;
-
-/// How long an unanswered pull request waits before it is asked again.
-const PULL_RETRY: Duration = Duration::from_secs(1);
-
-/// How often pulls are looked at while any is under way.
-const PULL_TICK: Duration = Duration::from_millis(50);
-
-/// One pull of a moving partition from one source.
-#[derive(Debug, Default)]
-struct Pull {
-    /// The first user key not yet received.
-    cursor: Bytes,
-    /// Received up to the partition's end.
-    done: bool,
-    /// When the request for `cursor` was sent, if it is unanswered.
-    asked_at: Option<Instant>,
 }
 
 /// Most anti-entropy range steps waiting for budget.
@@ -467,20 +447,32 @@ impl Node {
                 partition,
                 version,
                 from: range_from,
-            } => self.serve_pull(from, partition, version, range_from, store),
+                digests,
+            } => self.serve_pull(from, (partition, version), range_from, digests, store),
             Message::PullReply {
                 partition,
                 version,
                 from: range_from,
                 until,
                 states,
+                digests,
             } => self.receive_pull_reply(
                 now,
                 (from, partition, version),
                 (range_from, until),
-                states,
+                (states, digests),
                 store,
             ),
+            Message::PullKeys {
+                partition,
+                version,
+                keys,
+            } => self.serve_pull_keys(from, (partition, version), keys, store),
+            Message::PullKeysReply {
+                partition,
+                version,
+                states,
+            } => self.receive_pull_keys_reply(now, (from, partition, version), states, store),
             Message::AeRoot { partition, root } => {
                 self.receive_ae_root(from, partition, root, store)
             }
@@ -576,347 +568,6 @@ impl Node {
                     Err(_) => self.metrics.store_failures += 1,
                 }
             }
-        }
-    }
-
-    // ---- ownership moves ---------------------------------------------------
-
-    /// The ring changed: take this node's steps in it, recompute the layout,
-    /// and start or drop pulls.
-    fn ring_changed(&mut self, now: Instant) {
-        let (count, replicas) = (self.config.partition_count, self.config.replication_factor);
-        let mut changed = false;
-        // Each step raises the ring (a version, a mark, a commit); a handful
-        // is the most one ring can need.
-        for _ in 0..8 {
-            match transition::ring_step(&self.ring, self.id, count, replicas) {
-                Some(next) => {
-                    self.ring.merge(&next);
-                    changed = true;
-                }
-                None => break,
-            }
-        }
-        let layout = Layout::new(&self.ring, count, replicas);
-        self.placement = Some(layout.effective().clone());
-        if layout.id() != self.pulls_version {
-            self.pulls.clear();
-            self.pulls_version = layout.id();
-        }
-        let mut wanted = BTreeSet::new();
-        let mut finished = Vec::new();
-        for item in layout.moves() {
-            if item.to != self.id || item.done {
-                continue;
-            }
-            let sources: Vec<NodeId> = item
-                .sources
-                .iter()
-                .copied()
-                .filter(|source| *source != self.id)
-                .collect();
-            if sources.is_empty() {
-                // Every committed holder is gone: nothing to pull.
-                finished.push(item.partition);
-            }
-            for source in sources {
-                wanted.insert((item.partition, source));
-            }
-        }
-        self.pulls.retain(|key, _| wanted.contains(key));
-        for key in wanted {
-            self.pulls.entry(key).or_default();
-        }
-        self.metrics.moves_pulling = self.pulls.values().filter(|pull| !pull.done).count() as u64;
-        if self.pulls.values().any(|pull| !pull.done) && self.next_pull.is_none() {
-            self.next_pull = Some(now);
-        }
-        self.layout = Some(layout);
-        let mut completed = false;
-        for partition in finished {
-            completed |= self
-                .ring
-                .complete_move(self.pulls_version, partition.0, self.id);
-        }
-        if changed || completed {
-            self.outputs.push_back(Output::Ring(self.ring.clone()));
-        }
-        if completed {
-            // Bounded: a move completes once.
-            self.ring_changed(now);
-        }
-    }
-
-    /// The pulls under way, in words (for debugging).
-    pub fn pulls_summary(&self) -> String {
-        self.pulls
-            .iter()
-            .filter(|(_, pull)| !pull.done)
-            .map(|((partition, source), pull)| {
-                format!(
-                    "{}<-{source}@{}:{:?}",
-                    partition.0,
-                    pull.cursor.len(),
-                    pull.asked_at.is_some()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-
-    /// Progress of the moves of the current assignment.
-    pub fn moves_status(&self) -> crate::protocol::MovesStatus {
-        let Some(layout) = self.layout.as_ref() else {
-            return crate::protocol::MovesStatus::default();
-        };
-        crate::protocol::MovesStatus {
-            assignment_version: layout.version(),
-            total: layout.moves().len(),
-            done: layout.moves().iter().filter(|item| item.done).count(),
-            pulling_here: self.metrics.moves_pulling,
-        }
-    }
-
-    /// The members a write to `partition` goes to: the effective primaries,
-    /// then, while the partition moves, the other group's.
-    fn write_set(&self, partition: Partition) -> Vec<NodeId> {
-        let mut set = self
-            .placement
-            .as_ref()
-            .map(|placement| placement.primaries(partition).to_vec())
-            .unwrap_or_default();
-        if let Some((old, new)) = self
-            .layout
-            .as_ref()
-            .and_then(|layout| layout.write_groups(partition))
-        {
-            for node in old.iter().chain(new) {
-                if !set.contains(node) {
-                    set.push(*node);
-                }
-            }
-        }
-        set
-    }
-
-    /// Asks sources for the next range of every pull that is ready, within
-    /// the in-flight bound and the anti-entropy byte budget (pulls and
-    /// exchanges share it).
-    fn pull_tick(&mut self, now: Instant) {
-        self.next_pull = None;
-        if self.pulls.values().all(|pull| pull.done) {
-            return;
-        }
-        self.next_pull = Some(now + PULL_TICK);
-        let ready: BTreeSet<Partition> = self
-            .layout
-            .as_ref()
-            .map(|layout| {
-                layout
-                    .moves()
-                    .iter()
-                    .filter(|item| item.to == self.id && item.ready)
-                    .map(|item| item.partition)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut in_flight = self
-            .pulls
-            .values()
-            .filter(|pull| pull.asked_at.is_some_and(|at| now < at + PULL_RETRY))
-            .count();
-        let version = self.pulls_version.0;
-        let mut requests = Vec::new();
-        for ((partition, source), pull) in &mut self.pulls {
-            if in_flight >= PULLS_IN_FLIGHT_MAX {
-                break;
-            }
-            let waiting = pull.asked_at.is_some_and(|at| now < at + PULL_RETRY);
-            if pull.done || waiting || !ready.contains(partition) {
-                continue;
-            }
-            pull.asked_at = Some(now);
-            in_flight += 1;
-            requests.push((*source, partition.0, pull.cursor.clone()));
-        }
-        for (source, partition, from) in requests {
-            if !self.ae_may_send(now) {
-                // Out of budget: forget the ask, so the next tick sends it.
-                if let Some(pull) = self.pulls.get_mut(&(Partition(partition), source)) {
-                    pull.asked_at = None;
-                }
-                continue;
-            }
-            self.send(
-                source,
-                Message::PullStates {
-                    partition,
-                    version,
-                    from,
-                },
-            );
-        }
-    }
-
-    /// A new owner asks for this node's states of a moving partition.
-    fn serve_pull(
-        &mut self,
-        from: NodeId,
-        partition: u32,
-        version: u64,
-        range_from: Bytes,
-        store: &mut impl Store,
-    ) {
-        let Some(partition) = self.ae_partition(partition) else {
-            return;
-        };
-        // Only to members of the ring: a removed or unknown node gets nothing.
-        let member = self
-            .ring
-            .get(from)
-            .is_some_and(|entry| entry.state != MemberState::Removed);
-        if !member || range_from.len() > self.config.key_size_max_bytes {
-            self.metrics.malformed_messages += 1;
-            return;
-        }
-        let every_bucket: Vec<u16> = (0..BUCKETS as u16).collect();
-        let found = match anti_entropy::states_in_range(
-            store,
-            partition,
-            &every_bucket,
-            &range_from,
-            None,
-            self.config.anti_entropy_bytes_max,
-            self.config.anti_entropy_build_keys_max,
-        ) {
-            Ok(found) => found,
-            Err(_) => {
-                self.metrics.store_failures += 1;
-                return;
-            }
-        };
-        self.metrics.move_keys_sent += found.states.len() as u64;
-        self.send(
-            from,
-            Message::PullReply {
-                partition: partition.0,
-                version,
-                from: range_from,
-                until: found.until.map(Bytes::from),
-                states: found
-                    .states
-                    .into_iter()
-                    .map(|(key, state)| (Bytes::from(key), Bytes::from(state)))
-                    .collect(),
-            },
-        );
-    }
-
-    /// A range of a pull: merged here (as read repair merges); the pull goes
-    /// on from its end, or, at the partition's end, is done — and when every
-    /// source of the partition is done, the move is recorded in the ring,
-    /// after a durable write that makes everything pulled durable.
-    fn receive_pull_reply<S: Store>(
-        &mut self,
-        now: Instant,
-        (source, partition, version): (NodeId, u32, u64),
-        (range_from, until): (Bytes, Option<Bytes>),
-        states: Vec<(Bytes, Bytes)>,
-        store: &mut Tracked<'_, S>,
-    ) {
-        let Some(partition) = self.ae_partition(partition) else {
-            return;
-        };
-        if version != self.pulls_version.0 {
-            return;
-        }
-        let Some(pull) = self.pulls.get(&(partition, source)) else {
-            return;
-        };
-        // A late or duplicated answer for a range already taken.
-        if pull.done || pull.cursor != range_from {
-            return;
-        }
-        let mut bytes = 0;
-        for (key, encoded) in &states {
-            let in_place = self.key_is_valid(key)
-                && self.partitioner.partition_of(key) == partition
-                && key[..] >= range_from[..]
-                && until.as_ref().is_none_or(|until| key[..] < until[..]);
-            if !in_place {
-                self.metrics.malformed_messages += 1;
-                continue;
-            }
-            let state =
-                match KeyState::decode_with_limit(encoded, self.config.key_state_size_max_bytes) {
-                    Ok(state) => state,
-                    Err(_) => {
-                        self.metrics.malformed_messages += 1;
-                        continue;
-                    }
-                };
-            bytes += key.len() + encoded.len();
-            if self
-                .apply_data(partition, key, &state, Durability::Buffered, store)
-                .is_err()
-            {
-                // Not taken: this range is asked again.
-                self.metrics.store_failures += 1;
-                if let Some(pull) = self.pulls.get_mut(&(partition, source)) {
-                    pull.asked_at = None;
-                }
-                return;
-            }
-        }
-        self.metrics.move_keys_received += states.len() as u64;
-        self.metrics.move_bytes_received += bytes as u64;
-        if self.config.anti_entropy_bytes_per_second > 0 {
-            self.ae_budget -= bytes as f64;
-        }
-        let next = until.filter(|next| *next > range_from);
-        let partition_done = next.is_none()
-            && self
-                .pulls
-                .iter()
-                .filter(|((moving, from), _)| *moving == partition && *from != source)
-                .all(|(_, pull)| pull.done);
-        if partition_done {
-            // Everything pulled reaches disk before the ring says so; if that
-            // fails, the last range is asked again.
-            let (inner, _) = store.parts();
-            if inner
-                .write(
-                    &replica::moves_key(),
-                    Some(&version.to_be_bytes()),
-                    Durability::Durable,
-                )
-                .is_err()
-            {
-                self.metrics.store_failures += 1;
-                if let Some(pull) = self.pulls.get_mut(&(partition, source)) {
-                    pull.asked_at = None;
-                }
-                return;
-            }
-        }
-        if let Some(pull) = self.pulls.get_mut(&(partition, source)) {
-            pull.asked_at = None;
-            match next {
-                Some(next) => pull.cursor = next,
-                None => pull.done = true,
-            }
-        }
-        self.metrics.moves_pulling = self.pulls.values().filter(|pull| !pull.done).count() as u64;
-        if partition_done
-            && self
-                .ring
-                .complete_move(self.pulls_version, partition.0, self.id)
-        {
-            self.metrics.moves_completed += 1;
-            self.outputs.push_back(Output::Ring(self.ring.clone()));
-            self.ring_changed(now);
-        } else {
-            self.pull_tick(now);
         }
     }
 
@@ -2293,5 +1944,6 @@ impl Node {
     }
 }
 
+mod moves;
 #[cfg(test)]
 mod tests;

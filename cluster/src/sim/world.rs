@@ -361,6 +361,8 @@ fn message_code(message: &Message) -> u64 {
         Message::AeStates { .. } => 11,
         Message::PullStates { .. } => 12,
         Message::PullReply { .. } => 13,
+        Message::PullKeys { .. } => 14,
+        Message::PullKeysReply { .. } => 15,
     }
 }
 
