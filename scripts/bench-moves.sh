@@ -38,10 +38,10 @@ pulled() {
     done
     echo "$total"
 }
-# Waits until node $1's view has nothing moving and nobody joining or
-# leaving; prints the most moves its view showed meanwhile.
+# Waits until node $1's view has $2 active members, nothing moving and
+# nobody joining or leaving; prints the most moves its view showed meanwhile.
 settled() {
-    local node=$1 most=0
+    local node=$1 active=$2 most=0
     while true; do
         local status
         status=$("$B/shoal" --config "$C" --nodes "127.0.0.1:$((BASE_PORT + node))" status --json 2>/dev/null || true)
@@ -54,7 +54,8 @@ import json, sys
 s = json.loads(sys.argv[1])
 moving = s["moves"]["total"] > 0
 changing = any(m["ring_state"] in ("Joining", "Leaving") for m in s["members"])
-sys.exit(1 if moving or changing else 0)' "$status"; then
+active = sum(m["ring_state"] == "Active" for m in s["members"])
+sys.exit(1 if moving or changing or active != int(sys.argv[2]) else 0)' "$status" "$active"; then
                 echo "$most"
                 return 0
             fi
@@ -72,12 +73,14 @@ echo "changes under the same load" >&2
 load --duration "$DURING" > "$DIR/during.txt" 2>&1 &
 LOAD=$!
 sleep 5
-for step in "add" "add" "decommission 1"; do
+for step in "add:4" "add:5" "decommission 1:4"; do
+    active=${step#*:}
+    step=${step%:*}
     before=$(pulled)
     started=$(date +%s.%N)
     # shellcheck disable=SC2086
     scripts/cluster.sh $step --dir "$DIR" >/dev/null
-    moves=$(settled 2)
+    moves=$(settled 2 "$active")
     ended=$(date +%s.%N)
     after=$(pulled)
     seconds=$(python3 -c "print(round($ended - $started, 1))")
@@ -86,3 +89,13 @@ done
 echo "changes done; waiting for the load run ($DURING s) to end" >&2
 wait "$LOAD" || true
 tail -1 "$DIR/during.txt" | sed 's/^/{"run":"during changes","summary":/; s/$/}/'
+counter() { # metric name: summed over the nodes still running
+    local total=0 i value
+    for i in 1 2 3 4 5; do
+        value=$(curl -s "http://127.0.0.1:$((BASE_PORT + 1000 + i))/metrics" 2>/dev/null \
+            | awk -v name="$1" '$1 == name {print $2}')
+        total=$((total + ${value:-0}))
+    done
+    echo "$total"
+}
+echo "{\"admission_throttles\":$(counter shoal_admission_throttles_total),\"pull_asks_deferred\":$(counter shoal_move_asks_deferred_total)}"

@@ -12,6 +12,8 @@
 # Node i listens on 127.0.0.1:(base-port + i), keeps its data in DIR/node-i
 # and its PID in DIR/node-i/pid. Only processes this script started (by
 # those PIDs, checked to be shoald) are ever signalled.
+# $SHOAL_CLUSTER_TOML (lines of TOML) goes into each new node's [cluster]
+# section, e.g. SHOAL_CLUSTER_TOML='admission_control = false'.
 # Binaries come from $SHOAL_BIN_DIR, else ${CARGO_TARGET_DIR:-target}/release
 # (built with cargo if missing).
 set -euo pipefail
@@ -145,6 +147,7 @@ cert = "$dir/certs/node-$i.pem"
 key = "$dir/certs/node-$i.key"
 [cluster]
 replication_factor = $REPLICAS
+${SHOAL_CLUSTER_TOML:-}
 EOF
 }
 

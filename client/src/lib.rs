@@ -567,7 +567,19 @@ impl Client {
 
     async fn refresh_ring(&self) -> Result<RingView, Error> {
         let mut last_error = Error::Config("no nodes".into());
-        let mut nodes = self.config.nodes.clone();
+        // The members the last ring named first (a configured node may have
+        // left the cluster since), then the configured ones; unreachable
+        // ones last.
+        let mut nodes: Vec<SocketAddr> = self
+            .member_addresses()
+            .into_iter()
+            .map(|(_, address)| address)
+            .collect();
+        for node in &self.config.nodes {
+            if !nodes.contains(node) {
+                nodes.push(*node);
+            }
+        }
         {
             let now = Instant::now();
             let unreachable = lock(&self.unreachable);

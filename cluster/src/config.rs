@@ -79,6 +79,9 @@ pub struct Config {
     /// Bytes of key states anti-entropy may send per second (a token bucket
     /// holding two messages' worth); zero for no limit.
     pub anti_entropy_bytes_per_second: u64,
+    /// Whether foreground latency throttles background work below
+    /// `anti_entropy_bytes_per_second` (`crate::admission`).
+    pub admission_control: bool,
     /// Most bytes of key states in one anti-entropy message.
     pub anti_entropy_bytes_max: usize,
     /// Most keys scanned per step when building a partition's tree.
@@ -113,6 +116,7 @@ impl Default for Config {
             anti_entropy_interval: Duration::from_millis(100),
             anti_entropy_partitions_per_round: 8,
             anti_entropy_bytes_per_second: 8 << 20,
+            admission_control: true,
             anti_entropy_bytes_max: 1 << 20,
             anti_entropy_build_keys_max: 4096,
         }

@@ -4,6 +4,7 @@
 //! Everything here except `transport` is sans-IO: plain state machines driven
 //! by `handle_*` inputs at a given instant, producing `poll_*` outputs.
 
+pub mod admission;
 pub mod anti_entropy;
 pub mod config;
 pub mod context;

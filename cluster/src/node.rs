@@ -23,6 +23,7 @@ use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::admission::Admission;
 use crate::anti_entropy::{self, BUCKETS, Tracked, Trees};
 use crate::config::{Config, ConfigError};
 use crate::coordinator::{
@@ -110,8 +111,15 @@ pub struct Metrics {
     pub move_keys_received: u64,
     /// Bytes of key states received by pulls.
     pub move_bytes_received: u64,
+    /// The background byte rate admission control allows now.
+    pub background_bytes_per_second: u64,
+    /// Times admission control halved the background rate.
+    pub admission_throttles: u64,
     /// Key states sent to pulling new owners.
     pub move_keys_sent: u64,
+    /// Pull asks left unanswered because this node's background budget was
+    /// spent (the puller asks again).
+    pub move_asks_deferred: u64,
 }
 
 /// What exists only once the node has started on its store.
@@ -172,6 +180,8 @@ pub struct Node {
     pulls_version: (u64, u64),
     /// When pulls are next looked at.
     next_pull: Option<Instant>,
+    /// Sets the background byte rate from foreground latency.
+    admission: Admission,
 }
 
 /// Most anti-entropy range steps waiting for budget.
@@ -192,6 +202,7 @@ impl Node {
     /// its store (taking a new epoch) at its first input that carries one.
     pub fn new(config: Config, id: NodeId, seed: u64) -> Result<Node, ConfigError> {
         config.validate()?;
+        let admission = Admission::new(config.anti_entropy_bytes_per_second);
         let partitioner = Partitioner::new(config.partition_count)
             .map_err(|error| ConfigError::Invalid(format!("partition_count: {error:?}")))?;
         Ok(Node {
@@ -225,6 +236,7 @@ impl Node {
             pulls: BTreeMap::new(),
             pulls_version: (0, 0),
             next_pull: None,
+            admission,
         })
     }
 
@@ -309,6 +321,20 @@ impl Node {
         }
     }
 
+    /// A foreground request this node's shell served took `latency`
+    /// (admission control of background work learns from it).
+    pub fn handle_foreground_latency(&mut self, now: Instant, latency: Duration) {
+        if self.config.admission_control {
+            self.admission.observe(now, latency);
+            self.note_admission();
+        }
+    }
+
+    fn note_admission(&mut self) {
+        self.metrics.background_bytes_per_second = self.admission.rate() as u64;
+        self.metrics.admission_throttles = self.admission.throttles();
+    }
+
     /// Takes the next output, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
@@ -364,6 +390,10 @@ impl Node {
         }
         if self.next_pull.is_some_and(|when| when <= now) {
             self.pull_tick(now);
+        }
+        if self.config.admission_control {
+            self.admission.tick(now);
+            self.note_admission();
         }
     }
 
@@ -448,7 +478,7 @@ impl Node {
                 version,
                 from: range_from,
                 digests,
-            } => self.serve_pull(from, (partition, version), range_from, digests, store),
+            } => self.serve_pull(now, from, (partition, version), range_from, digests, store),
             Message::PullReply {
                 partition,
                 version,
@@ -467,7 +497,7 @@ impl Node {
                 partition,
                 version,
                 keys,
-            } => self.serve_pull_keys(from, (partition, version), keys, store),
+            } => self.serve_pull_keys(now, from, (partition, version), keys, store),
             Message::PullKeysReply {
                 partition,
                 version,
@@ -859,10 +889,10 @@ impl Node {
 
     /// Refills the anti-entropy byte budget for the time passed.
     fn ae_refill(&mut self, now: Instant) {
-        let rate = self.config.anti_entropy_bytes_per_second;
+        let rate = self.admission.rate();
         let capacity = self.config.anti_entropy_bytes_max as f64 * 2.0;
         if let Some(last) = self.ae_budget_at {
-            let earned = now.saturating_duration_since(last).as_secs_f64() * rate as f64;
+            let earned = now.saturating_duration_since(last).as_secs_f64() * rate;
             self.ae_budget = (self.ae_budget + earned).min(capacity);
         } else {
             self.ae_budget = capacity;
@@ -900,7 +930,7 @@ impl Node {
         }
         // Until the budget is positive again, and at least a millisecond:
         // a wait of zero would run the timer again at the same instant.
-        let rate = self.config.anti_entropy_bytes_per_second.max(1) as f64;
+        let rate = self.admission.rate().max(1.0);
         let wait = (1.0 - self.ae_budget).max(1.0) / rate;
         self.next_ae_deferred = Some(now + Duration::from_secs_f64(wait.clamp(0.001, 10.0)));
     }
@@ -930,6 +960,7 @@ impl Node {
         if self.config.anti_entropy_bytes_per_second > 0 {
             self.ae_budget -= spent as f64;
         }
+        self.admission.spent(spent as f64);
     }
 
     // ---- starting ----------------------------------------------------------

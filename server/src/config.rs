@@ -78,6 +78,11 @@ pub struct ClusterSection {
     pub conflict_policy: String,
     /// SWIM protocol period.
     pub protocol_period_ms: u64,
+    /// Bytes per second background work (anti-entropy, partition moves)
+    /// may use at most; zero for no limit.
+    pub background_bytes_per_second: u64,
+    /// Whether foreground latency throttles background work below that.
+    pub admission_control: bool,
 }
 
 /// `[limits]`
@@ -163,6 +168,8 @@ impl Default for ClusterSection {
             request_timeout_ms: 2000,
             conflict_policy: "siblings".into(),
             protocol_period_ms: 1000,
+            background_bytes_per_second: 8 << 20,
+            admission_control: true,
         }
     }
 }
@@ -310,6 +317,8 @@ impl NodeConfig {
             key_state_size_max_bytes: self.limits.key_state_size_max_bytes,
             hint_bytes_per_target_max: self.limits.hint_bytes_per_target_max,
             requests_in_flight_max: self.limits.requests_in_flight_max,
+            anti_entropy_bytes_per_second: self.cluster.background_bytes_per_second,
+            admission_control: self.cluster.admission_control,
             ..ClusterConfig::default()
         })
     }

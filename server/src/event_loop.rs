@@ -482,7 +482,9 @@ impl EventLoop {
                     Output::Respond { id, response } => {
                         if let Some((reply, operation, started)) = self.pending.remove(&id.0) {
                             let ok = !matches!(response, Response::Failed(_));
-                            self.metrics.record(operation, ok, started.elapsed());
+                            let latency = started.elapsed();
+                            self.metrics.record(operation, ok, latency);
+                            self.node.handle_foreground_latency(now, latency);
                             let _ = reply.send(ClientResponse::Kv(response));
                         }
                     }

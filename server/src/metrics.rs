@@ -151,6 +151,11 @@ impl MetricsBoard {
             node.anti_entropy_keys_sent,
         );
         counter(
+            "admission_throttles_total",
+            "Times foreground latency halved the background rate.",
+            node.admission_throttles,
+        );
+        counter(
             "moves_completed_total",
             "Partition moves to this node finished and recorded in the ring.",
             node.moves_completed,
@@ -164,6 +169,11 @@ impl MetricsBoard {
             "move_bytes_received_total",
             "Bytes of key states received by pulls of moving partitions.",
             node.move_bytes_received,
+        );
+        counter(
+            "move_asks_deferred_total",
+            "Pull asks left unanswered because the background budget was spent.",
+            node.move_asks_deferred,
         );
         counter(
             "move_keys_sent_total",
@@ -288,6 +298,11 @@ impl MetricsBoard {
             suspect_members as u64,
         );
         gauge("hint_bytes", "Bytes of hints held.", hint_bytes);
+        gauge(
+            "background_bytes_per_second",
+            "Bytes per second background work may use now (admission control).",
+            node.background_bytes_per_second,
+        );
         gauge(
             "moves_pulling",
             "Pulls (partition, source) of partitions moving to this node still under way.",

@@ -249,23 +249,39 @@ impl Node {
         }
     }
 
-    /// Whether `from` may pull from this node: a member of the ring that is
-    /// not removed.
-    fn may_pull(&mut self, from: NodeId) -> bool {
+    /// Whether `from` may pull from this node now: a member of the ring
+    /// that is not removed, while this node's own background budget (set by
+    /// its own foreground latency) allows. An ask refused for budget is
+    /// asked again by the puller a second later.
+    fn may_pull(&mut self, now: Instant, from: NodeId) -> bool {
         let member = self
             .ring
             .get(from)
             .is_some_and(|entry| entry.state != MemberState::Removed);
         if !member {
             self.metrics.malformed_messages += 1;
+            return false;
         }
-        member
+        if !self.ae_may_send(now) {
+            self.metrics.move_asks_deferred += 1;
+            return false;
+        }
+        true
+    }
+
+    /// A pull's answer of `bytes` leaves this node: spent from its budget.
+    fn spend_served(&mut self, bytes: usize) {
+        if self.config.anti_entropy_bytes_per_second > 0 {
+            self.ae_budget -= bytes as f64;
+        }
+        self.admission.spent(bytes as f64);
     }
 
     /// A new owner asks for this node's states (or their digests) of a
     /// moving partition from a key on.
     pub(super) fn serve_pull(
         &mut self,
+        now: Instant,
         from: NodeId,
         (partition, version): (u32, u64),
         range_from: Bytes,
@@ -275,7 +291,7 @@ impl Node {
         let Some(partition) = self.ae_partition(partition) else {
             return;
         };
-        if !self.may_pull(from) {
+        if !self.may_pull(now, from) {
             return;
         }
         if range_from.len() > self.config.key_size_max_bytes {
@@ -310,7 +326,13 @@ impl Node {
                 };
                 (Bytes::from(key), value)
             })
-            .collect();
+            .collect::<Vec<(Bytes, Bytes)>>();
+        self.spend_served(
+            states
+                .iter()
+                .map(|(key, value)| key.len() + value.len())
+                .sum(),
+        );
         self.send(
             from,
             Message::PullReply {
@@ -328,6 +350,7 @@ impl Node {
     /// digests differed).
     pub(super) fn serve_pull_keys(
         &mut self,
+        now: Instant,
         from: NodeId,
         (partition, version): (u32, u64),
         keys: Vec<Bytes>,
@@ -336,7 +359,7 @@ impl Node {
         let Some(partition) = self.ae_partition(partition) else {
             return;
         };
-        if !self.may_pull(from) {
+        if !self.may_pull(now, from) {
             return;
         }
         if keys.len() > self.config.anti_entropy_build_keys_max {
@@ -358,6 +381,12 @@ impl Node {
             }
         }
         self.metrics.move_keys_sent += states.len() as u64;
+        self.spend_served(
+            states
+                .iter()
+                .map(|(key, value)| key.len() + value.len())
+                .sum(),
+        );
         self.send(
             from,
             Message::PullKeysReply {
@@ -539,6 +568,7 @@ impl Node {
         if self.config.anti_entropy_bytes_per_second > 0 {
             self.ae_budget -= bytes as f64;
         }
+        self.admission.spent(bytes as f64);
     }
 
     /// The step was not taken (a store failure): it is asked again.
