@@ -82,6 +82,12 @@ pub struct Config {
     /// Whether foreground latency throttles background work below
     /// `anti_entropy_bytes_per_second` (`crate::admission`).
     pub admission_control: bool,
+    /// How old a tombstone must be before it is reaped (once every primary
+    /// holds it and nothing moves); zero keeps tombstones forever. Must
+    /// exceed `hint_age_max`, so no hint of an older write can outlive it.
+    pub tombstone_grace: Duration,
+    /// Keys looked at per reaping sweep step (one step a second).
+    pub tombstone_reap_keys_per_round: usize,
     /// Most bytes of key states in one anti-entropy message.
     pub anti_entropy_bytes_max: usize,
     /// Most keys scanned per step when building a partition's tree.
@@ -117,6 +123,8 @@ impl Default for Config {
             anti_entropy_partitions_per_round: 8,
             anti_entropy_bytes_per_second: 8 << 20,
             admission_control: true,
+            tombstone_grace: Duration::from_secs(4 * 3600),
+            tombstone_reap_keys_per_round: 256,
             anti_entropy_bytes_max: 1 << 20,
             anti_entropy_build_keys_max: 4096,
         }
@@ -170,11 +178,21 @@ impl Config {
                 self.forwarded_ids_remembered_max,
             ),
             ("members_max", self.members_max),
+            (
+                "tombstone_reap_keys_per_round",
+                self.tombstone_reap_keys_per_round,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {
                 return invalid(format!("{name} must be positive"));
             }
+        }
+        if !self.tombstone_grace.is_zero() && self.tombstone_grace <= self.hint_age_max {
+            return invalid(format!(
+                "tombstone_grace ({:?}) must exceed hint_age_max ({:?}), or be zero to keep tombstones",
+                self.tombstone_grace, self.hint_age_max
+            ));
         }
         if self.hint_bytes_per_target_max == 0 {
             return invalid("hint_bytes_per_target_max must be positive".into());

@@ -360,6 +360,30 @@ pub enum Message {
         /// The user keys (at most `anti_entropy_build_keys_max`).
         keys: Vec<Bytes>,
     },
+    /// The partition's first primary asks whether this replica holds the
+    /// tombstone state with this digest (tombstone reaping).
+    ReapQuery {
+        /// The user key.
+        key: Bytes,
+        /// Digest of the tombstone state.
+        digest: u64,
+    },
+    /// The answer to a `ReapQuery`.
+    ReapAnswer {
+        /// The user key.
+        key: Bytes,
+        /// The digest asked about.
+        digest: u64,
+        /// Whether this replica holds exactly that state.
+        same: bool,
+    },
+    /// Every primary holds the tombstone: delete it if it is still that state.
+    Reap {
+        /// The user key.
+        key: Bytes,
+        /// Digest of the tombstone state.
+        digest: u64,
+    },
     /// The answer: the states of those keys this node holds.
     PullKeysReply {
         /// The partition.
@@ -515,6 +539,19 @@ mod tests {
                 partition: 7,
                 version: 3,
                 keys: vec![key.clone()],
+            },
+            Message::ReapQuery {
+                key: key.clone(),
+                digest: 9,
+            },
+            Message::ReapAnswer {
+                key: key.clone(),
+                digest: 9,
+                same: true,
+            },
+            Message::Reap {
+                key: key.clone(),
+                digest: 9,
             },
             Message::PullKeysReply {
                 partition: 7,

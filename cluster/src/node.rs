@@ -120,6 +120,8 @@ pub struct Metrics {
     /// Pull asks left unanswered because this node's background budget was
     /// spent (the puller asks again).
     pub move_asks_deferred: u64,
+    /// Tombstones deleted by reaping.
+    pub tombstones_reaped: u64,
 }
 
 /// What exists only once the node has started on its store.
@@ -182,6 +184,11 @@ pub struct Node {
     next_pull: Option<Instant>,
     /// Sets the background byte rate from foreground latency.
     admission: Admission,
+    /// Tombstone reaping: where the sweep goes on, the reaps waiting for
+    /// answers, and when the next sweep step runs.
+    reap_cursor: Vec<u8>,
+    reaps: BTreeMap<Bytes, reaping::PendingReap>,
+    next_reap: Option<Instant>,
 }
 
 /// Most anti-entropy range steps waiting for budget.
@@ -237,6 +244,9 @@ impl Node {
             pulls_version: (0, 0),
             next_pull: None,
             admission,
+            reap_cursor: Vec::new(),
+            reaps: BTreeMap::new(),
+            next_reap: None,
         })
     }
 
@@ -304,6 +314,9 @@ impl Node {
     pub fn handle_ring(&mut self, now: Instant, ring: Ring) {
         self.ring.merge(&ring);
         self.ring_changed(now);
+        if self.next_reap.is_none() && !self.config.tombstone_grace.is_zero() {
+            self.next_reap = Some(now + reaping::REAP_INTERVAL);
+        }
         if self.next_anti_entropy.is_none() && !self.config.anti_entropy_interval.is_zero() {
             self.next_anti_entropy = Some(now + self.config.anti_entropy_interval);
         }
@@ -352,6 +365,7 @@ impl Node {
             self.next_anti_entropy,
             self.next_ae_deferred,
             self.next_pull,
+            self.next_reap,
         ]
         .into_iter()
         .flatten()
@@ -394,6 +408,9 @@ impl Node {
         if self.config.admission_control {
             self.admission.tick(now);
             self.note_admission();
+        }
+        if self.next_reap.is_some_and(|when| when <= now) {
+            self.reap_round(now, store);
         }
     }
 
@@ -503,6 +520,13 @@ impl Node {
                 version,
                 states,
             } => self.receive_pull_keys_reply(now, (from, partition, version), states, store),
+            Message::ReapQuery { key, digest } => {
+                self.receive_reap_query(from, (key, digest), store)
+            }
+            Message::ReapAnswer { key, digest, same } => {
+                self.receive_reap_answer(from, (key, digest, same), store)
+            }
+            Message::Reap { key, digest } => self.receive_reap(from, (key, digest), store),
             Message::AeRoot { partition, root } => {
                 self.receive_ae_root(from, partition, root, store)
             }
@@ -1976,5 +2000,6 @@ impl Node {
 }
 
 mod moves;
+mod reaping;
 #[cfg(test)]
 mod tests;

@@ -181,6 +181,11 @@ impl MetricsBoard {
             node.move_keys_sent,
         );
         counter(
+            "tombstones_reaped_total",
+            "Tombstones deleted once every primary held them past the grace period.",
+            node.tombstones_reaped,
+        );
+        counter(
             "hints_stored_total",
             "Hints stored for other nodes.",
             node.hints_stored,

@@ -855,3 +855,140 @@ fn hint_for_a_node_that_is_not_a_primary_of_the_key_is_refused() {
         })
     ));
 }
+
+fn reaping_config() -> Config {
+    Config {
+        hint_age_max: Duration::from_secs(5),
+        tombstone_grace: Duration::from_secs(10),
+        // No anti-entropy rounds in these runs: only reaping is looked at.
+        anti_entropy_interval: Duration::ZERO,
+        ..Config::default()
+    }
+}
+
+/// Puts `k` and deletes it at `w = all` through its first primary.
+fn put_then_delete(cluster: &mut Cluster) {
+    let coordinator = cluster.primaries(b"k")[0];
+    cluster.request(
+        coordinator,
+        put("k", "v", VersionVector::default(), Quorum::All, false),
+    );
+    let request = cluster.request(coordinator, get("k", Quorum::All));
+    let context = read(cluster.response(request)).context.clone();
+    let request = cluster.request(
+        coordinator,
+        Request::Delete {
+            key: Bytes::from_static(b"k"),
+            context,
+            options: WriteOptions {
+                w: Some(Quorum::All),
+                sloppy: Some(false),
+                ..WriteOptions::default()
+            },
+        },
+    );
+    written(cluster.response(request));
+}
+
+fn stored(cluster: &mut Cluster, member: usize) -> bool {
+    let partition = cluster.nodes[member].partition_of(b"k");
+    cluster.stores[member]
+        .read(&replica::data_key(partition, b"k"))
+        .unwrap()
+        .is_some()
+}
+
+#[test]
+fn a_tombstone_every_primary_holds_is_reaped_after_the_grace_period() {
+    let mut cluster = Cluster::new(3, reaping_config());
+    put_then_delete(&mut cluster);
+    // Within the grace period the tombstone stays everywhere.
+    cluster.advance(Duration::from_secs(8));
+    assert!((0..3).all(|member| stored(&mut cluster, member)));
+    cluster.advance(Duration::from_secs(5));
+    assert!((0..3).all(|member| !stored(&mut cluster, member)));
+    let reaped: u64 = (0..3)
+        .map(|member| cluster.nodes[member].metrics().tombstones_reaped)
+        .sum();
+    assert_eq!(reaped, 3);
+    // The key reads as absent, and can be written again.
+    let request = cluster.request(0, get("k", Quorum::All));
+    assert!(read(cluster.response(request)).siblings.is_empty());
+}
+
+#[test]
+fn a_tombstone_one_primary_lacks_is_kept() {
+    let mut cluster = Cluster::new(3, reaping_config());
+    let primaries = cluster.primaries(b"k");
+    // One replica misses the delete (and the put): it holds nothing.
+    cluster.silent[primaries[2]] = true;
+    let coordinator = primaries[0];
+    cluster.request(
+        coordinator,
+        put("k", "v", VersionVector::default(), Quorum::Count(2), false),
+    );
+    let request = cluster.request(coordinator, get("k", Quorum::Count(2)));
+    let context = read(cluster.response(request)).context.clone();
+    let request = cluster.request(
+        coordinator,
+        Request::Delete {
+            key: Bytes::from_static(b"k"),
+            context,
+            options: WriteOptions {
+                w: Some(Quorum::Count(2)),
+                sloppy: Some(false),
+                ..WriteOptions::default()
+            },
+        },
+    );
+    written(cluster.response(request));
+    // The third never answers: the two that hold the tombstone keep it.
+    cluster.advance(Duration::from_secs(30));
+    assert!(stored(&mut cluster, primaries[0]));
+    assert!(stored(&mut cluster, primaries[1]));
+    assert!(!stored(&mut cluster, primaries[2]));
+    // It comes back holding nothing and answers "not the same": still kept.
+    cluster.silent[primaries[2]] = false;
+    cluster.nodes[primaries[0]].reaps.clear();
+    let partition = cluster.nodes[primaries[0]].partition_of(b"k");
+    let encoded = cluster.stores[primaries[0]]
+        .read(&replica::data_key(partition, b"k"))
+        .unwrap()
+        .unwrap();
+    let digest = anti_entropy::digest(b"k", &encoded);
+    cluster.nodes[primaries[2]].handle_message(
+        cluster.now,
+        id(primaries[0]),
+        Message::ReapQuery {
+            key: Bytes::from_static(b"k"),
+            digest,
+        },
+        &mut cluster.stores[primaries[2]],
+    );
+    let answer = cluster.nodes[primaries[2]].poll_output();
+    assert!(
+        matches!(
+            answer,
+            Some(Output::Send {
+                message: Message::ReapAnswer { same: false, .. },
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
+}
+
+#[test]
+fn a_grace_not_above_the_hint_age_is_refused() {
+    let config = Config {
+        hint_age_max: Duration::from_secs(10),
+        tombstone_grace: Duration::from_secs(10),
+        ..Config::default()
+    };
+    assert!(config.validate().is_err());
+    let keep_forever = Config {
+        tombstone_grace: Duration::ZERO,
+        ..config
+    };
+    assert!(keep_forever.validate().is_ok());
+}

@@ -153,6 +153,10 @@ pub fn stale_strict_reads(history: &History) -> Vec<(usize, usize)> {
 
 /// Whether every state equals every other (each dominates or equals the next).
 pub fn all_identical(states: &[KeyState]) -> bool {
+    // A reaped tombstone and a tombstone not reaped yet say the same: gone.
+    if states.iter().all(KeyState::is_deleted) {
+        return true;
+    }
     states
         .windows(2)
         .all(|pair| pair[0].dominates_or_equals(&pair[1]) && pair[1].dominates_or_equals(&pair[0]))

@@ -117,6 +117,7 @@ pub fn report_json(report: &Report, wall_seconds: f64) -> serde_json::Value {
         "joins": report.joins,
         "leaves": report.leaves,
         "moves_completed": metrics.moves_completed,
+        "tombstones_reaped": metrics.tombstones_reaped,
         "move_keys_received": metrics.move_keys_received,
         "store_failures": metrics.store_failures,
         "quorum_failures": metrics.quorum_failures,

@@ -211,7 +211,7 @@ impl Report {
 /// The simulator's node configuration: short timeouts in virtual time and
 /// small limits, so that limits are reached within a run.
 pub fn simulation_config(rng: &mut ChaCha8Rng) -> Config {
-    Config {
+    let mut config = Config {
         request_timeout: Duration::from_millis(1000),
         replica_answer_timeout: Duration::from_millis(150),
         sibling_count_max: rng.random_range(3..16),
@@ -226,7 +226,12 @@ pub fn simulation_config(rng: &mut ChaCha8Rng) -> Config {
         // Small enough that range steps wait for budget.
         anti_entropy_bytes_per_second: rng.random_range(2_000..50_000),
         ..Config::default()
-    }
+    };
+    // Just past the hint age, so that runs reap tombstones (drawn last, so
+    // that the draws before keep their order).
+    config.tombstone_grace =
+        config.hint_age_max + Duration::from_millis(rng.random_range(500..5_000));
+    config
 }
 
 const LATENCY_MICROS: u64 = 400;
@@ -363,6 +368,9 @@ fn message_code(message: &Message) -> u64 {
         Message::PullReply { .. } => 13,
         Message::PullKeys { .. } => 14,
         Message::PullKeysReply { .. } => 15,
+        Message::ReapQuery { .. } => 16,
+        Message::ReapAnswer { .. } => 17,
+        Message::Reap { .. } => 18,
     }
 }
 
@@ -501,6 +509,7 @@ fn add_metrics(total: &mut Metrics, each: &Metrics) {
     total.move_keys_received += each.move_keys_received;
     total.move_bytes_received += each.move_bytes_received;
     total.move_keys_sent += each.move_keys_sent;
+    total.tombstones_reaped += each.tombstones_reaped;
 }
 
 fn node_id(index: usize) -> NodeId {

@@ -1,0 +1,272 @@
+//! Tombstone reaping: a deleted key's tombstone is removed from the store
+//! once it is older than `tombstone_grace`, no partition moves, and every
+//! primary holds exactly the same tombstone.
+//!
+//! The first primary of a partition sweeps its keys in bounded steps. For a
+//! tombstone old enough it asks the other primaries whether they hold the
+//! same state (`ReapQuery` with the state's digest). When every one says yes
+//! it sends `Reap` and deletes its own copy; each primary deletes only a
+//! state whose digest is still the one named, so a write that arrived since
+//! survives. A primary that did not answer, or holds anything else, leaves
+//! the tombstone for a later sweep.
+//!
+//! Why nothing deleted comes back: every primary held the tombstone, which
+//! covers every older write of the key; a hint holding an older write cannot
+//! exist any more, since hints are dropped after `hint_age_max`, which the
+//! grace exceeds (checked by `Config::validate`); and no move was under way,
+//! so no node about to receive the partition holds something older.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::Node;
+use crate::anti_entropy::{self, Tracked};
+use crate::id::{NodeId, Partition};
+use crate::message::Message;
+use crate::replica::{self, DATA_PREFIX};
+use crate::siblings::KeyState;
+use crate::store::{Durability, Store};
+
+/// How often a sweep step runs.
+pub(super) const REAP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most reaps waiting for answers at once.
+const REAPS_PENDING_MAX: usize = 256;
+
+/// How long a reap waits for answers before it is given up.
+const REAP_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A reap waiting for the other primaries' answers.
+#[derive(Debug)]
+pub(super) struct PendingReap {
+    partition: Partition,
+    digest: u64,
+    waiting: BTreeSet<NodeId>,
+    asked_at: Instant,
+}
+
+impl Node {
+    /// One sweep step: the next keys of the store, in order; tombstones old
+    /// enough whose partition this node leads are proposed for reaping.
+    pub(super) fn reap_round<S: Store>(&mut self, now: Instant, store: &mut Tracked<'_, S>) {
+        self.next_reap = Some(now + REAP_INTERVAL);
+        self.reaps
+            .retain(|_, pending| now < pending.asked_at + REAP_ANSWER_TIMEOUT);
+        let moving = self
+            .layout
+            .as_ref()
+            .is_some_and(|layout| !layout.moves().is_empty());
+        if moving || self.config.tombstone_grace.is_zero() {
+            return;
+        }
+        let grace = u64::try_from(self.config.tombstone_grace.as_micros()).unwrap_or(u64::MAX);
+        let Some(horizon) = self.wall_micros(now).checked_sub(grace) else {
+            return;
+        };
+        let start = if self.reap_cursor.is_empty() {
+            vec![DATA_PREFIX]
+        } else {
+            self.reap_cursor.clone()
+        };
+        let limit = self.config.tombstone_reap_keys_per_round;
+        let (inner, _) = store.parts();
+        let entries = match inner.scan(&start, &[DATA_PREFIX + 1], limit) {
+            Ok(entries) => entries,
+            Err(_) => {
+                self.metrics.store_failures += 1;
+                return;
+            }
+        };
+        // The next step starts after the last key; a short step wraps.
+        self.reap_cursor = match entries.last() {
+            Some((last, _)) if entries.len() >= limit => {
+                let mut next = last.clone();
+                next.push(0);
+                next
+            }
+            _ => Vec::new(),
+        };
+        for (stored_key, encoded) in entries {
+            if self.reaps.len() >= REAPS_PENDING_MAX {
+                break;
+            }
+            let Some((partition, key)) = replica::parse_data_key(&stored_key) else {
+                continue;
+            };
+            let Ok(state) =
+                KeyState::decode_with_limit(&encoded, self.config.key_state_size_max_bytes)
+            else {
+                continue;
+            };
+            let newest = state.siblings.iter().map(|sibling| sibling.timestamp).max();
+            let old_tombstone = state.is_deleted() && newest.is_none_or(|at| at < horizon);
+            if !old_tombstone {
+                continue;
+            }
+            let primaries = match self.primaries(partition) {
+                Ok(primaries) => primaries,
+                Err(_) => continue,
+            };
+            // The partition's first primary leads; every primary must be up.
+            if primaries.first() != Some(&self.id)
+                || !primaries.iter().all(|node| self.is_alive(*node))
+            {
+                continue;
+            }
+            let key = Bytes::copy_from_slice(key);
+            if self.reaps.contains_key(&key) {
+                continue;
+            }
+            let digest = anti_entropy::digest(&key, &encoded);
+            let others: BTreeSet<NodeId> = primaries
+                .iter()
+                .copied()
+                .filter(|node| *node != self.id)
+                .collect();
+            if others.is_empty() {
+                self.reap_local(partition, &key, digest, store);
+                continue;
+            }
+            for other in &others {
+                self.send(
+                    *other,
+                    Message::ReapQuery {
+                        key: key.clone(),
+                        digest,
+                    },
+                );
+            }
+            self.reaps.insert(
+                key,
+                PendingReap {
+                    partition,
+                    digest,
+                    waiting: others,
+                    asked_at: now,
+                },
+            );
+        }
+    }
+
+    /// This node's stored state of `key`, as its digest (`None`: none).
+    fn stored_digest<S: Store>(
+        &mut self,
+        partition: Partition,
+        key: &[u8],
+        store: &mut Tracked<'_, S>,
+    ) -> Option<u64> {
+        let (inner, _) = store.parts();
+        match inner.read(&replica::data_key(partition, key)) {
+            Ok(state) => state.map(|state| anti_entropy::digest(key, &state)),
+            Err(_) => {
+                self.metrics.store_failures += 1;
+                None
+            }
+        }
+    }
+
+    /// Deletes this node's state of `key` if its digest is still `digest`.
+    fn reap_local<S: Store>(
+        &mut self,
+        partition: Partition,
+        key: &[u8],
+        digest: u64,
+        store: &mut Tracked<'_, S>,
+    ) {
+        if self.stored_digest(partition, key, store) != Some(digest) {
+            return;
+        }
+        // Through the tracking store, so the partition's tree follows.
+        match store.write(
+            &replica::data_key(partition, key),
+            None,
+            Durability::Buffered,
+        ) {
+            Ok(()) => self.metrics.tombstones_reaped += 1,
+            Err(_) => self.metrics.store_failures += 1,
+        }
+    }
+
+    /// The leader asks whether this node holds the same tombstone.
+    pub(super) fn receive_reap_query<S: Store>(
+        &mut self,
+        from: NodeId,
+        (key, digest): (Bytes, u64),
+        store: &mut Tracked<'_, S>,
+    ) {
+        if !self.key_is_valid(&key) {
+            return;
+        }
+        let partition = self.partitioner.partition_of(&key);
+        let same = self.stored_digest(partition, &key, store) == Some(digest);
+        self.send(from, Message::ReapAnswer { key, digest, same });
+    }
+
+    /// A primary's answer: when every one holds the same tombstone, all
+    /// delete it.
+    pub(super) fn receive_reap_answer<S: Store>(
+        &mut self,
+        from: NodeId,
+        (key, digest, same): (Bytes, u64, bool),
+        store: &mut Tracked<'_, S>,
+    ) {
+        let Some(pending) = self.reaps.get_mut(&key) else {
+            return;
+        };
+        if pending.digest != digest || !pending.waiting.contains(&from) {
+            return;
+        }
+        if !same {
+            self.reaps.remove(&key);
+            return;
+        }
+        pending.waiting.remove(&from);
+        if !pending.waiting.is_empty() {
+            return;
+        }
+        let partition = pending.partition;
+        self.reaps.remove(&key);
+        if let Ok(primaries) = self.primaries(partition) {
+            let me = self.id;
+            for other in primaries.into_iter().filter(|node| *node != me) {
+                self.send(
+                    other,
+                    Message::Reap {
+                        key: key.clone(),
+                        digest,
+                    },
+                );
+            }
+        }
+        self.reap_local(partition, &key, digest, store);
+    }
+
+    /// The leader found every primary holding the tombstone: delete it here
+    /// too, if it is still the same.
+    pub(super) fn receive_reap<S: Store>(
+        &mut self,
+        from: NodeId,
+        (key, digest): (Bytes, u64),
+        store: &mut Tracked<'_, S>,
+    ) {
+        if !self.key_is_valid(&key) {
+            return;
+        }
+        let partition = self.partitioner.partition_of(&key);
+        // Only the partition's leader may ask, and only while nothing moves.
+        let leader = self
+            .primaries(partition)
+            .is_ok_and(|primaries| primaries.first() == Some(&from));
+        let moving = self
+            .layout
+            .as_ref()
+            .is_some_and(|layout| !layout.moves().is_empty());
+        if !leader || moving {
+            self.metrics.malformed_messages += 1;
+            return;
+        }
+        self.reap_local(partition, &key, digest, store);
+    }
+}

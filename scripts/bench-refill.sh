@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# A wiped node refilled by anti-entropy alone, under foreground load, on real
+# processes (docs/bench.md). A 3-node cluster holds RECORDS keys of VALUE
+# bytes (N = 3: every node holds every key); YCSB b runs at RATE ops/s,
+# undisturbed for BASELINE seconds, then while node 3, killed and with its
+# data deleted, is restarted and refilled. Prints how long until
+# anti-entropy stopped sending (no growth for QUIET seconds), the key states
+# sent, a check that SAMPLE keys read back from node 3, and both latency
+# summaries.
+#   cargo build --release --workspace --bins
+#   RECORDS=1000000 VALUE=1000 RATE=3000 scripts/bench-refill.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=${SHOAL_BIN_DIR:-target/release}
+export SHOAL_BIN_DIR=$B
+DIR=${BENCH_DIR:-/tmp/shoal-refill-bench}
+RECORDS=${RECORDS:-1000000}
+VALUE=${VALUE:-1000}
+RATE=${RATE:-3000}
+BASELINE=${BASELINE:-30}
+QUIET=${QUIET:-15}
+SAMPLE=${SAMPLE:-200}
+BASE_PORT=${BASE_PORT:-7400}
+C=$DIR/client.toml
+
+scripts/cluster.sh wipe --dir "$DIR" >/dev/null 2>&1 || true
+scripts/cluster.sh start --dir "$DIR" --nodes 3 --base-port "$BASE_PORT" >/dev/null
+trap 'scripts/cluster.sh stop --dir "$DIR" >/dev/null 2>&1 || true' EXIT
+
+load() {
+    "$B/shoal-bench" run --config "$C" --workload b --records "$RECORDS" --skip-load \
+        --rate "$RATE" --concurrency 32 --value-size "$VALUE" "$@"
+}
+sent() {
+    local total=0 i value
+    for i in 1 2 3; do
+        value=$(curl -s "http://127.0.0.1:$((BASE_PORT + 1000 + i))/metrics" 2>/dev/null \
+            | awk '$1 == "shoal_anti_entropy_keys_sent_total" {print $2}')
+        total=$((total + ${value:-0}))
+    done
+    echo "$total"
+}
+
+echo "loading $RECORDS keys of $VALUE bytes" >&2
+"$B/shoal-bench" run --config "$C" --workload w --records "$RECORDS" --ops 1 --value-size "$VALUE" >&2
+echo "baseline: YCSB b at $RATE ops/s for $BASELINE s" >&2
+load --duration "$BASELINE" | tail -1 | sed 's/^/{"run":"baseline","summary":/; s/$/}/'
+
+# The load during the refill runs in 20 s pieces, one summary line each.
+rm -f "$DIR/stop" "$DIR/during.jsonl"
+( while [ ! -f "$DIR/stop" ]; do load --duration 20 2>/dev/null | tail -1 >> "$DIR/during.jsonl"; done ) &
+LOAD=$!
+sleep 5
+scripts/cluster.sh kill 3 --dir "$DIR" >/dev/null
+rm -rf "$DIR/node-3/db"
+before=$(sent)
+started=$(date +%s.%N)
+scripts/cluster.sh restart 3 --dir "$DIR" >/dev/null
+last=$before
+last_change=$(date +%s.%N)
+while true; do
+    sleep 1
+    now=$(sent)
+    if [ "$now" != "$last" ]; then
+        last=$now
+        last_change=$(date +%s.%N)
+    elif python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) - float(sys.argv[2]) >= $QUIET else 1)" "$(date +%s.%N)" "$last_change"; then
+        break
+    fi
+done
+seconds=$(python3 -c "print(round($last_change - $started, 1))")
+# Keys spread over the key space, read from node 3's store directly.
+present=0
+for i in $(seq 1 "$SAMPLE"); do
+    key=$(printf 'user%012d' $(( (i * 7919) % RECORDS )))
+    if "$B/shoal" --config "$C" inspect "$key" --node "127.0.0.1:$((BASE_PORT + 3))" --json 2>/dev/null \
+        | grep -q '"siblings":\[{'; then
+        present=$((present + 1))
+    fi
+done
+echo "{\"refilled_after_seconds\":$seconds,\"key_states_sent\":$((last - before)),\"records\":$RECORDS,\"sample_present\":\"$present/$SAMPLE\"}"
+touch "$DIR/stop"
+wait "$LOAD" 2>/dev/null || true
+sed 's/^/{"run":"during the refill (20 s pieces)","summary":/; s/$/}/' "$DIR/during.jsonl"
