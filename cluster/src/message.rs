@@ -357,7 +357,7 @@ pub enum Message {
         partition: u32,
         /// The assignment version the move belongs to.
         version: u64,
-        /// The user keys (at most `anti_entropy_build_keys_max`).
+        /// The user keys (at most `anti_entropy_bytes_max` bytes of them).
         keys: Vec<Bytes>,
     },
     /// The partition's first primary asks whether this replica holds the

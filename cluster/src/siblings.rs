@@ -113,8 +113,18 @@ impl KeyState {
         timestamp: u64,
     ) -> Dot {
         // Taking the context's entry too means a dot is never one the client
-        // has already seen, even if this replica lost state it once had.
-        let counter = self.clock.get(&actor).max(context.get(&actor)) + 1;
+        // has already seen, even if this replica lost state it once had. An
+        // actor's first write to a key starts its counter at the write's
+        // timestamp (microseconds): a key whose tombstone was reaped has
+        // forgotten its clock, and counting from 1 again could reissue a dot
+        // that an old context still covers; the timestamp has moved past
+        // every counter of the key's previous life by the grace period.
+        let seen = self.clock.get(&actor).max(context.get(&actor));
+        let counter = if seen == 0 {
+            timestamp.max(1)
+        } else {
+            seen + 1
+        };
         let dot = Dot { actor, counter };
         self.siblings
             .retain(|sibling| !context.covers(&sibling.dot));

@@ -188,15 +188,19 @@ impl Cluster {
     async fn wait_alive(&self, client: &Client, index: usize, count: usize) {
         let address = self.nodes[index].address;
         wait_for(
-            &format!("node {} to see {count} alive", index + 1),
+            &format!("node {} to see {count} alive and in its ring", index + 1),
             || async {
                 client.status(Some(address)).await.is_ok_and(|status| {
-                    status
-                        .members
-                        .iter()
-                        .filter(|member| member.liveness == "alive")
-                        .count()
-                        == count
+                    let alive = |member: &&shoal_cluster::protocol::MemberStatus| {
+                        member.liveness == "alive"
+                    };
+                    // Alive (SWIM) and known to the ring (its gossip can lag
+                    // liveness): only then does placement count the member.
+                    let in_ring = |member: &&shoal_cluster::protocol::MemberStatus| {
+                        member.ring_state == Some(shoal_cluster::ring::MemberState::Active)
+                    };
+                    status.members.iter().filter(alive).count() == count
+                        && status.members.iter().filter(alive).filter(in_ring).count() == count
                 })
             },
         )

@@ -251,8 +251,8 @@ impl Node {
 
     /// Whether `from` may pull from this node now: a member of the ring
     /// that is not removed, while this node's own background budget (set by
-    /// its own foreground latency) allows. An ask refused for budget is
-    /// asked again by the puller a second later.
+    /// its own foreground latency) is not too deep in debt. An ask refused
+    /// for budget is asked again by the puller a second later.
     fn may_pull(&mut self, now: Instant, from: NodeId) -> bool {
         let member = self
             .ring
@@ -262,9 +262,16 @@ impl Node {
             self.metrics.malformed_messages += 1;
             return false;
         }
-        if !self.ae_may_send(now) {
-            self.metrics.move_asks_deferred += 1;
-            return false;
+        // Answers may take the budget into debt down to two messages' worth,
+        // not further: anti-entropy, which waits for a positive budget, can
+        // then never starve a pull.
+        if self.config.anti_entropy_bytes_per_second > 0 {
+            self.ae_refill(now);
+            let floor = -2.0 * self.config.anti_entropy_bytes_max as f64;
+            if self.ae_budget < floor {
+                self.metrics.move_asks_deferred += 1;
+                return false;
+            }
         }
         true
     }
@@ -362,7 +369,10 @@ impl Node {
         if !self.may_pull(now, from) {
             return;
         }
-        if keys.len() > self.config.anti_entropy_build_keys_max {
+        // The keys came from one range of digests, itself cut at
+        // `anti_entropy_bytes_max` of whole states: no more key bytes than that.
+        let key_bytes: usize = keys.iter().map(Bytes::len).sum();
+        if key_bytes > self.config.anti_entropy_bytes_max + self.config.key_size_max_bytes {
             self.metrics.malformed_messages += 1;
             return;
         }

@@ -1324,10 +1324,11 @@ impl Simulation {
                         for index in self.live_members() {
                             if let Some(node) = self.hosts[index].node.as_ref() {
                                 eprintln!(
-                                    "{} node {index}: {:?} {}",
+                                    "{} node {index}: {:?} {} {:?}",
                                     self.now,
                                     node.moves_status(),
-                                    node.pulls_summary()
+                                    node.pulls_summary(),
+                                    node.metrics()
                                 );
                             }
                         }
