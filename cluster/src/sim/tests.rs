@@ -122,8 +122,15 @@ fn many_seeds_with_all_faults_hold_every_invariant() {
         totals.metrics.sibling_limit_rejections += report.metrics.sibling_limit_rejections;
         totals.strict_reads_checked += report.strict_reads_checked;
         totals.unsynced_writes_lost += report.unsynced_writes_lost;
+        totals.metrics.tombstones_reaped += report.metrics.tombstones_reaped;
     }
     assert!(failed.is_empty(), "failing seeds: {failed:#?}");
+    // The drain phase deletes every register key and waits out the grace:
+    // tombstones are reaped (and the checks still hold after).
+    assert!(
+        totals.metrics.tombstones_reaped > 0,
+        "no tombstone reaped in {seeds} seeds"
+    );
     // The simulator must actually exercise what it claims to (TigerBeetle's
     // and FoundationDB's "sometimes" coverage): a run that injects nothing
     // would pass trivially. (Some of these are rare: at the default 300

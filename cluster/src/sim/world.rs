@@ -318,6 +318,10 @@ enum Event {
     },
     /// Every member pushes its ring to one other (as SWIM's push-pull does).
     RingTick,
+    /// The drain phase's delete of a register key (again after a failure).
+    FinalDelete {
+        key: usize,
+    },
     /// A new node starts and joins the ring.
     Join {
         node: usize,
@@ -346,6 +350,7 @@ impl Event {
             Event::RingTick => 12,
             Event::Join { .. } => 13,
             Event::Leave { .. } => 14,
+            Event::FinalDelete { .. } => 15,
         }
     }
 }
@@ -427,6 +432,14 @@ enum Step {
     RepairRead {
         key: Bytes,
     },
+    /// The drain phase deletes every register key (read, then delete with
+    /// the read's context) so that runs end with tombstones to reap.
+    FinalDeleteRead {
+        key: usize,
+    },
+    FinalDelete {
+        key: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -480,6 +493,8 @@ struct Simulation {
     survived_wipe: Option<BTreeMap<usize, BTreeSet<u64>>>,
     /// The counters of node lives that ended (crashes, wipes, removals).
     stopped_metrics: Metrics,
+    /// The drain phase's deletes of the register keys: when each finished.
+    final_deletes: BTreeMap<usize, Option<u64>>,
 }
 
 /// Adds one node's counters to a total.
@@ -603,6 +618,7 @@ impl Simulation {
             final_reads: BTreeMap::new(),
             survived_wipe: None,
             stopped_metrics: Metrics::default(),
+            final_deletes: BTreeMap::new(),
             options,
         };
         let founders = simulation.options.nodes;
@@ -1162,6 +1178,7 @@ impl Simulation {
                     self.drain(admin);
                 }
             }
+            Event::FinalDelete { key } => self.final_delete_read(key),
             Event::PhaseCheck => {
                 self.phase_check();
                 if self.phase != Phase::Done {
@@ -1317,7 +1334,13 @@ impl Simulation {
                 // Membership must have settled: a node that still believes a
                 // peer down would skip it in the repair pass.
                 let beliefs_settled = self.beliefs_settled();
-                if all_up && drained && beliefs_settled && self.topology_settled() {
+                // The final deletes are done and old enough to be reaped.
+                let grace = u64::try_from(self.config.tombstone_grace.as_micros()).unwrap_or(0);
+                let deletes_aged = self
+                    .final_deletes
+                    .values()
+                    .all(|done| done.is_some_and(|at| self.now >= at + grace + 3_000_000));
+                if all_up && drained && beliefs_settled && self.topology_settled() && deletes_aged {
                     self.start_repair();
                 } else if self.now - self.phase_started > DRAIN_MAX_MICROS {
                     if self.debug {
@@ -1437,6 +1460,10 @@ impl Simulation {
                 self.schedule(0, Event::Restart { node: index });
             }
         }
+        for key in 0..self.options.register_keys {
+            self.final_deletes.insert(key, None);
+            self.schedule(100_000, Event::FinalDelete { key });
+        }
     }
 
     /// Node `index` loses its process and its whole store. What the other
@@ -1501,6 +1528,41 @@ impl Simulation {
             .map(set_key)
             .chain((0..self.options.register_keys).map(register_key))
             .collect()
+    }
+
+    /// The client slot of the drain phase's delete of register `key`.
+    fn final_delete_client(&mut self, key: usize) -> usize {
+        let client = self.options.clients + self.all_keys().len() + key;
+        while self.clients.len() <= client {
+            self.clients.push(Client::default());
+        }
+        client
+    }
+
+    fn final_delete_read(&mut self, key: usize) {
+        let client = self.final_delete_client(key);
+        let Some(node) = self
+            .live_members()
+            .into_iter()
+            .find(|index| self.hosts[*index].node.is_some())
+        else {
+            self.schedule(200_000, Event::FinalDelete { key });
+            return;
+        };
+        let request = Request::Get {
+            key: register_key(key),
+            options: ReadOptions {
+                r: Some(Quorum::All),
+                sloppy: Some(false),
+                timeout: Some(Duration::from_secs(2)),
+            },
+        };
+        self.send_request(client, node, request, Step::FinalDeleteRead { key });
+    }
+
+    /// A final delete's step failed or its outcome is unknown: start over.
+    fn retry_final_delete(&mut self, key: usize) {
+        self.schedule(200_000, Event::FinalDelete { key });
     }
 
     fn start_repair(&mut self) {
@@ -1750,6 +1812,10 @@ impl Simulation {
                 self.retry_repair(client, key);
                 return;
             }
+            Step::FinalDeleteRead { key } | Step::FinalDelete { key } => {
+                self.retry_final_delete(key);
+                return;
+            }
             _ => {}
         }
         self.report.ops_completed += 1;
@@ -1957,6 +2023,34 @@ impl Simulation {
                     });
                 }
                 self.finish_op(client);
+            }
+            (Step::FinalDeleteRead { key }, Response::Value(result)) => {
+                let request = Request::Delete {
+                    key: register_key(key),
+                    context: result.context,
+                    options: WriteOptions {
+                        w: Some(Quorum::All),
+                        sloppy: Some(false),
+                        durable: Some(true),
+                        timeout: Some(Duration::from_secs(2)),
+                    },
+                };
+                let target = self
+                    .live_members()
+                    .into_iter()
+                    .find(|index| self.hosts[*index].node.is_some());
+                match target {
+                    Some(target) => {
+                        self.send_request(client, target, request, Step::FinalDelete { key })
+                    }
+                    None => self.retry_final_delete(key),
+                }
+            }
+            (Step::FinalDelete { key }, Response::Written(_)) => {
+                self.final_deletes.insert(key, Some(self.now));
+            }
+            (Step::FinalDeleteRead { key } | Step::FinalDelete { key }, _) => {
+                self.retry_final_delete(key);
             }
             (Step::RepairRead { .. }, Response::Value(result)) => {
                 let key_index = client - self.options.clients;
