@@ -83,6 +83,9 @@ pub struct ClusterSection {
     pub background_bytes_per_second: u64,
     /// Whether foreground latency throttles background work below that.
     pub admission_control: bool,
+    /// Seconds after which a tombstone every primary holds is reaped; 0
+    /// (the default) keeps tombstones (see `Config::tombstone_grace`).
+    pub tombstone_grace_secs: u64,
 }
 
 /// `[limits]`
@@ -170,6 +173,7 @@ impl Default for ClusterSection {
             protocol_period_ms: 1000,
             background_bytes_per_second: 8 << 20,
             admission_control: true,
+            tombstone_grace_secs: 0,
         }
     }
 }
@@ -319,6 +323,7 @@ impl NodeConfig {
             requests_in_flight_max: self.limits.requests_in_flight_max,
             anti_entropy_bytes_per_second: self.cluster.background_bytes_per_second,
             admission_control: self.cluster.admission_control,
+            tombstone_grace: Duration::from_secs(self.cluster.tombstone_grace_secs),
             ..ClusterConfig::default()
         })
     }
