@@ -191,6 +191,14 @@ pub struct Node {
     next_reap: Option<Instant>,
 }
 
+/// Bytes of keys and states (or digests) in a message's list.
+fn states_bytes<K: AsRef<[u8]>, V: AsRef<[u8]>>(states: &[(K, V)]) -> usize {
+    states
+        .iter()
+        .map(|(key, value)| key.as_ref().len() + value.as_ref().len())
+        .sum()
+}
+
 /// Most anti-entropy range steps waiting for budget.
 const AE_DEFERRED_MAX: usize = 64;
 
@@ -627,6 +635,18 @@ impl Node {
 
     // ---- anti-entropy ------------------------------------------------------
 
+    /// A key state received from a peer, decoded within the size limit; a
+    /// malformed one is counted and `None`.
+    fn decode_received(&mut self, encoded: &[u8]) -> Option<KeyState> {
+        match KeyState::decode_with_limit(encoded, self.config.key_state_size_max_bytes) {
+            Ok(state) => Some(state),
+            Err(_) => {
+                self.metrics.malformed_messages += 1;
+                None
+            }
+        }
+    }
+
     /// Whether this node and `peer` are both primaries of `partition`.
     fn shares_partition(&self, partition: Partition, peer: NodeId) -> bool {
         self.placement.as_ref().is_some_and(|placement| {
@@ -817,11 +837,7 @@ impl Node {
             }
         };
         self.metrics.anti_entropy_keys_sent += found.states.len() as u64;
-        let bytes: usize = found
-            .states
-            .iter()
-            .map(|(key, state)| key.len() + state.len())
-            .sum();
+        let bytes = states_bytes(&found.states);
         self.send(
             to,
             Message::AeStates {
@@ -872,14 +888,9 @@ impl Node {
                 self.metrics.malformed_messages += 1;
                 continue;
             }
-            let state =
-                match KeyState::decode_with_limit(encoded, self.config.key_state_size_max_bytes) {
-                    Ok(state) => state,
-                    Err(_) => {
-                        self.metrics.malformed_messages += 1;
-                        continue;
-                    }
-                };
+            let Some(state) = self.decode_received(encoded) else {
+                continue;
+            };
             if self
                 .apply_data(partition, key, &state, Durability::Buffered, store)
                 .is_err()

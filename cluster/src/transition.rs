@@ -55,7 +55,7 @@ pub struct Move {
 /// The committed, target and effective placements of a ring.
 #[derive(Debug, Clone)]
 pub struct Layout {
-    version: u64,
+    /// The assignment's version and digest.
     id: (u64, u64),
     current: Placement,
     target: Placement,
@@ -92,7 +92,6 @@ impl Layout {
             // Founding members only: the claim over them, nothing moving.
             let placement = Placement::claimed(None, &owners, partition_count, replication_factor);
             return Layout {
-                version: ring.assignment_version(),
                 id: ring.assignment_id(),
                 current: placement.clone(),
                 target: placement.clone(),
@@ -176,7 +175,6 @@ impl Layout {
             replication_factor,
         );
         Layout {
-            version,
             id,
             current,
             target,
@@ -188,7 +186,7 @@ impl Layout {
 
     /// The assignment version the moves belong to.
     pub fn version(&self) -> u64 {
-        self.version
+        self.id.0
     }
 
     /// The assignment (version and digest) finished moves are recorded under.
@@ -259,6 +257,8 @@ pub fn ring_step(
     let active = ring
         .get(me)
         .is_some_and(|entry| entry.state == MemberState::Active);
+    // This ring's layout, computed once for every step below.
+    let layout = Layout::new(ring, partition_count, replication_factor);
     // A change waiting for its commit (every move done) is committed before
     // the next is recorded: nodes that know every move is done read from
     // the target table, which the next change's writes might not cover. A
@@ -269,7 +269,6 @@ pub fn ring_step(
             .target_owners
             .iter()
             .any(|node| is_removed(ring, *node));
-        let layout = Layout::new(ring, partition_count, replication_factor);
         !removal && !layout.moves().is_empty() && layout.all_done()
     });
     match matching {
@@ -291,14 +290,13 @@ pub fn ring_step(
         None => return None,
         Some(assignment) if assignment.target_owners != desired => {
             let table = assignment.primaries.clone();
-            let before = Layout::new(ring, partition_count, replication_factor);
             let mut next = ring.clone();
             next.record_assignment(partition_count, replication_factor, table, desired);
             // A finished move stays finished where its new owner is still a
             // target of the partition: it has received every write since its
             // pull began (it never left the partition's write groups).
             let after = Layout::new(&next, partition_count, replication_factor);
-            for item in before.moves().iter().filter(|item| item.done) {
+            for item in layout.moves().iter().filter(|item| item.done) {
                 if after.target().primaries(item.partition).contains(&item.to) {
                     next.complete_move(after.id(), item.partition.0, item.to);
                 }
@@ -310,7 +308,6 @@ pub fn ring_step(
     // Founders only (or a node that has not learnt the cluster yet):
     // nothing moves, nothing to commit.
     let assignment = matching?;
-    let layout = Layout::new(ring, partition_count, replication_factor);
     let version = layout.version();
     // 2. This node's progress mark.
     let mark = 2 * version + u64::from(layout.all_done());

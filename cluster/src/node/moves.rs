@@ -16,13 +16,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::Node;
+use super::{Node, states_bytes};
 use crate::anti_entropy::{self, BUCKETS, Tracked};
 use crate::id::{NodeId, Partition};
 use crate::message::{Message, Output};
 use crate::replica;
 use crate::ring::MemberState;
-use crate::siblings::KeyState;
 use crate::store::{Durability, Store};
 use crate::transition::{self, Layout};
 
@@ -334,12 +333,7 @@ impl Node {
                 (Bytes::from(key), value)
             })
             .collect::<Vec<(Bytes, Bytes)>>();
-        self.spend_served(
-            states
-                .iter()
-                .map(|(key, value)| key.len() + value.len())
-                .sum(),
-        );
+        self.spend_served(states_bytes(&states));
         self.send(
             from,
             Message::PullReply {
@@ -391,12 +385,7 @@ impl Node {
             }
         }
         self.metrics.move_keys_sent += states.len() as u64;
-        self.spend_served(
-            states
-                .iter()
-                .map(|(key, value)| key.len() + value.len())
-                .sum(),
-        );
+        self.spend_served(states_bytes(&states));
         self.send(
             from,
             Message::PullKeysReply {
@@ -426,14 +415,9 @@ impl Node {
                 self.metrics.malformed_messages += 1;
                 continue;
             }
-            let state =
-                match KeyState::decode_with_limit(encoded, self.config.key_state_size_max_bytes) {
-                    Ok(state) => state,
-                    Err(_) => {
-                        self.metrics.malformed_messages += 1;
-                        continue;
-                    }
-                };
+            let Some(state) = self.decode_received(encoded) else {
+                continue;
+            };
             bytes += key.len() + encoded.len();
             if self
                 .apply_data(partition, key, &state, Durability::Buffered, store)
@@ -477,10 +461,7 @@ impl Node {
         let in_range = |key: &[u8]| {
             key >= &range_from[..] && until.as_ref().is_none_or(|until| key < &until[..])
         };
-        let received: usize = states
-            .iter()
-            .map(|(key, value)| key.len() + value.len())
-            .sum();
+        let received = states_bytes(&states);
         self.spend_pulled(received);
         let next = until.clone().filter(|next| *next > range_from);
         if !digests {
@@ -554,10 +535,7 @@ impl Node {
         else {
             return;
         };
-        let received: usize = states
-            .iter()
-            .map(|(key, value)| key.len() + value.len())
-            .sum();
+        let received = states_bytes(&states);
         self.spend_pulled(received);
         let was_asked = |key: &[u8]| asked.iter().any(|asked| asked[..] == *key);
         if self

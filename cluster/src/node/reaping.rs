@@ -54,11 +54,7 @@ impl Node {
         self.next_reap = Some(now + REAP_INTERVAL);
         self.reaps
             .retain(|_, pending| now < pending.asked_at + REAP_ANSWER_TIMEOUT);
-        let moving = self
-            .layout
-            .as_ref()
-            .is_some_and(|layout| !layout.moves().is_empty());
-        if moving || self.config.tombstone_grace.is_zero() {
+        if self.moving() || self.config.tombstone_grace.is_zero() {
             return;
         }
         let grace = u64::try_from(self.config.tombstone_grace.as_micros()).unwrap_or(u64::MAX);
@@ -148,6 +144,13 @@ impl Node {
                 },
             );
         }
+    }
+
+    /// Whether any partition moves (reaping waits until none does).
+    fn moving(&self) -> bool {
+        self.layout
+            .as_ref()
+            .is_some_and(|layout| !layout.moves().is_empty())
     }
 
     /// This node's stored state of `key`, as its digest (`None`: none).
@@ -259,11 +262,7 @@ impl Node {
         let leader = self
             .primaries(partition)
             .is_ok_and(|primaries| primaries.first() == Some(&from));
-        let moving = self
-            .layout
-            .as_ref()
-            .is_some_and(|layout| !layout.moves().is_empty());
-        if !leader || moving {
+        if !leader || self.moving() {
             self.metrics.malformed_messages += 1;
             return;
         }

@@ -889,6 +889,13 @@ impl Simulation {
         host.gone = true;
         host.timer_at = None;
         host.timer_generation += 1;
+        self.abandon_requests_to(index);
+        true
+    }
+
+    /// Clients waiting on node `index`, which stopped, learn nothing: their
+    /// operation's outcome is unknown.
+    fn abandon_requests_to(&mut self, index: usize) {
         for client in 0..self.clients.len() {
             if self.clients[client]
                 .in_flight
@@ -899,7 +906,6 @@ impl Simulation {
                 self.outcome_unknown(client, flight);
             }
         }
-        true
     }
 
     /// Members that are in the cluster and not removed.
@@ -1295,18 +1301,7 @@ impl Simulation {
             self.report.process_crashes += 1;
             host.store.crash_process();
         }
-        // Clients waiting on the crashed node learn nothing: their
-        // operation's outcome is unknown.
-        for client in 0..self.clients.len() {
-            if self.clients[client]
-                .in_flight
-                .as_ref()
-                .is_some_and(|flight| flight.node == index)
-                && let Some(flight) = self.clients[client].in_flight.take()
-            {
-                self.outcome_unknown(client, flight);
-            }
-        }
+        self.abandon_requests_to(index);
     }
 
     // ---- phases ------------------------------------------------------------
