@@ -165,6 +165,11 @@ pub fn run(engine: &dyn Engine, parameters: &Parameters) -> Result<Report, Strin
                     let mut rng = SmallRng::seed_from_u64(0x5eed ^ thread as u64);
                     let mut value = vec![0u8; parameters.value_size];
                     let first = thread as u64 * per_thread;
+                    // Diagnosis: `SHOAL_BENCH_LOG_SLOW_US=N` prints every
+                    // operation slower than N µs, with when it started.
+                    let log_slow_us = std::env::var("SHOAL_BENCH_LOG_SLOW_US")
+                        .ok()
+                        .and_then(|value| value.parse::<u128>().ok());
                     if parameters.workload == Workload::Readseq {
                         let start = Instant::now();
                         let count = engine.scan_all()?;
@@ -205,8 +210,14 @@ pub fn run(engine: &dyn Engine, parameters: &Parameters) -> Result<Report, Strin
                             }
                             Workload::Readseq | Workload::Compact => {}
                         }
-                        let _ = histogram
-                            .record(start.elapsed().as_nanos().div_ceil(1000).max(1) as u64);
+                        let micros = start.elapsed().as_nanos().div_ceil(1000).max(1);
+                        let _ = histogram.record(micros as u64);
+                        if log_slow_us.is_some_and(|limit| micros > limit) {
+                            eprintln!(
+                                "slow: thread {thread} op {offset} took {micros} us, started at {:.3} s",
+                                start.duration_since(started).as_secs_f64()
+                            );
+                        }
                         if offset % 1024 == 0 {
                             done.fetch_add(1024.min(per_thread - offset), Ordering::Relaxed);
                         }

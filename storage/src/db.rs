@@ -309,7 +309,7 @@ impl Db {
             restart_interval: 16,
             bloom_bits_per_key: options.bloom_bits_per_key,
             compression: if options.compression {
-                Compression::Lz4
+                Compression::Snappy
             } else {
                 Compression::None
             },

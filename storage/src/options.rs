@@ -50,7 +50,7 @@ pub struct Options {
     pub block_size_bytes: usize,
     /// Bloom filter bits per key (10 gives about 1 % false positives).
     pub bloom_bits_per_key: usize,
-    /// Compress data blocks with LZ4 when it saves space.
+    /// Compress blocks with Snappy when it saves space.
     pub compression: bool,
     /// Preallocated size of each write-ahead log file.
     pub wal_preallocate_bytes: u64,

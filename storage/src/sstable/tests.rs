@@ -43,7 +43,7 @@ proptest! {
             (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..40)),
             1..200,
         ),
-        compress in any::<bool>(),
+        compress in 0u8..3,
         probes in proptest::collection::vec((proptest::collection::vec(0u8..6, 0..5), 0u64..22), 1..40),
         probes_for_seek in proptest::collection::vec((proptest::collection::vec(0u8..7, 0..6), 0u64..22), 1..40),
     ) {
@@ -56,7 +56,7 @@ proptest! {
             .collect();
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("t.sst");
-        let compression = if compress { Compression::Lz4 } else { Compression::None };
+        let compression = [Compression::None, Compression::Lz4, Compression::Snappy][usize::from(compress)];
         let summary = write_table(&path, &model, &small_options(compression));
         let table = Arc::new(Table::open(&path).unwrap());
         prop_assert_eq!(table.summary(), &summary);
@@ -181,17 +181,77 @@ fn compression_shrinks_compressible_values() {
             ..TableOptions::default()
         },
     );
-    let lz4 = write_table(
-        &directory.path().join("lz4.sst"),
-        &model,
-        &TableOptions::default(),
-    );
-    assert!(
-        lz4.file_size_bytes < raw.file_size_bytes * 3 / 4,
-        "{} vs {}",
-        lz4.file_size_bytes,
-        raw.file_size_bytes
-    );
+    for compression in [Compression::Lz4, Compression::Snappy] {
+        let name = format!("{compression:?}.sst");
+        let compressed = write_table(
+            &directory.path().join(name),
+            &model,
+            &TableOptions {
+                compression,
+                ..TableOptions::default()
+            },
+        );
+        assert!(
+            compressed.file_size_bytes < raw.file_size_bytes * 3 / 4,
+            "{compression:?}: {} vs {}",
+            compressed.file_size_bytes,
+            raw.file_size_bytes
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn separators_fall_between_neighbouring_keys(
+        first in (proptest::collection::vec(any::<u8>(), 0..12), 0u64..100, any::<bool>()),
+        second in (proptest::collection::vec(any::<u8>(), 0..12), 0u64..100, any::<bool>()),
+    ) {
+        let encode = |(key, sequence, deletion): &(Vec<u8>, u64, bool)| {
+            let kind = if *deletion { ValueKind::Deletion } else { ValueKind::Value };
+            internal_key(key, *sequence, kind)
+        };
+        let (a, b) = (encode(&first), encode(&second));
+        let (last, next) = match compare_internal_keys(&a, &b) {
+            Ordering::Less => (a, b),
+            Ordering::Greater => (b, a),
+            Ordering::Equal => return Ok(()),
+        };
+        let separator = shortest_separator(&last, &next);
+        prop_assert_ne!(compare_internal_keys(&separator, &last), Ordering::Less);
+        prop_assert_eq!(compare_internal_keys(&separator, &next), Ordering::Less);
+        prop_assert!(separator.len() <= last.len());
+    }
+}
+
+#[test]
+fn separators_shorten_decimal_keys() {
+    let last = internal_key(b"0000000000123456", 0, ValueKind::Value);
+    let next = internal_key(b"0000000000123789", 0, ValueKind::Value);
+    let separator = shortest_separator(&last, &next);
+    assert_eq!(crate::key::user_key(&separator), b"00000000001235");
+}
+
+/// A table written in format 1 (LZ4 blocks, whole last keys and fixed-width
+/// handles in the index), as tables were before format 2: still readable.
+#[test]
+fn format_1_tables_are_still_read() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format1.sst");
+    let table = Arc::new(Table::open(&path).unwrap());
+    let model = sample_model(300);
+    assert_eq!(table.summary().entries as usize, model.len());
+    for ((key, sequence), entry) in &model {
+        assert_eq!(table.get(key, sequence.0).unwrap().as_ref(), Some(entry));
+    }
+    let mut iterator = table.iter();
+    iterator.seek_to_first().unwrap();
+    let mut count = 0;
+    while iterator.valid() {
+        count += 1;
+        iterator.next().unwrap();
+    }
+    assert_eq!(count, model.len());
 }
 
 #[test]
