@@ -303,10 +303,28 @@ pub enum Message {
         /// One hash per bucket ([`crate::anti_entropy::BUCKETS`]).
         leaves: Vec<u64>,
     },
-    /// Anti-entropy: stored key states of the differing buckets whose user
-    /// keys lie in `[from, until)` (`until: None`: to the partition's end),
-    /// to merge. The exchange walks the partition in such ranges, so that
-    /// each message stays within the configured size.
+    /// Anti-entropy, from the exchange's initiator: the digests of its
+    /// stored states of the differing buckets whose user keys lie in
+    /// `[from, until)` (`until: None`: to the partition's end). The exchange
+    /// walks the partition in such ranges, each within the configured size.
+    AeDigests {
+        /// The partition.
+        partition: u32,
+        /// The buckets the keys were taken from.
+        buckets: Vec<u16>,
+        /// The first user key of the range.
+        from: Bytes,
+        /// The end of the range, exclusive.
+        until: Option<Bytes>,
+        /// User key and the digest of its encoded state.
+        digests: Vec<(Bytes, u64)>,
+    },
+    /// Anti-entropy: stored key states of the buckets in `[from, until)` to
+    /// merge. With `answer`, the responder's reply to [`Message::AeDigests`]:
+    /// its states that differ from the digests, the keys it `wanted`, and an
+    /// `until` that may end the range earlier (to stay within size; the
+    /// initiator goes on from there). Without, the initiator's states of the
+    /// wanted keys.
     AeStates {
         /// The partition.
         partition: u32,
@@ -318,10 +336,10 @@ pub enum Message {
         until: Option<Bytes>,
         /// User key and encoded key state.
         states: Vec<(Bytes, Bytes)>,
-        /// Set by the exchange's initiator: answer with your own states of
-        /// the range (the answer may end the range earlier, to stay within
-        /// size; the initiator then goes on from there).
-        reply: bool,
+        /// Keys whose state the responder wants from the initiator.
+        wanted: Vec<Bytes>,
+        /// Set on the responder's answer.
+        answer: bool,
     },
     /// A new owner of `partition` asks a committed primary for its states
     /// of the keys from `from` on (ownership move of assignment `version`).
@@ -513,13 +531,21 @@ mod tests {
                 partition: 7,
                 leaves: vec![1; crate::anti_entropy::BUCKETS],
             },
+            Message::AeDigests {
+                partition: 7,
+                buckets: vec![0, 255],
+                from: Bytes::new(),
+                until: None,
+                digests: vec![(key.clone(), 42)],
+            },
             Message::AeStates {
                 partition: 7,
                 buckets: vec![0, 255],
                 from: Bytes::new(),
                 until: Some(key.clone()),
                 states: vec![(key.clone(), Bytes::from_static(b"state"))],
-                reply: true,
+                wanted: vec![key.clone()],
+                answer: true,
             },
             Message::PullStates {
                 partition: 7,

@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::admission::Admission;
-use crate::anti_entropy::{self, BUCKETS, Tracked, Trees};
+use crate::anti_entropy::{Tracked, Trees};
 use crate::config::{Config, ConfigError};
 use crate::coordinator::{
     ForwardOperation, Operation, Origin, ReadOperation, WriteOperation, next_fallback,
@@ -170,7 +170,11 @@ pub struct Node {
     ae_budget: f64,
     ae_budget_at: Option<Instant>,
     /// Range steps waiting for budget, oldest first.
-    ae_deferred: VecDeque<Deferred>,
+    ae_deferred: VecDeque<exchange::AeStep>,
+    /// The exchange each partition is in at this node, if any: one at a
+    /// time, so that two peers do not both refill this node with the same
+    /// states.
+    ae_exchanges: BTreeMap<Partition, exchange::Exchange>,
     /// When the waiting steps may go.
     next_ae_deferred: Option<Instant>,
     /// The ring as this node knows it, and what moves under it.
@@ -197,19 +201,6 @@ fn states_bytes<K: AsRef<[u8]>, V: AsRef<[u8]>>(states: &[(K, V)]) -> usize {
         .iter()
         .map(|(key, value)| key.as_ref().len() + value.as_ref().len())
         .sum()
-}
-
-/// Most anti-entropy range steps waiting for budget.
-const AE_DEFERRED_MAX: usize = 64;
-
-/// One step of an anti-entropy exchange: a range's states to send.
-#[derive(Debug)]
-struct Deferred {
-    peer: NodeId,
-    partition: Partition,
-    buckets: Vec<u16>,
-    range: (Bytes, Option<Bytes>),
-    reply: bool,
 }
 
 impl Node {
@@ -245,6 +236,7 @@ impl Node {
             ae_budget: 0.0,
             ae_budget_at: None,
             ae_deferred: VecDeque::new(),
+            ae_exchanges: BTreeMap::new(),
             next_ae_deferred: None,
             ring: Ring::new(),
             layout: None,
@@ -536,10 +528,20 @@ impl Node {
             }
             Message::Reap { key, digest } => self.receive_reap(from, (key, digest), store),
             Message::AeRoot { partition, root } => {
-                self.receive_ae_root(from, partition, root, store)
+                self.receive_ae_root(now, from, partition, root, store)
             }
             Message::AeLeaves { partition, leaves } => {
                 self.receive_ae_leaves(now, from, partition, leaves, store)
+            }
+            Message::AeDigests {
+                partition,
+                buckets,
+                from: range_from,
+                until,
+                digests,
+            } => {
+                let exchange = (from, partition, buckets);
+                self.receive_ae_digests(now, exchange, (range_from, until), digests, store)
             }
             Message::AeStates {
                 partition,
@@ -547,11 +549,12 @@ impl Node {
                 from: range_from,
                 until,
                 states,
-                reply,
+                wanted,
+                answer,
             } => {
                 let range = (range_from, until);
-                let exchange = (from, Partition(partition), buckets);
-                self.receive_ae_states(now, exchange, range, states, reply, store)
+                let exchange = (from, partition, buckets);
+                self.receive_ae_states(now, exchange, range, states, wanted, answer, store)
             }
             Message::Forward {
                 forward_id,
@@ -631,371 +634,6 @@ impl Node {
                 }
             }
         }
-    }
-
-    // ---- anti-entropy ------------------------------------------------------
-
-    /// A key state received from a peer, decoded within the size limit; a
-    /// malformed one is counted and `None`.
-    fn decode_received(&mut self, encoded: &[u8]) -> Option<KeyState> {
-        match KeyState::decode_with_limit(encoded, self.config.key_state_size_max_bytes) {
-            Ok(state) => Some(state),
-            Err(_) => {
-                self.metrics.malformed_messages += 1;
-                None
-            }
-        }
-    }
-
-    /// Whether this node and `peer` are both primaries of `partition`.
-    fn shares_partition(&self, partition: Partition, peer: NodeId) -> bool {
-        self.placement.as_ref().is_some_and(|placement| {
-            let primaries = placement.primaries(partition);
-            primaries.contains(&self.id) && primaries.contains(&peer)
-        })
-    }
-
-    /// A partition number from a peer, when it names one.
-    fn ae_partition(&mut self, partition: u32) -> Option<Partition> {
-        if partition >= self.config.partition_count {
-            self.metrics.malformed_messages += 1;
-            return None;
-        }
-        Some(Partition(partition))
-    }
-
-    /// Builds the partition's tree a bounded step further; the tree when built.
-    fn ae_tree<S: Store>(
-        &mut self,
-        partition: Partition,
-        store: &mut Tracked<'_, S>,
-    ) -> Option<(u64, Vec<u64>)> {
-        let keys_max = self.config.anti_entropy_build_keys_max;
-        let (inner, trees) = store.parts();
-        match trees.build_step(partition, inner, keys_max) {
-            Ok(true) => trees
-                .built(partition)
-                .map(|tree| (tree.root(), tree.leaves().to_vec())),
-            Ok(false) => None,
-            Err(_) => {
-                self.metrics.store_failures += 1;
-                None
-            }
-        }
-    }
-
-    /// One round: the next `anti_entropy_partitions_per_round` (partition,
-    /// peer) pairs in round-robin order whose trees are built get this
-    /// node's roots. A tree still being built takes a step and ends the
-    /// round, keeping its turn.
-    fn anti_entropy_round<S: Store>(&mut self, now: Instant, store: &mut Tracked<'_, S>) {
-        // Jittered (±25 %), so that nodes' exchanges do not fall into step.
-        let interval = self.config.anti_entropy_interval;
-        let jitter = self.rng.random_range(0.75..1.25);
-        self.next_anti_entropy = Some(now + interval.mul_f64(jitter));
-        // Saturated: finish what is under way before starting more.
-        if !self.ae_deferred.is_empty() || !self.ae_may_send(now) {
-            return;
-        }
-        let count = u64::from(self.config.partition_count);
-        let mut sent = 0;
-        let mut looked = 0;
-        while sent < self.config.anti_entropy_partitions_per_round && looked < count {
-            let Some(placement) = self.placement.as_ref() else {
-                return;
-            };
-            let cursor = self.anti_entropy_cursor;
-            self.anti_entropy_cursor = self.anti_entropy_cursor.wrapping_add(1);
-            looked += 1;
-            let partition = Partition((cursor % count) as u32);
-            let primaries = placement.primaries(partition);
-            if !primaries.contains(&self.id) {
-                continue;
-            }
-            let peers: Vec<NodeId> = primaries
-                .iter()
-                .copied()
-                .filter(|peer| *peer != self.id && self.is_alive(*peer))
-                .collect();
-            if peers.is_empty() {
-                continue;
-            }
-            // Successive cycles over the partitions take successive peers.
-            let peer = peers[((cursor / count) % peers.len() as u64) as usize];
-            match self.ae_tree(partition, store) {
-                Some((root, _)) => {
-                    sent += 1;
-                    self.metrics.anti_entropy_rounds += 1;
-                    self.send(
-                        peer,
-                        Message::AeRoot {
-                            partition: partition.0,
-                            root,
-                        },
-                    );
-                }
-                // Still building: this pair keeps its turn.
-                None => {
-                    self.anti_entropy_cursor = cursor;
-                    return;
-                }
-            }
-        }
-    }
-
-    fn receive_ae_root<S: Store>(
-        &mut self,
-        from: NodeId,
-        partition: u32,
-        root: u64,
-        store: &mut Tracked<'_, S>,
-    ) {
-        let Some(partition) = self.ae_partition(partition) else {
-            return;
-        };
-        if !self.shares_partition(partition, from) {
-            return;
-        }
-        // An unbuilt tree cannot answer yet; the peer asks again later.
-        let Some((ours, leaves)) = self.ae_tree(partition, store) else {
-            return;
-        };
-        if ours != root {
-            self.send(
-                from,
-                Message::AeLeaves {
-                    partition: partition.0,
-                    leaves,
-                },
-            );
-        }
-    }
-
-    fn receive_ae_leaves<S: Store>(
-        &mut self,
-        now: Instant,
-        from: NodeId,
-        partition: u32,
-        leaves: Vec<u64>,
-        store: &mut Tracked<'_, S>,
-    ) {
-        let Some(partition) = self.ae_partition(partition) else {
-            return;
-        };
-        if leaves.len() != BUCKETS {
-            self.metrics.malformed_messages += 1;
-            return;
-        }
-        if !self.shares_partition(partition, from) {
-            return;
-        }
-        let Some((_, ours)) = self.ae_tree(partition, store) else {
-            return;
-        };
-        let differing = anti_entropy::differing_buckets(&ours, &leaves);
-        if differing.is_empty() {
-            return;
-        }
-        self.metrics.anti_entropy_trees_differed += 1;
-        self.ae_send_or_defer(
-            now,
-            Deferred {
-                peer: from,
-                partition,
-                buckets: differing,
-                range: (Bytes::new(), None),
-                reply: true,
-            },
-            store,
-        );
-    }
-
-    /// Sends this node's states of `buckets` in `[from, until)`, the range
-    /// cut short where the size limit says.
-    fn send_ae_states(
-        &mut self,
-        to: NodeId,
-        partition: Partition,
-        buckets: Vec<u16>,
-        (from, until): (Bytes, Option<Bytes>),
-        reply: bool,
-        store: &mut impl Store,
-    ) -> usize {
-        let found = match anti_entropy::states_in_range(
-            store,
-            partition,
-            &buckets,
-            &from,
-            until.as_deref(),
-            self.config.anti_entropy_bytes_max,
-            self.config.anti_entropy_build_keys_max,
-        ) {
-            Ok(found) => found,
-            Err(_) => {
-                self.metrics.store_failures += 1;
-                return 0;
-            }
-        };
-        self.metrics.anti_entropy_keys_sent += found.states.len() as u64;
-        let bytes = states_bytes(&found.states);
-        self.send(
-            to,
-            Message::AeStates {
-                partition: partition.0,
-                buckets,
-                from,
-                until: found.until.map(Bytes::from),
-                states: found
-                    .states
-                    .into_iter()
-                    .map(|(key, state)| (Bytes::from(key), Bytes::from(state)))
-                    .collect(),
-                reply,
-            },
-        );
-        bytes
-    }
-
-    /// States of a range: merged here; the responder answers with its own
-    /// states of the range, and the initiator, on that answer, goes on with
-    /// the next range until the partition's end.
-    fn receive_ae_states<S: Store>(
-        &mut self,
-        now: Instant,
-        (peer, partition, buckets): (NodeId, Partition, Vec<u16>),
-        (from, until): (Bytes, Option<Bytes>),
-        states: Vec<(Bytes, Bytes)>,
-        reply: bool,
-        store: &mut Tracked<'_, S>,
-    ) {
-        let Some(partition) = self.ae_partition(partition.0) else {
-            return;
-        };
-        if buckets.is_empty() || buckets.iter().any(|bucket| *bucket as usize >= BUCKETS) {
-            self.metrics.malformed_messages += 1;
-            return;
-        }
-        if !self.shares_partition(partition, peer) {
-            return;
-        }
-        for (key, encoded) in &states {
-            let in_place = self.key_is_valid(key)
-                && self.partitioner.partition_of(key) == partition
-                && buckets.contains(&anti_entropy::bucket_of(key))
-                && key[..] >= from[..]
-                && until.as_ref().is_none_or(|until| key[..] < until[..]);
-            if !in_place {
-                self.metrics.malformed_messages += 1;
-                continue;
-            }
-            let Some(state) = self.decode_received(encoded) else {
-                continue;
-            };
-            if self
-                .apply_data(partition, key, &state, Durability::Buffered, store)
-                .is_err()
-            {
-                self.metrics.store_failures += 1;
-            }
-        }
-        let next = if reply {
-            // Answer with this node's states of the same range.
-            Some(Deferred {
-                peer,
-                partition,
-                buckets,
-                range: (from, until),
-                reply: false,
-            })
-        } else {
-            // The answer covered the range up to `until`; the rest follows.
-            until.filter(|next| *next > from).map(|next| Deferred {
-                peer,
-                partition,
-                buckets,
-                range: (next, None),
-                reply: true,
-            })
-        };
-        if let Some(next) = next {
-            self.ae_send_or_defer(now, next, store);
-        }
-    }
-
-    /// Refills the anti-entropy byte budget for the time passed.
-    fn ae_refill(&mut self, now: Instant) {
-        let rate = self.admission.rate();
-        let capacity = self.config.anti_entropy_bytes_max as f64 * 2.0;
-        if let Some(last) = self.ae_budget_at {
-            let earned = now.saturating_duration_since(last).as_secs_f64() * rate;
-            self.ae_budget = (self.ae_budget + earned).min(capacity);
-        } else {
-            self.ae_budget = capacity;
-        }
-        self.ae_budget_at = Some(now);
-    }
-
-    /// Whether anti-entropy may send now (always, without a rate).
-    fn ae_may_send(&mut self, now: Instant) -> bool {
-        if self.config.anti_entropy_bytes_per_second == 0 {
-            return true;
-        }
-        self.ae_refill(now);
-        self.ae_budget > 0.0
-    }
-
-    /// Sends a range's states now if the byte budget allows, else queues it
-    /// (bounded: past the bound the step is dropped, and a later exchange
-    /// finds the difference again).
-    fn ae_send_or_defer(&mut self, now: Instant, step: Deferred, store: &mut impl Store) {
-        if self.ae_deferred.is_empty() && self.ae_may_send(now) {
-            self.ae_send(step, store);
-            return;
-        }
-        if self.ae_deferred.len() < AE_DEFERRED_MAX {
-            self.ae_deferred.push_back(step);
-        }
-        self.schedule_ae_deferred(now);
-    }
-
-    fn schedule_ae_deferred(&mut self, now: Instant) {
-        if self.ae_deferred.is_empty() {
-            self.next_ae_deferred = None;
-            return;
-        }
-        // Until the budget is positive again, and at least a millisecond:
-        // a wait of zero would run the timer again at the same instant.
-        let rate = self.admission.rate().max(1.0);
-        let wait = (1.0 - self.ae_budget).max(1.0) / rate;
-        self.next_ae_deferred = Some(now + Duration::from_secs_f64(wait.clamp(0.001, 10.0)));
-    }
-
-    /// Sends the queued range steps the budget allows.
-    fn ae_drain_deferred(&mut self, now: Instant, store: &mut impl Store) {
-        while !self.ae_deferred.is_empty() && self.ae_may_send(now) {
-            if let Some(step) = self.ae_deferred.pop_front() {
-                self.ae_send(step, store);
-            }
-        }
-        self.schedule_ae_deferred(now);
-    }
-
-    fn ae_send(&mut self, step: Deferred, store: &mut impl Store) {
-        let Deferred {
-            peer,
-            partition,
-            buckets,
-            range,
-            reply,
-        } = step;
-        if !self.shares_partition(partition, peer) {
-            return;
-        }
-        let spent = self.send_ae_states(peer, partition, buckets, range, reply, store);
-        if self.config.anti_entropy_bytes_per_second > 0 {
-            self.ae_budget -= spent as f64;
-        }
-        self.admission.spent(spent as f64);
     }
 
     // ---- starting ----------------------------------------------------------
@@ -2010,6 +1648,7 @@ impl Node {
     }
 }
 
+mod exchange;
 mod moves;
 mod reaping;
 #[cfg(test)]

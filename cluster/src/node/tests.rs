@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::*;
+use crate::anti_entropy;
 use crate::message::Quorum;
 use crate::sim::world::build_ring;
 use crate::store::MemStore;
@@ -991,4 +992,77 @@ fn a_grace_not_above_the_hint_age_is_refused() {
         ..config
     };
     assert!(keep_forever.validate().is_ok());
+}
+
+/// A replica whose store was wiped is refilled by anti-entropy alone with
+/// about one copy of the data: states cross only where replicas differ, and
+/// one exchange per partition at a time keeps both full peers from sending
+/// the same states.
+#[test]
+fn a_wiped_replica_is_refilled_with_about_one_copy_of_its_data() {
+    let config = Config {
+        partition_count: 16,
+        // Small ranges, so that every partition takes several steps.
+        anti_entropy_bytes_max: 2048,
+        hint_replay_interval: Duration::from_secs(3600),
+        ..Config::default()
+    };
+    let mut cluster = Cluster::new(3, config);
+    let keys: Vec<Bytes> = (0..400)
+        .map(|i| Bytes::from(format!("key{i:04}")))
+        .collect();
+    for key in &keys {
+        let request = cluster.request(
+            0,
+            Request::Put {
+                key: key.clone(),
+                value: Bytes::from(vec![b'v'; 100]),
+                context: VersionVector::default(),
+                options: WriteOptions {
+                    w: Some(Quorum::All),
+                    sloppy: Some(false),
+                    durable: None,
+                    timeout: None,
+                },
+            },
+        );
+        written(cluster.response(request));
+    }
+    let sent_before: u64 = cluster
+        .nodes
+        .iter()
+        .map(|node| node.metrics().anti_entropy_keys_sent)
+        .sum();
+    cluster.stores[1] = MemStore::new();
+    cluster.restart(1);
+    let held = |cluster: &mut Cluster| {
+        keys.iter()
+            .filter(|key| {
+                let partition = cluster.nodes[1].partition_of(key);
+                cluster.stores[1]
+                    .read(&replica::data_key(partition, key))
+                    .unwrap()
+                    .is_some()
+            })
+            .count()
+    };
+    assert_eq!(held(&mut cluster), 0);
+    for _ in 0..600 {
+        if held(&mut cluster) == keys.len() {
+            break;
+        }
+        cluster.advance(Duration::from_millis(100));
+    }
+    assert_eq!(held(&mut cluster), keys.len());
+    let sent: u64 = cluster
+        .nodes
+        .iter()
+        .map(|node| node.metrics().anti_entropy_keys_sent)
+        .sum::<u64>()
+        - sent_before;
+    assert!(
+        sent <= keys.len() as u64 * 5 / 4,
+        "{sent} states sent to refill {} keys",
+        keys.len()
+    );
 }

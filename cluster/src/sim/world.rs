@@ -376,6 +376,7 @@ fn message_code(message: &Message) -> u64 {
         Message::ReapQuery { .. } => 16,
         Message::ReapAnswer { .. } => 17,
         Message::Reap { .. } => 18,
+        Message::AeDigests { .. } => 19,
     }
 }
 
@@ -1375,7 +1376,10 @@ impl Simulation {
                 let pending_messages = self.queue.values().any(|event| {
                     matches!(event, Event::Deliver { message, .. } if !matches!(
                         message,
-                        Message::AeRoot { .. } | Message::AeLeaves { .. } | Message::AeStates { .. }
+                        Message::AeRoot { .. }
+                            | Message::AeLeaves { .. }
+                            | Message::AeDigests { .. }
+                            | Message::AeStates { .. }
                     ))
                 });
                 let repaired = if self.options.anti_entropy_only {

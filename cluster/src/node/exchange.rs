@@ -1,0 +1,727 @@
+//! Anti-entropy exchanges (Dynamo §4.7), the node's side: which partition
+//! and peer to compare, and the steps that sync them.
+//! ([`crate::anti_entropy`] keeps the trees and finds the states.)
+//!
+//! An exchange of a partition between an initiator I and a responder R:
+//! 1. I sends `AeRoot`; R answers `AeLeaves` when the roots differ.
+//! 2. I sends `AeDigests`: the digests of its states of the differing
+//!    buckets over a range `[from, until)`, cut after
+//!    `anti_entropy_bytes_max` bytes of states.
+//! 3. R answers `AeStates` (`answer: true`) over `[from, until')`, where
+//!    `until' <= until` also stops at R's own size limit: R's states that I
+//!    lacks or holds differently, and the keys `wanted` that I holds and R
+//!    lacks or holds differently.
+//! 4. I merges them (as read repair merges), sends `AeStates` with its own,
+//!    now merged, states of the wanted keys, and goes on at 2 from `until'`.
+//!
+//! So a state crosses only where the replicas differ, whichever side
+//! starts: a wiped replica is refilled with about one copy of its data
+//! rather than its peers' copies plus its own echo.
+//!
+//! A node takes part in one exchange per partition at a time (an exchange
+//! idle for [`EXCHANGE_IDLE`] is over), so two peers do not both send it
+//! the same states. When two nodes start an exchange with each other at
+//! once, the one with the lower id leads it.
+//!
+//! Every step that sends states or digests waits for the byte budget that
+//! admission control sets; steps waiting are bounded ([`AE_DEFERRED_MAX`]),
+//! and a step dropped past the bound is found again by a later exchange.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::Rng;
+
+use super::{Node, states_bytes};
+use crate::anti_entropy::{self, BUCKETS, Tracked};
+use crate::id::{NodeId, Partition};
+use crate::message::Message;
+use crate::replica;
+use crate::siblings::KeyState;
+use crate::store::{Durability, Store};
+
+/// Most anti-entropy steps waiting for budget.
+const AE_DEFERRED_MAX: usize = 64;
+
+/// An exchange with no step for this long is over (a lost message, a peer
+/// gone); its partition is free for another.
+pub(super) const EXCHANGE_IDLE: Duration = Duration::from_secs(30);
+
+/// The exchange a partition is in at this node.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Exchange {
+    /// The other side.
+    pub(super) peer: NodeId,
+    /// Whether this node leads it (sends the digests).
+    pub(super) initiator: bool,
+    /// The last step.
+    pub(super) at: Instant,
+}
+
+/// One step of an exchange, sent when the byte budget allows.
+#[derive(Debug)]
+pub(super) enum AeStep {
+    /// Initiator: the digests of this node's states from `from` on.
+    Digests {
+        peer: NodeId,
+        partition: Partition,
+        buckets: Vec<u16>,
+        from: Bytes,
+    },
+    /// Responder: this node's states that differ from the initiator's
+    /// `digests` of `range`, and the keys wanted from it.
+    Answer {
+        peer: NodeId,
+        partition: Partition,
+        buckets: Vec<u16>,
+        range: (Bytes, Option<Bytes>),
+        digests: BTreeMap<Bytes, u64>,
+    },
+    /// Initiator: this node's states of the keys the responder wanted.
+    Push {
+        peer: NodeId,
+        partition: Partition,
+        buckets: Vec<u16>,
+        range: (Bytes, Option<Bytes>),
+        keys: Vec<Bytes>,
+    },
+}
+
+impl AeStep {
+    fn peer_and_partition(&self) -> (NodeId, Partition) {
+        match self {
+            AeStep::Digests {
+                peer, partition, ..
+            }
+            | AeStep::Answer {
+                peer, partition, ..
+            }
+            | AeStep::Push {
+                peer, partition, ..
+            } => (*peer, *partition),
+        }
+    }
+}
+
+/// Whether `key` lies in `[from, until)` (`until: None`: to the end).
+fn in_range(key: &[u8], from: &[u8], until: Option<&[u8]>) -> bool {
+    key >= from && until.is_none_or(|until| key < until)
+}
+
+impl Node {
+    /// A key state received from a peer, decoded within the size limit; a
+    /// malformed one is counted and `None`.
+    pub(super) fn decode_received(&mut self, encoded: &[u8]) -> Option<KeyState> {
+        match KeyState::decode_with_limit(encoded, self.config.key_state_size_max_bytes) {
+            Ok(state) => Some(state),
+            Err(_) => {
+                self.metrics.malformed_messages += 1;
+                None
+            }
+        }
+    }
+
+    /// Whether this node and `peer` are both primaries of `partition`.
+    pub(super) fn shares_partition(&self, partition: Partition, peer: NodeId) -> bool {
+        self.placement.as_ref().is_some_and(|placement| {
+            let primaries = placement.primaries(partition);
+            primaries.contains(&self.id) && primaries.contains(&peer)
+        })
+    }
+
+    /// A partition number from a peer, when it names one.
+    pub(super) fn ae_partition(&mut self, partition: u32) -> Option<Partition> {
+        if partition >= self.config.partition_count {
+            self.metrics.malformed_messages += 1;
+            return None;
+        }
+        Some(Partition(partition))
+    }
+
+    /// Builds the partition's tree a bounded step further; the tree when built.
+    pub(super) fn ae_tree<S: Store>(
+        &mut self,
+        partition: Partition,
+        store: &mut Tracked<'_, S>,
+    ) -> Option<(u64, Vec<u64>)> {
+        let keys_max = self.config.anti_entropy_build_keys_max;
+        let (inner, trees) = store.parts();
+        match trees.build_step(partition, inner, keys_max) {
+            Ok(true) => trees
+                .built(partition)
+                .map(|tree| (tree.root(), tree.leaves().to_vec())),
+            Ok(false) => None,
+            Err(_) => {
+                self.metrics.store_failures += 1;
+                None
+            }
+        }
+    }
+
+    /// One round: the next `anti_entropy_partitions_per_round` (partition,
+    /// peer) pairs in round-robin order whose trees are built get this
+    /// node's roots. A tree still being built takes a step and ends the
+    /// round, keeping its turn.
+    pub(super) fn anti_entropy_round<S: Store>(
+        &mut self,
+        now: Instant,
+        store: &mut Tracked<'_, S>,
+    ) {
+        // Jittered (±25 %), so that nodes' exchanges do not fall into step.
+        let interval = self.config.anti_entropy_interval;
+        let jitter = self.rng.random_range(0.75..1.25);
+        self.next_anti_entropy = Some(now + interval.mul_f64(jitter));
+        // Saturated: finish what is under way before starting more.
+        if !self.ae_deferred.is_empty() || !self.ae_may_send(now) {
+            return;
+        }
+        let count = u64::from(self.config.partition_count);
+        let mut sent = 0;
+        let mut looked = 0;
+        while sent < self.config.anti_entropy_partitions_per_round && looked < count {
+            let Some(placement) = self.placement.as_ref() else {
+                return;
+            };
+            let cursor = self.anti_entropy_cursor;
+            self.anti_entropy_cursor = self.anti_entropy_cursor.wrapping_add(1);
+            looked += 1;
+            let partition = Partition((cursor % count) as u32);
+            let primaries = placement.primaries(partition);
+            if !primaries.contains(&self.id) || self.ae_exchange_busy(partition, None, now) {
+                continue;
+            }
+            let peers: Vec<NodeId> = primaries
+                .iter()
+                .copied()
+                .filter(|peer| *peer != self.id && self.is_alive(*peer))
+                .collect();
+            if peers.is_empty() {
+                continue;
+            }
+            // Successive cycles over the partitions take successive peers.
+            let peer = peers[((cursor / count) % peers.len() as u64) as usize];
+            match self.ae_tree(partition, store) {
+                Some((root, _)) => {
+                    sent += 1;
+                    self.metrics.anti_entropy_rounds += 1;
+                    self.send(
+                        peer,
+                        Message::AeRoot {
+                            partition: partition.0,
+                            root,
+                        },
+                    );
+                }
+                // Still building: this pair keeps its turn.
+                None => {
+                    self.anti_entropy_cursor = cursor;
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn receive_ae_root<S: Store>(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        partition: u32,
+        root: u64,
+        store: &mut Tracked<'_, S>,
+    ) {
+        let Some(partition) = self.ae_partition(partition) else {
+            return;
+        };
+        if !self.shares_partition(partition, from)
+            || self.ae_exchange_busy(partition, Some(from), now)
+        {
+            return;
+        }
+        // An unbuilt tree cannot answer yet; the peer asks again later.
+        let Some((ours, leaves)) = self.ae_tree(partition, store) else {
+            return;
+        };
+        if ours != root {
+            // Taken as responder unless this node already leads an
+            // exchange of the partition with the same peer (both started
+            // at once: `receive_ae_leaves` settles which one goes on).
+            self.ae_exchanges
+                .entry(partition)
+                .and_modify(|exchange| exchange.at = now)
+                .or_insert(Exchange {
+                    peer: from,
+                    initiator: false,
+                    at: now,
+                });
+            self.send(
+                from,
+                Message::AeLeaves {
+                    partition: partition.0,
+                    leaves,
+                },
+            );
+        }
+    }
+
+    /// Refills the anti-entropy byte budget for the time passed.
+    pub(super) fn ae_refill(&mut self, now: Instant) {
+        let rate = self.admission.rate();
+        let capacity = self.config.anti_entropy_bytes_max as f64 * 2.0;
+        if let Some(last) = self.ae_budget_at {
+            let earned = now.saturating_duration_since(last).as_secs_f64() * rate;
+            self.ae_budget = (self.ae_budget + earned).min(capacity);
+        } else {
+            self.ae_budget = capacity;
+        }
+        self.ae_budget_at = Some(now);
+    }
+
+    /// Whether anti-entropy may send now (always, without a rate).
+    pub(super) fn ae_may_send(&mut self, now: Instant) -> bool {
+        if self.config.anti_entropy_bytes_per_second == 0 {
+            return true;
+        }
+        self.ae_refill(now);
+        self.ae_budget > 0.0
+    }
+
+    pub(super) fn schedule_ae_deferred(&mut self, now: Instant) {
+        if self.ae_deferred.is_empty() {
+            self.next_ae_deferred = None;
+            return;
+        }
+        // Until the budget is positive again, and at least a millisecond:
+        // a wait of zero would run the timer again at the same instant.
+        let rate = self.admission.rate().max(1.0);
+        let wait = (1.0 - self.ae_budget).max(1.0) / rate;
+        self.next_ae_deferred = Some(now + Duration::from_secs_f64(wait.clamp(0.001, 10.0)));
+    }
+
+    /// Sends the queued range steps the budget allows.
+    pub(super) fn ae_drain_deferred(&mut self, now: Instant, store: &mut impl Store) {
+        while !self.ae_deferred.is_empty() && self.ae_may_send(now) {
+            if let Some(step) = self.ae_deferred.pop_front() {
+                self.ae_send(now, step, store);
+            }
+        }
+        self.schedule_ae_deferred(now);
+    }
+
+    /// Whether `partition` is in a live exchange with another node than
+    /// `peer` (with `None`: with any node).
+    pub(super) fn ae_exchange_busy(
+        &self,
+        partition: Partition,
+        peer: Option<NodeId>,
+        now: Instant,
+    ) -> bool {
+        self.ae_exchanges.get(&partition).is_some_and(|exchange| {
+            now.saturating_duration_since(exchange.at) < EXCHANGE_IDLE
+                && peer.is_none_or(|peer| peer != exchange.peer)
+        })
+    }
+
+    /// The exchange of `partition` with `peer` took a step.
+    fn ae_exchange_touch(&mut self, partition: Partition, peer: NodeId, now: Instant) {
+        if let Some(exchange) = self.ae_exchanges.get_mut(&partition)
+            && exchange.peer == peer
+        {
+            exchange.at = now;
+        }
+    }
+
+    /// The exchange of `partition` with `peer` is over here.
+    fn ae_exchange_end(&mut self, partition: Partition, peer: NodeId) {
+        if self
+            .ae_exchanges
+            .get(&partition)
+            .is_some_and(|exchange| exchange.peer == peer)
+        {
+            self.ae_exchanges.remove(&partition);
+        }
+    }
+
+    /// The responder's leaves: the initiator walks the differing buckets.
+    pub(super) fn receive_ae_leaves<S: Store>(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        partition: u32,
+        leaves: Vec<u64>,
+        store: &mut Tracked<'_, S>,
+    ) {
+        let Some(partition) = self.ae_partition(partition) else {
+            return;
+        };
+        if leaves.len() != BUCKETS {
+            self.metrics.malformed_messages += 1;
+            return;
+        }
+        if !self.shares_partition(partition, from)
+            || self.ae_exchange_busy(partition, Some(from), now)
+        {
+            return;
+        }
+        // Both started at once and each answered the other's root as
+        // responder: the lower id leads, the other waits for its digests.
+        let crossed = self
+            .ae_exchanges
+            .get(&partition)
+            .is_some_and(|exchange| !exchange.initiator && exchange.peer == from);
+        if crossed && self.ae_exchange_busy(partition, None, now) && self.id > from {
+            return;
+        }
+        let Some((_, ours)) = self.ae_tree(partition, store) else {
+            return;
+        };
+        let differing = anti_entropy::differing_buckets(&ours, &leaves);
+        if differing.is_empty() {
+            return;
+        }
+        self.metrics.anti_entropy_trees_differed += 1;
+        self.ae_exchanges.insert(
+            partition,
+            Exchange {
+                peer: from,
+                initiator: true,
+                at: now,
+            },
+        );
+        let step = AeStep::Digests {
+            peer: from,
+            partition,
+            buckets: differing,
+            from: Bytes::new(),
+        };
+        self.ae_send_or_defer(now, step, store);
+    }
+
+    /// Checks a peer's exchange fields; the partition when they hold.
+    fn ae_checked(
+        &mut self,
+        peer: NodeId,
+        partition: u32,
+        buckets: &[u16],
+        range: (&Bytes, Option<&Bytes>),
+    ) -> Option<Partition> {
+        let partition = self.ae_partition(partition)?;
+        let (from, until) = range;
+        if buckets.is_empty()
+            || buckets.iter().any(|bucket| *bucket as usize >= BUCKETS)
+            || from.len() > self.config.key_size_max_bytes
+            || until.is_some_and(|until| until.len() > self.config.key_size_max_bytes)
+        {
+            self.metrics.malformed_messages += 1;
+            return None;
+        }
+        self.shares_partition(partition, peer).then_some(partition)
+    }
+
+    /// Whether a peer's key belongs where the exchange says; counts it
+    /// malformed when not.
+    fn ae_key_in_place(
+        &mut self,
+        partition: Partition,
+        buckets: &[u16],
+        (from, until): (&[u8], Option<&[u8]>),
+        key: &[u8],
+    ) -> bool {
+        let in_place = self.key_is_valid(key)
+            && self.partitioner.partition_of(key) == partition
+            && buckets.contains(&anti_entropy::bucket_of(key))
+            && in_range(key, from, until);
+        if !in_place {
+            self.metrics.malformed_messages += 1;
+        }
+        in_place
+    }
+
+    /// The initiator's digests of a range: the responder answers.
+    pub(super) fn receive_ae_digests<S: Store>(
+        &mut self,
+        now: Instant,
+        (peer, partition, buckets): (NodeId, u32, Vec<u16>),
+        (from, until): (Bytes, Option<Bytes>),
+        digests: Vec<(Bytes, u64)>,
+        store: &mut Tracked<'_, S>,
+    ) {
+        let Some(partition) = self.ae_checked(peer, partition, &buckets, (&from, until.as_ref()))
+        else {
+            return;
+        };
+        if self.ae_exchange_busy(partition, Some(peer), now) {
+            return;
+        }
+        self.ae_exchanges.insert(
+            partition,
+            Exchange {
+                peer,
+                initiator: false,
+                at: now,
+            },
+        );
+        let mut checked = BTreeMap::new();
+        for (key, digest) in digests {
+            if self.ae_key_in_place(partition, &buckets, (&from, until.as_deref()), &key) {
+                checked.insert(key, digest);
+            }
+        }
+        let step = AeStep::Answer {
+            peer,
+            partition,
+            buckets,
+            range: (from, until),
+            digests: checked,
+        };
+        self.ae_send_or_defer(now, step, store);
+    }
+
+    /// States of a range: merged here. An answer's wanted keys are pushed
+    /// back and the initiator goes on with the rest of the partition.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn receive_ae_states<S: Store>(
+        &mut self,
+        now: Instant,
+        (peer, partition, buckets): (NodeId, u32, Vec<u16>),
+        (from, until): (Bytes, Option<Bytes>),
+        states: Vec<(Bytes, Bytes)>,
+        wanted: Vec<Bytes>,
+        answer: bool,
+        store: &mut Tracked<'_, S>,
+    ) {
+        let Some(partition) = self.ae_checked(peer, partition, &buckets, (&from, until.as_ref()))
+        else {
+            return;
+        };
+        let range = (&from[..], until.as_deref());
+        for (key, encoded) in &states {
+            if !self.ae_key_in_place(partition, &buckets, range, key) {
+                continue;
+            }
+            let Some(state) = self.decode_received(encoded) else {
+                continue;
+            };
+            if self
+                .apply_data(partition, key, &state, Durability::Buffered, store)
+                .is_err()
+            {
+                self.metrics.store_failures += 1;
+            }
+        }
+        if !answer {
+            self.ae_exchange_touch(partition, peer, now);
+            return;
+        }
+        // Only the exchange this node leads goes on; a stray answer's
+        // states were merged and nothing more is done.
+        let leading = self
+            .ae_exchanges
+            .get(&partition)
+            .is_some_and(|exchange| exchange.initiator && exchange.peer == peer);
+        if !leading {
+            return;
+        }
+        self.ae_exchange_touch(partition, peer, now);
+        let keys: Vec<Bytes> = wanted
+            .into_iter()
+            .filter(|key| self.ae_key_in_place(partition, &buckets, range, key))
+            .collect();
+        let next = until.clone().filter(|next| *next > from);
+        if !keys.is_empty() {
+            let push = AeStep::Push {
+                peer,
+                partition,
+                buckets: buckets.clone(),
+                range: (from, until),
+                keys,
+            };
+            self.ae_send_or_defer(now, push, store);
+        }
+        match next {
+            Some(next) => {
+                let step = AeStep::Digests {
+                    peer,
+                    partition,
+                    buckets,
+                    from: next,
+                };
+                self.ae_send_or_defer(now, step, store);
+            }
+            None => self.ae_exchange_end(partition, peer),
+        }
+    }
+
+    /// Takes a step now if the byte budget allows, else queues it (bounded:
+    /// past the bound the step is dropped, and a later exchange finds the
+    /// difference again).
+    fn ae_send_or_defer(&mut self, now: Instant, step: AeStep, store: &mut impl Store) {
+        if self.ae_deferred.is_empty() && self.ae_may_send(now) {
+            self.ae_send(now, step, store);
+            return;
+        }
+        if self.ae_deferred.len() < AE_DEFERRED_MAX {
+            self.ae_deferred.push_back(step);
+        }
+        self.schedule_ae_deferred(now);
+    }
+
+    /// The partition's states in a range of `buckets`, cut at the size
+    /// limit; `None` when the store failed.
+    fn ae_states_in_range(
+        &mut self,
+        partition: Partition,
+        buckets: &[u16],
+        (from, until): (&[u8], Option<&[u8]>),
+        store: &mut impl Store,
+    ) -> Option<anti_entropy::RangeStates> {
+        match anti_entropy::states_in_range(
+            store,
+            partition,
+            buckets,
+            from,
+            until,
+            self.config.anti_entropy_bytes_max,
+            self.config.anti_entropy_build_keys_max,
+        ) {
+            Ok(found) => Some(found),
+            Err(_) => {
+                self.metrics.store_failures += 1;
+                None
+            }
+        }
+    }
+
+    /// Takes one step of an exchange, charging what it sends to the budget.
+    fn ae_send(&mut self, now: Instant, step: AeStep, store: &mut impl Store) {
+        let (peer, partition) = step.peer_and_partition();
+        if !self.shares_partition(partition, peer) {
+            return;
+        }
+        self.ae_exchange_touch(partition, peer, now);
+        let spent = match step {
+            AeStep::Digests {
+                peer,
+                partition,
+                buckets,
+                from,
+            } => {
+                let Some(found) =
+                    self.ae_states_in_range(partition, &buckets, (&from, None), store)
+                else {
+                    return;
+                };
+                let digests: Vec<(Bytes, u64)> = found
+                    .states
+                    .into_iter()
+                    .map(|(key, state)| {
+                        let digest = anti_entropy::digest(&key, &state);
+                        (Bytes::from(key), digest)
+                    })
+                    .collect();
+                let spent = digests.iter().map(|(key, _)| key.len() + 8).sum();
+                self.send(
+                    peer,
+                    Message::AeDigests {
+                        partition: partition.0,
+                        buckets,
+                        from,
+                        until: found.until.map(Bytes::from),
+                        digests,
+                    },
+                );
+                spent
+            }
+            AeStep::Answer {
+                peer,
+                partition,
+                buckets,
+                range: (from, until),
+                digests,
+            } => {
+                let Some(found) =
+                    self.ae_states_in_range(partition, &buckets, (&from, until.as_deref()), store)
+                else {
+                    return;
+                };
+                // Where this side's scan stopped bounds what the answer
+                // covers; the initiator goes on from there.
+                let end = found.until.map(Bytes::from);
+                let mut ours = BTreeMap::new();
+                let mut states = Vec::new();
+                for (key, state) in found.states {
+                    let key = Bytes::from(key);
+                    let digest = anti_entropy::digest(&key, &state);
+                    ours.insert(key.clone(), digest);
+                    if digests.get(&key) != Some(&digest) {
+                        states.push((key, Bytes::from(state)));
+                    }
+                }
+                let wanted: Vec<Bytes> = digests
+                    .into_iter()
+                    .filter(|(key, digest)| {
+                        end.as_ref().is_none_or(|end| key < end) && ours.get(key) != Some(digest)
+                    })
+                    .map(|(key, _)| key)
+                    .collect();
+                self.metrics.anti_entropy_keys_sent += states.len() as u64;
+                let spent = states_bytes(&states) + wanted.iter().map(Bytes::len).sum::<usize>();
+                if end.is_none() {
+                    // The last range: what follows is the initiator's push.
+                    self.ae_exchange_end(partition, peer);
+                }
+                self.send(
+                    peer,
+                    Message::AeStates {
+                        partition: partition.0,
+                        buckets,
+                        from,
+                        until: end,
+                        states,
+                        wanted,
+                        answer: true,
+                    },
+                );
+                spent
+            }
+            AeStep::Push {
+                peer,
+                partition,
+                buckets,
+                range: (from, until),
+                keys,
+            } => {
+                let mut states = Vec::with_capacity(keys.len());
+                for key in keys {
+                    match store.read(&replica::data_key(partition, &key)) {
+                        Ok(Some(state)) => states.push((key, Bytes::from(state))),
+                        Ok(None) => {}
+                        Err(_) => {
+                            self.metrics.store_failures += 1;
+                            return;
+                        }
+                    }
+                }
+                self.metrics.anti_entropy_keys_sent += states.len() as u64;
+                let spent = states_bytes(&states);
+                self.send(
+                    peer,
+                    Message::AeStates {
+                        partition: partition.0,
+                        buckets,
+                        from,
+                        until,
+                        states,
+                        wanted: Vec::new(),
+                        answer: false,
+                    },
+                );
+                spent
+            }
+        };
+        if self.config.anti_entropy_bytes_per_second > 0 {
+            self.ae_budget -= spent as f64;
+        }
+        self.admission.spent(spent as f64);
+    }
+}
