@@ -47,6 +47,10 @@ pub struct ClusterArgs {
     /// founder leaves (data moves while faults go on).
     #[arg(long)]
     pub topology: bool,
+    /// With --topology: the second join and the leave are asked at the same
+    /// instant at different nodes, shortly after the first join.
+    #[arg(long, requires = "topology")]
+    pub concurrent_changes: bool,
 }
 
 /// Runs one seed, turning a panic into a failed report.
@@ -179,6 +183,7 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
             anti_entropy_only: args.anti_entropy_only,
             wipe_at_drain: args.wipe,
             topology: args.topology,
+            concurrent_changes: args.concurrent_changes,
             ..SimulationOptions::new(seed)
         };
         let seed_started = Instant::now();
@@ -200,7 +205,7 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
                 eprintln!("seed {seed}: {violation}");
             }
             eprintln!(
-                "seed {seed} FAILED; replay with: shoal-sim cluster --seed {seed} --nodes {} --ops {} --faults {} --policy {}{}{}{}",
+                "seed {seed} FAILED; replay with: shoal-sim cluster --seed {seed} --nodes {} --ops {} --faults {} --policy {}{}{}{}{}",
                 args.nodes,
                 args.ops,
                 args.faults,
@@ -212,6 +217,11 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
                 },
                 if args.wipe { " --wipe" } else { "" },
                 if args.topology { " --topology" } else { "" },
+                if args.concurrent_changes {
+                    " --concurrent-changes"
+                } else {
+                    ""
+                },
             );
         }
         if !single {

@@ -284,6 +284,24 @@ fn membership_changes_under_faults_lose_nothing() {
     assert!(moved > 0, "no partition moved in {seeds} seeds");
 }
 
+/// The second join and the leave asked at the same instant at different
+/// nodes, shortly after the first join (often while its partitions still
+/// move): the ring merges the changes, and nothing acknowledged is lost.
+#[test]
+fn concurrent_membership_changes_at_different_nodes_lose_nothing() {
+    let seeds = env_number("SHOAL_SIM_TOPOLOGY_SEEDS", 40);
+    for seed in 0..seeds {
+        let options = SimulationOptions {
+            concurrent_changes: true,
+            ..topology_options(seed, 2000)
+        };
+        let report = run(options).expect("the options are valid");
+        assert_passed(&report);
+        assert_eq!((report.joins, report.leaves), (2, 1), "seed {seed}");
+        assert_eq!(report.lost_writes, 0, "seed {seed}");
+    }
+}
+
 /// A bug of the moves: reads switched to the new owners partition by
 /// partition, so a node that restarted with an older ring, on which some
 /// partitions had switched, read from owners that a later change no longer

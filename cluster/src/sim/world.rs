@@ -132,6 +132,10 @@ pub struct SimulationOptions {
     /// Membership changes under the workload: two nodes join (`nodes` → `nodes
     /// + 2`), then one founder leaves; data moves while faults go on.
     pub topology: bool,
+    /// With `topology`: the second join and the leave are asked at the same
+    /// instant, at different nodes, a moment after the first join — changes
+    /// that overlap, merged by the ring's CRDT while data moves.
+    pub concurrent_changes: bool,
 }
 
 impl SimulationOptions {
@@ -149,6 +153,7 @@ impl SimulationOptions {
             anti_entropy_only: false,
             wipe_at_drain: false,
             topology: false,
+            concurrent_changes: false,
         }
     }
 }
@@ -647,8 +652,16 @@ impl Simulation {
         if simulation.options.topology {
             // Two joins, then a founder leaves, while the workload runs.
             let first = simulation.fault_rng.random_range(200_000..800_000);
-            let second = first + simulation.fault_rng.random_range(300_000..1_200_000);
-            let leave = second + simulation.fault_rng.random_range(200_000..1_500_000);
+            let (second, leave) = if simulation.options.concurrent_changes {
+                let second = first + simulation.fault_rng.random_range(0..400_000);
+                (second, second)
+            } else {
+                let second = first + simulation.fault_rng.random_range(300_000..1_200_000);
+                (
+                    second,
+                    second + simulation.fault_rng.random_range(200_000..1_500_000),
+                )
+            };
             let leaving = simulation.fault_rng.random_range(0..founders);
             simulation.schedule(first, Event::Join { node: founders });
             simulation.schedule(second, Event::Join { node: founders + 1 });
