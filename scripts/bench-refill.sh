@@ -70,15 +70,31 @@ while true; do
 done
 seconds=$(python3 -c "print(round($last_change - $started, 1))")
 # Keys spread over the key space, read from node 3's store directly.
-present=0
-for i in $(seq 1 "$SAMPLE"); do
-    key=$(printf 'user%012d' $(( (i * 7919) % RECORDS )))
-    if "$B/shoal" --config "$C" inspect "$key" --node "127.0.0.1:$((BASE_PORT + 3))" --json 2>/dev/null \
-        | grep -q '"siblings":\[{'; then
-        present=$((present + 1))
-    fi
+sample() {
+    local present=0 i key
+    for i in $(seq 1 "$SAMPLE"); do
+        key=$(printf 'user%012d' $(( (i * 7919) % RECORDS )))
+        if "$B/shoal" --config "$C" inspect "$key" --node "127.0.0.1:$((BASE_PORT + 3))" --json 2>/dev/null \
+            | grep -q '"siblings":\[{'; then
+            present=$((present + 1))
+        fi
+    done
+    echo "$present"
+}
+present=$(sample)
+later=$present
+if [ "$present" -lt "$SAMPLE" ]; then
+    # Not all back yet: look again after a while, and say so.
+    sleep 60
+    later=$(sample)
+fi
+dropped=0
+for i in 1 2 3; do
+    value=$(curl -s "http://127.0.0.1:$((BASE_PORT + 1000 + i))/metrics" 2>/dev/null \
+        | awk '$1 == "shoal_anti_entropy_steps_dropped_total" {print $2}')
+    dropped=$((dropped + ${value:-0}))
 done
-echo "{\"refilled_after_seconds\":$seconds,\"key_states_sent\":$((last - before)),\"records\":$RECORDS,\"sample_present\":\"$present/$SAMPLE\"}"
+echo "{\"refilled_after_seconds\":$seconds,\"key_states_sent\":$((last - before)),\"records\":$RECORDS,\"sample_present\":\"$present/$SAMPLE\",\"sample_present_60s_later\":\"$later/$SAMPLE\",\"steps_dropped\":$dropped}"
 touch "$DIR/stop"
 wait "$LOAD" 2>/dev/null || true
 sed 's/^/{"run":"during the refill (20 s pieces)","summary":/; s/$/}/' "$DIR/during.jsonl"

@@ -103,6 +103,8 @@ pub struct Metrics {
     pub anti_entropy_trees_differed: u64,
     /// Key states sent by anti-entropy.
     pub anti_entropy_keys_sent: u64,
+    /// Anti-entropy steps dropped because too many waited for budget.
+    pub anti_entropy_steps_dropped: u64,
     /// Ownership moves to this node still pulling (partition, source) pairs.
     pub moves_pulling: u64,
     /// Moves this node finished and recorded in the ring.

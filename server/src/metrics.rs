@@ -151,6 +151,11 @@ impl MetricsBoard {
             node.anti_entropy_keys_sent,
         );
         counter(
+            "anti_entropy_steps_dropped_total",
+            "Anti-entropy steps dropped because too many waited for the byte budget.",
+            node.anti_entropy_steps_dropped,
+        );
+        counter(
             "admission_throttles_total",
             "Times foreground latency halved the background rate.",
             node.admission_throttles,

@@ -24,8 +24,9 @@
 //! once, the one with the lower id leads it.
 //!
 //! Every step that sends states or digests waits for the byte budget that
-//! admission control sets; steps waiting are bounded ([`AE_DEFERRED_MAX`]),
-//! and a step dropped past the bound is found again by a later exchange.
+//! admission control sets; steps waiting are bounded ([`AE_DEFERRED_MAX`]).
+//! A step dropped past the bound ends the exchange at this node (the peer's
+//! side ends when idle), and a later exchange finds the difference again.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -46,7 +47,7 @@ const AE_DEFERRED_MAX: usize = 64;
 
 /// An exchange with no step for this long is over (a lost message, a peer
 /// gone); its partition is free for another.
-pub(super) const EXCHANGE_IDLE: Duration = Duration::from_secs(30);
+pub(super) const EXCHANGE_IDLE: Duration = Duration::from_secs(10);
 
 /// The exchange a partition is in at this node.
 #[derive(Debug, Clone, Copy)]
@@ -173,7 +174,7 @@ impl Node {
         let jitter = self.rng.random_range(0.75..1.25);
         self.next_anti_entropy = Some(now + interval.mul_f64(jitter));
         // Saturated: finish what is under way before starting more.
-        if !self.ae_deferred.is_empty() || !self.ae_may_send(now) {
+        if !self.ae_deferred.is_empty() || !self.ae_may_send(now) || self.ae_saturated(now) {
             return;
         }
         let count = u64::from(self.config.partition_count);
@@ -235,6 +236,7 @@ impl Node {
         };
         if !self.shares_partition(partition, from)
             || self.ae_exchange_busy(partition, Some(from), now)
+            || self.ae_saturated(now)
         {
             return;
         }
@@ -322,6 +324,18 @@ impl Node {
         })
     }
 
+    /// Whether this node takes part in as many exchanges as it may: each
+    /// has at most two steps waiting for budget at a time, so with at most
+    /// half of [`AE_DEFERRED_MAX`] exchanges no step is ever dropped.
+    fn ae_saturated(&self, now: Instant) -> bool {
+        let live = self
+            .ae_exchanges
+            .values()
+            .filter(|exchange| now.saturating_duration_since(exchange.at) < EXCHANGE_IDLE)
+            .count();
+        live >= AE_DEFERRED_MAX / 2 || self.ae_deferred.len() >= AE_DEFERRED_MAX / 2
+    }
+
     /// The exchange of `partition` with `peer` took a step.
     fn ae_exchange_touch(&mut self, partition: Partition, peer: NodeId, now: Instant) {
         if let Some(exchange) = self.ae_exchanges.get_mut(&partition)
@@ -360,6 +374,7 @@ impl Node {
         }
         if !self.shares_partition(partition, from)
             || self.ae_exchange_busy(partition, Some(from), now)
+            || self.ae_saturated(now)
         {
             return;
         }
@@ -562,6 +577,12 @@ impl Node {
         }
         if self.ae_deferred.len() < AE_DEFERRED_MAX {
             self.ae_deferred.push_back(step);
+        } else {
+            // Dropped: the exchange is over here, so that a later round
+            // can start the partition again.
+            let (peer, partition) = step.peer_and_partition();
+            self.ae_exchange_end(partition, peer);
+            self.metrics.anti_entropy_steps_dropped += 1;
         }
         self.schedule_ae_deferred(now);
     }

@@ -130,6 +130,7 @@ pub fn report_json(report: &Report, wall_seconds: f64) -> serde_json::Value {
         "anti_entropy_rounds": metrics.anti_entropy_rounds,
         "anti_entropy_trees_differed": metrics.anti_entropy_trees_differed,
         "anti_entropy_keys_sent": metrics.anti_entropy_keys_sent,
+        "anti_entropy_steps_dropped": metrics.anti_entropy_steps_dropped,
         "hints_stored": metrics.hints_stored,
         "hints_replayed": metrics.hints_replayed,
         "hints_dropped": metrics.hints_dropped_full + metrics.hints_dropped_expired + metrics.hints_dropped_corrupt,
