@@ -613,6 +613,28 @@ impl Node {
         }
     }
 
+    /// This node's stored states of `keys` (those it holds) in `partition`;
+    /// `None` when the store failed. Shared with the answers to pulls.
+    pub(super) fn stored_states(
+        &mut self,
+        partition: Partition,
+        keys: impl IntoIterator<Item = Bytes>,
+        store: &mut impl Store,
+    ) -> Option<Vec<(Bytes, Bytes)>> {
+        let mut states = Vec::new();
+        for key in keys {
+            match store.read(&replica::data_key(partition, &key)) {
+                Ok(Some(state)) => states.push((key, Bytes::from(state))),
+                Ok(None) => {}
+                Err(_) => {
+                    self.metrics.store_failures += 1;
+                    return None;
+                }
+            }
+        }
+        Some(states)
+    }
+
     /// Takes one step of an exchange, charging what it sends to the budget.
     fn ae_send(&mut self, now: Instant, step: AeStep, store: &mut impl Store) {
         let (peer, partition) = step.peer_and_partition();
@@ -712,17 +734,9 @@ impl Node {
                 range: (from, until),
                 keys,
             } => {
-                let mut states = Vec::with_capacity(keys.len());
-                for key in keys {
-                    match store.read(&replica::data_key(partition, &key)) {
-                        Ok(Some(state)) => states.push((key, Bytes::from(state))),
-                        Ok(None) => {}
-                        Err(_) => {
-                            self.metrics.store_failures += 1;
-                            return;
-                        }
-                    }
-                }
+                let Some(states) = self.stored_states(partition, keys, store) else {
+                    return;
+                };
                 self.metrics.anti_entropy_keys_sent += states.len() as u64;
                 let spent = states_bytes(&states);
                 self.send(

@@ -370,20 +370,13 @@ impl Node {
             self.metrics.malformed_messages += 1;
             return;
         }
-        let mut states = Vec::with_capacity(keys.len());
-        for key in keys {
-            if !self.key_is_valid(&key) || self.partitioner.partition_of(&key) != partition {
-                continue;
-            }
-            match store.read(&replica::data_key(partition, &key)) {
-                Ok(Some(state)) => states.push((key, Bytes::from(state))),
-                Ok(None) => {}
-                Err(_) => {
-                    self.metrics.store_failures += 1;
-                    return;
-                }
-            }
-        }
+        let keys: Vec<Bytes> = keys
+            .into_iter()
+            .filter(|key| self.key_is_valid(key) && self.partitioner.partition_of(key) == partition)
+            .collect();
+        let Some(states) = self.stored_states(partition, keys, store) else {
+            return;
+        };
         self.metrics.move_keys_sent += states.len() as u64;
         self.spend_served(states_bytes(&states));
         self.send(
