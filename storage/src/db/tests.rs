@@ -344,3 +344,52 @@ fn random_operations_match_a_model_across_flushes_compactions_reopens_and_crashe
         run_model(seed, 1500);
     }
 }
+
+/// Two writers can find the memtable full at once; the second reaches the
+/// switch after the first made it. It must see that nothing is left to
+/// switch rather than wait, holding the writer lock, for the flush of the
+/// memtable just frozen (a bug that stopped every writer for a whole flush).
+#[test]
+fn a_switch_with_nothing_left_to_switch_does_not_wait_for_the_flush() {
+    let directory = tempfile::tempdir().unwrap();
+    let options = Options {
+        max_immutable_memtables: 1,
+        ..small_options()
+    };
+    let db = Db::open(directory.path(), options).unwrap();
+    // The flush can build its table but not record it: the frozen memtable
+    // stays in place while the guard is held.
+    let manifest = db
+        .inner
+        .manifest
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let value = vec![7u8; 100];
+    let mut index = 0u32;
+    while db.inner.lock_state().imms.is_empty() {
+        db.put(
+            format!("key{index:06}").as_bytes(),
+            &value,
+            &WriteOptions::default(),
+        )
+        .unwrap();
+        index += 1;
+    }
+    // The frozen memtable fills the only slot; the new one is nearly empty.
+    let inner = Arc::clone(&db.inner);
+    let (done, finished) = std::sync::mpsc::channel();
+    let switcher = std::thread::spawn(move || {
+        let result = inner.switch_memtable(false);
+        let _ = done.send(result.is_ok());
+    });
+    // A switch that waits for the flush never ends while the guard is held.
+    let answered = finished.recv_timeout(Duration::from_secs(10));
+    drop(manifest);
+    switcher.join().unwrap();
+    assert_eq!(answered, Ok(true), "the switch waited for the flush");
+    db.flush().unwrap();
+    assert_eq!(
+        db.get(b"key000000").unwrap().as_deref(),
+        Some(value.as_slice())
+    );
+}
