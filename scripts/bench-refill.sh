@@ -31,15 +31,16 @@ load() {
     "$B/shoal-bench" run --config "$C" --workload b --records "$RECORDS" --skip-load \
         --rate "$RATE" --concurrency 32 --value-size "$VALUE" "$@"
 }
-sent() {
+metric_sum() { # metric name: its sum over the three nodes
     local total=0 i value
     for i in 1 2 3; do
         value=$(curl -s "http://127.0.0.1:$((BASE_PORT + 1000 + i))/metrics" 2>/dev/null \
-            | awk '$1 == "shoal_anti_entropy_keys_sent_total" {print $2}')
+            | awk -v name="$1" '$1 == name {print $2}')
         total=$((total + ${value:-0}))
     done
     echo "$total"
 }
+sent() { metric_sum shoal_anti_entropy_keys_sent_total; }
 
 echo "loading $RECORDS keys of $VALUE bytes" >&2
 "$B/shoal-bench" run --config "$C" --workload w --records "$RECORDS" --ops 1 --value-size "$VALUE" >&2
@@ -88,12 +89,7 @@ if [ "$present" -lt "$SAMPLE" ]; then
     sleep 60
     later=$(sample)
 fi
-dropped=0
-for i in 1 2 3; do
-    value=$(curl -s "http://127.0.0.1:$((BASE_PORT + 1000 + i))/metrics" 2>/dev/null \
-        | awk '$1 == "shoal_anti_entropy_steps_dropped_total" {print $2}')
-    dropped=$((dropped + ${value:-0}))
-done
+dropped=$(metric_sum shoal_anti_entropy_steps_dropped_total)
 echo "{\"refilled_after_seconds\":$seconds,\"key_states_sent\":$((last - before)),\"records\":$RECORDS,\"sample_present\":\"$present/$SAMPLE\",\"sample_present_60s_later\":\"$later/$SAMPLE\",\"steps_dropped\":$dropped}"
 touch "$DIR/stop"
 wait "$LOAD" 2>/dev/null || true
