@@ -37,7 +37,7 @@ use crate::config::NodeConfig;
 
 /// How long a removed node waits for its hints to be delivered before it stops.
 const RETIRE_HINTS_WAIT: Duration = Duration::from_secs(60);
-use crate::metrics::{MetricsBoard, Operation};
+use crate::metrics::{LoopStats, MetricsBoard, Operation};
 use crate::store::DbStore;
 
 /// Merges two encoded rings (SWIM's metadata merge). Undecodable input
@@ -112,6 +112,20 @@ pub struct EventLoop {
     retire_from: Option<Instant>,
     metrics: Arc<MetricsBoard>,
     unroutable_messages: u64,
+    turns: TurnStats,
+}
+
+/// A turn of the loop longer than this is logged with where its time went:
+/// every request waiting in the queue waited that long.
+const SLOW_TURN: Duration = Duration::from_millis(50);
+
+/// How long the loop's turns take: a turn blocks every request behind it.
+#[derive(Debug, Default)]
+struct TurnStats {
+    /// Turns longer than [`SLOW_TURN`].
+    slow: u64,
+    /// The longest turn since the metrics were last published.
+    longest: Duration,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -225,6 +239,7 @@ impl EventLoop {
             retire_from: None,
             metrics,
             unroutable_messages: 0,
+            turns: TurnStats::default(),
         };
         event_loop.refresh_addresses();
         Ok(event_loop)
@@ -269,12 +284,20 @@ impl EventLoop {
             {
                 wake = wake.min(due);
             }
+            let mut inputs = 0usize;
+            let mut timeout = Duration::ZERO;
+            let started;
             tokio::select! {
                 input = self.inbound.recv() => match input {
-                    Some(input) => self.handle_input(input),
+                    Some(input) => {
+                        started = Instant::now();
+                        inputs += 1;
+                        self.handle_input(input);
+                    }
                     None => return Ok(self.store),
                 },
                 control = self.control.recv() => {
+                    started = Instant::now();
                     if matches!(control, Some(Control::Shutdown) | None) && !self.draining {
                         tracing::info!(node = %self.id, "shutting down: draining and announcing leave");
                         self.draining = true;
@@ -283,26 +306,59 @@ impl EventLoop {
                     }
                 }
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                    let now = Instant::now();
-                    self.node.handle_timeout(now, &mut self.store);
-                    self.swim.handle_timeout(now);
+                    started = Instant::now();
+                    self.node.handle_timeout(started, &mut self.store);
+                    self.swim.handle_timeout(started);
+                    timeout = started.elapsed();
                 }
             }
             // Take whatever else is already queued before acting on outputs,
             // so that bursts are handled in one pass (and one store batch).
             for _ in 0..256 {
                 match self.inbound.try_recv() {
-                    Ok(input) => self.handle_input(input),
+                    Ok(input) => {
+                        inputs += 1;
+                        self.handle_input(input);
+                    }
                     Err(_) => break,
                 }
             }
+            let handled = started.elapsed();
             // Nothing of this turn leaves the node before its writes are in
             // the store; a failed store write stops the node (fail-stop).
             if let Err(error) = self.store.flush() {
                 tracing::error!(%error, node = %self.id, "store write failed: stopping the node");
                 anyhow::bail!("store write failed: {error}");
             }
+            let flushed = started.elapsed();
             self.drain_outputs();
+            self.turn_done(started, inputs, timeout, handled, flushed);
+        }
+    }
+
+    /// Counts a turn and logs it if it was slow, split into its phases.
+    fn turn_done(
+        &mut self,
+        started: Instant,
+        inputs: usize,
+        timeout: Duration,
+        handled: Duration,
+        flushed: Duration,
+    ) {
+        let took = started.elapsed();
+        self.turns.longest = self.turns.longest.max(took);
+        if took > SLOW_TURN {
+            self.turns.slow += 1;
+            tracing::warn!(
+                node = %self.id,
+                took_ms = took.as_millis() as u64,
+                timers_ms = timeout.as_millis() as u64,
+                inputs,
+                inputs_ms = (handled - timeout).as_millis() as u64,
+                store_flush_ms = (flushed - handled).as_millis() as u64,
+                outputs_ms = (took - flushed).as_millis() as u64,
+                "slow event-loop turn: requests queued behind it waited as long"
+            );
         }
     }
 
@@ -624,7 +680,7 @@ impl EventLoop {
         }
     }
 
-    fn publish_metrics(&self) {
+    fn publish_metrics(&mut self) {
         let swim = self.swim.stats();
         let live = self.swim.live_member_count();
         let suspects = self
@@ -639,10 +695,15 @@ impl EventLoop {
             suspects,
             self.node.hint_bytes_total(),
             self.node.operations_in_flight(),
-            self.unroutable_messages,
+            &LoopStats {
+                unroutable_messages: self.unroutable_messages,
+                slow_turns: self.turns.slow,
+                longest_turn_micros: self.turns.longest.as_micros() as u64,
+            },
             &self.store.db().stats(),
             self.endpoint.stats(),
         );
+        self.turns.longest = Duration::ZERO;
     }
 }
 

@@ -58,6 +58,17 @@ struct Board {
     cores: String,
 }
 
+/// The event loop's own counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LoopStats {
+    /// Messages to members whose address is unknown.
+    pub unroutable_messages: u64,
+    /// Turns longer than the slow-turn bound.
+    pub slow_turns: u64,
+    /// The longest turn since the last publication.
+    pub longest_turn_micros: u64,
+}
+
 /// The metrics shared between the event loop and the HTTP endpoint.
 #[derive(Debug, Default)]
 pub struct MetricsBoard {
@@ -100,7 +111,7 @@ impl MetricsBoard {
         suspect_members: usize,
         hint_bytes: u64,
         requests_in_flight: usize,
-        unroutable_messages: u64,
+        event_loop: &LoopStats,
         storage: &DbStats,
         endpoint: &EndpointStats,
     ) {
@@ -218,7 +229,12 @@ impl MetricsBoard {
         counter(
             "unroutable_messages_total",
             "Messages to members of unknown address.",
-            unroutable_messages,
+            event_loop.unroutable_messages,
+        );
+        counter(
+            "event_loop_slow_turns_total",
+            "Turns of the node's event loop longer than 50 ms (each logged with its phases).",
+            event_loop.slow_turns,
         );
         counter(
             "peer_messages_sent_total",
@@ -308,6 +324,11 @@ impl MetricsBoard {
             suspect_members as u64,
         );
         gauge("hint_bytes", "Bytes of hints held.", hint_bytes);
+        gauge(
+            "event_loop_longest_turn_microseconds",
+            "The longest turn of the node's event loop in the last second.",
+            event_loop.longest_turn_micros,
+        );
         gauge(
             "background_bytes_per_second",
             "Bytes per second background work may use now (admission control).",
