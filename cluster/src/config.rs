@@ -83,11 +83,10 @@ pub struct Config {
     /// `anti_entropy_bytes_per_second` (`crate::admission`).
     pub admission_control: bool,
     /// How old a tombstone must be before it is reaped (once every primary
-    /// holds it and nothing moves); zero, the default, keeps tombstones
-    /// forever. Must exceed `hint_age_max`, so no hint of an older write can
-    /// outlive it. Off by default: a node keeps its copy of a partition that
-    /// moved away, and should the partition move back after one of its
-    /// tombstones was reaped, that copy's older value would reappear.
+    /// holds it, nothing moves and every member has deleted its copies of
+    /// partitions that moved away); zero keeps tombstones forever. Must
+    /// exceed `hint_age_max`, so no hint of an older write can outlive it.
+    /// A day by default.
     pub tombstone_grace: Duration,
     /// Keys looked at per reaping sweep step (one step a second).
     pub tombstone_reap_keys_per_round: usize,
@@ -126,7 +125,7 @@ impl Default for Config {
             anti_entropy_partitions_per_round: 8,
             anti_entropy_bytes_per_second: 8 << 20,
             admission_control: true,
-            tombstone_grace: Duration::ZERO,
+            tombstone_grace: Duration::from_secs(24 * 3600),
             tombstone_reap_keys_per_round: 256,
             anti_entropy_bytes_max: 1 << 20,
             anti_entropy_build_keys_max: 4096,

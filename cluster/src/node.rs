@@ -124,6 +124,8 @@ pub struct Metrics {
     pub move_asks_deferred: u64,
     /// Tombstones deleted by reaping.
     pub tombstones_reaped: u64,
+    /// Keys deleted from copies of partitions that moved away.
+    pub stale_keys_deleted: u64,
 }
 
 /// What exists only once the node has started on its store.
@@ -195,6 +197,14 @@ pub struct Node {
     reap_cursor: Vec<u8>,
     reaps: BTreeMap<Bytes, reaping::PendingReap>,
     next_reap: Option<Instant>,
+    /// Clearing copies of partitions that moved away: the sweep under way
+    /// and when its next step runs.
+    clear_sweep: Option<stale::ClearSweep>,
+    next_clear: Option<Instant>,
+    /// Data writes received for partitions this node is not an owner of,
+    /// and how many of them the last finished sweep started after.
+    unowned_writes: u64,
+    unowned_swept: u64,
 }
 
 /// Bytes of keys and states (or digests) in a message's list.
@@ -249,6 +259,12 @@ impl Node {
             reap_cursor: Vec::new(),
             reaps: BTreeMap::new(),
             next_reap: None,
+            clear_sweep: None,
+            next_clear: None,
+            // A start counts as one such write: what an earlier life of
+            // the node received and did not sweep is not known.
+            unowned_writes: 1,
+            unowned_swept: 0,
         })
     }
 
@@ -368,6 +384,7 @@ impl Node {
             self.next_ae_deferred,
             self.next_pull,
             self.next_reap,
+            self.next_clear,
         ]
         .into_iter()
         .flatten()
@@ -413,6 +430,11 @@ impl Node {
         }
         if self.next_reap.is_some_and(|when| when <= now) {
             self.reap_round(now, store);
+        }
+        if self.next_clear.is_some_and(|when| when <= now) {
+            self.clear_step(now, store);
+        } else {
+            self.schedule_clearing(now);
         }
     }
 
@@ -833,6 +855,11 @@ impl Node {
         durability: Durability,
         store: &mut impl Store,
     ) -> Result<(), ReplicaError> {
+        if !self.write_set(partition).contains(&self.id) {
+            // Someone sees this node as an owner of the partition: views
+            // differ, and clearing stale copies waits (`stale`).
+            self.unowned_writes += 1;
+        }
         let limits = self.limits();
         replica::apply_sync(store, partition, key, state, &limits, durability).map(|_| ())
     }
@@ -1653,5 +1680,6 @@ impl Node {
 mod exchange;
 mod moves;
 mod reaping;
+mod stale;
 #[cfg(test)]
 mod tests;

@@ -98,6 +98,15 @@ pub fn moves_key() -> Vec<u8> {
     key
 }
 
+/// The stored key written durably when a sweep of stale copies ends (its
+/// value: the assignment version cleared), so that the sweep's deletes are
+/// on disk before the ring says so.
+pub fn cleared_key() -> Vec<u8> {
+    let mut key = vec![METADATA_PREFIX];
+    key.extend_from_slice(b"cleared");
+    key
+}
+
 /// Reads a stored, encoded key state; absent is the empty state.
 pub fn decode_state(bytes: Option<Vec<u8>>) -> Result<KeyState, ReplicaError> {
     match bytes {

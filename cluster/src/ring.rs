@@ -109,6 +109,22 @@ pub struct Ring {
     /// of the assignment `version`, `2·version + 1` once it also knows every
     /// move of it completed. Merged by maximum.
     seen: BTreeMap<NodeId, u64>,
+    /// The highest assignment version under which each member, with nothing
+    /// moving, held no data of partitions it was not a primary of (its
+    /// copies of partitions that moved away were deleted). Tombstones are
+    /// reaped only once every member has cleared the current version, so no
+    /// stale copy can bring a reaped key back. Merged by maximum.
+    cleared: BTreeMap<NodeId, u64>,
+}
+
+/// The ring as encoded before `cleared` existed: still read, so that a
+/// ring persisted or gossiped by an earlier build is not lost.
+#[derive(serde::Deserialize)]
+struct RingWithoutCleared {
+    members: BTreeMap<NodeId, MemberEntry>,
+    assignment: Option<Assignment>,
+    completed: std::collections::BTreeSet<(u64, u64, u32, NodeId)>,
+    seen: BTreeMap<NodeId, u64>,
 }
 
 impl Ring {
@@ -243,6 +259,31 @@ impl Ring {
         true
     }
 
+    /// The highest assignment version `node` has cleared (see the field).
+    pub fn cleared(&self, node: NodeId) -> u64 {
+        self.cleared.get(&node).copied().unwrap_or(0)
+    }
+
+    /// Raises `node`'s cleared version; returns true if it grew.
+    pub fn set_cleared(&mut self, node: NodeId, version: u64) -> bool {
+        let entry = self.cleared.entry(node).or_insert(0);
+        if *entry >= version {
+            return false;
+        }
+        *entry = version;
+        true
+    }
+
+    /// Whether every member not removed has cleared the current assignment
+    /// version: no member holds a copy of a partition it does not own.
+    pub fn everyone_cleared(&self) -> bool {
+        let version = self.assignment_version();
+        self.members
+            .iter()
+            .filter(|(_, entry)| entry.state != MemberState::Removed)
+            .all(|(node, _)| self.cleared(*node) >= version)
+    }
+
     fn prune_completed(&mut self) {
         let version = self.assignment_version();
         self.completed.retain(|(at, _, _, _)| *at >= version);
@@ -273,6 +314,9 @@ impl Ring {
         self.prune_completed();
         for (node, mark) in &other.seen {
             changed |= self.set_seen(*node, *mark);
+        }
+        for (node, version) in &other.cleared {
+            changed |= self.set_cleared(*node, *version);
         }
         changed
     }
@@ -307,7 +351,19 @@ impl Ring {
         if bytes.len() > RING_ENCODED_SIZE_MAX_BYTES {
             return Err(RingDecodeError::TooLarge(bytes.len()));
         }
-        postcard::from_bytes(bytes).map_err(|error| RingDecodeError::Malformed(error.to_string()))
+        match postcard::from_bytes(bytes) {
+            Ok(ring) => Ok(ring),
+            Err(error) => match postcard::from_bytes::<RingWithoutCleared>(bytes) {
+                Ok(earlier) => Ok(Ring {
+                    members: earlier.members,
+                    assignment: earlier.assignment,
+                    completed: earlier.completed,
+                    seen: earlier.seen,
+                    cleared: BTreeMap::new(),
+                }),
+                Err(_) => Err(RingDecodeError::Malformed(error.to_string())),
+            },
+        }
     }
 }
 
@@ -322,6 +378,7 @@ mod tests {
         Join(u64),
         State(u64, MemberState),
         Seen(u64, u64),
+        Cleared(u64, u64),
         Complete(u64, u32, u64),
     }
 
@@ -337,6 +394,7 @@ mod tests {
             (0u64..5).prop_map(Change::Join),
             ((0u64..5), state).prop_map(|(node, state)| Change::State(node, state)),
             ((0u64..5), (0u64..6)).prop_map(|(node, mark)| Change::Seen(node, mark)),
+            ((0u64..5), (0u64..4)).prop_map(|(node, version)| Change::Cleared(node, version)),
             ((0u64..3), (0u32..4), (0u64..5))
                 .prop_map(|(version, partition, node)| Change::Complete(version, partition, node)),
         ]
@@ -348,6 +406,7 @@ mod tests {
             Change::Join(node) => ring.join_member(NodeId(*node), format!("r{replica}")),
             Change::State(node, state) => ring.set_state(NodeId(*node), *state),
             Change::Seen(node, mark) => ring.set_seen(NodeId(*node), *mark),
+            Change::Cleared(node, version) => ring.set_cleared(NodeId(*node), *version),
             Change::Complete(version, partition, node) => {
                 ring.complete_move((*version, *version % 2), *partition, NodeId(*node))
             }
@@ -402,6 +461,59 @@ mod tests {
             prop_assert_eq!(&Ring::decode(&rings[0].encode()).unwrap(), &rings[0]);
             let _ = Ring::decode(&garbage);
         }
+    }
+
+    #[test]
+    fn a_ring_encoded_before_cleared_marks_existed_is_still_read() {
+        #[derive(serde::Serialize)]
+        struct Earlier<'a> {
+            members: &'a BTreeMap<NodeId, MemberEntry>,
+            assignment: &'a Option<Assignment>,
+            completed: &'a std::collections::BTreeSet<(u64, u64, u32, NodeId)>,
+            seen: &'a BTreeMap<NodeId, u64>,
+        }
+        let mut ring = Ring::new();
+        ring.add_member(NodeId(1), "a".into());
+        ring.join_member(NodeId(2), "b".into());
+        ring.record_assignment(4, 1, vec![vec![NodeId(1)]; 4], vec![NodeId(1), NodeId(2)]);
+        ring.set_seen(NodeId(1), 3);
+        let earlier = postcard::to_allocvec(&Earlier {
+            members: &ring.members,
+            assignment: &ring.assignment,
+            completed: &ring.completed,
+            seen: &ring.seen,
+        })
+        .unwrap();
+        assert_eq!(Ring::decode(&earlier).unwrap(), ring);
+        // And the current encoding keeps the marks.
+        ring.set_cleared(NodeId(2), 1);
+        assert_eq!(Ring::decode(&ring.encode()).unwrap().cleared(NodeId(2)), 1);
+    }
+
+    #[test]
+    fn reaping_waits_for_every_member_not_removed_to_clear_the_current_version() {
+        let mut ring = Ring::new();
+        ring.add_member(NodeId(1), "a".into());
+        ring.add_member(NodeId(2), "b".into());
+        // No assignment: nothing ever moved, nothing to clear.
+        assert!(ring.everyone_cleared());
+        ring.record_assignment(4, 1, vec![vec![NodeId(1)]; 4], vec![NodeId(1), NodeId(2)]);
+        assert!(!ring.everyone_cleared());
+        ring.set_cleared(NodeId(1), 1);
+        assert!(!ring.everyone_cleared());
+        let mut other = Ring::new();
+        other.set_cleared(NodeId(2), 1);
+        assert!(ring.merge(&other));
+        assert!(ring.everyone_cleared());
+        // A newer version needs a newer mark, except from removed members.
+        ring.record_assignment(4, 1, vec![vec![NodeId(1)]; 4], vec![NodeId(1)]);
+        ring.set_cleared(NodeId(1), 2);
+        assert!(!ring.everyone_cleared());
+        ring.set_state(NodeId(2), MemberState::Removed);
+        assert!(ring.everyone_cleared());
+        // Marks only grow.
+        assert!(!ring.set_cleared(NodeId(1), 1));
+        assert_eq!(ring.cleared(NodeId(1)), 2);
     }
 
     #[test]

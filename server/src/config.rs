@@ -83,8 +83,9 @@ pub struct ClusterSection {
     pub background_bytes_per_second: u64,
     /// Whether foreground latency throttles background work below that.
     pub admission_control: bool,
-    /// Seconds after which a tombstone every primary holds is reaped; 0
-    /// (the default) keeps tombstones (see `Config::tombstone_grace`).
+    /// Seconds after which a tombstone every primary holds is reaped (a day
+    /// by default; it must exceed the hint age); 0 keeps tombstones (see
+    /// `Config::tombstone_grace`).
     pub tombstone_grace_secs: u64,
 }
 
@@ -173,7 +174,7 @@ impl Default for ClusterSection {
             protocol_period_ms: 1000,
             background_bytes_per_second: 8 << 20,
             admission_control: true,
-            tombstone_grace_secs: 0,
+            tombstone_grace_secs: 24 * 3600,
         }
     }
 }

@@ -202,6 +202,11 @@ impl MetricsBoard {
             node.tombstones_reaped,
         );
         counter(
+            "stale_keys_deleted_total",
+            "Keys deleted from this node's copies of partitions that moved away.",
+            node.stale_keys_deleted,
+        );
+        counter(
             "hints_stored_total",
             "Hints stored for other nodes.",
             node.hints_stored,

@@ -125,6 +125,7 @@ impl Node {
             // Bounded: a move completes once.
             self.ring_changed(now);
         }
+        self.schedule_clearing(now);
     }
 
     /// The pulls under way, in words (for debugging).

@@ -13,8 +13,10 @@
 //! Why nothing deleted comes back: every primary held the tombstone, which
 //! covers every older write of the key; a hint holding an older write cannot
 //! exist any more, since hints are dropped after `hint_age_max`, which the
-//! grace exceeds (checked by `Config::validate`); and no move was under way,
-//! so no node about to receive the partition holds something older.
+//! grace exceeds (checked by `Config::validate`); no move was under way,
+//! so no node about to receive the partition holds something older; and
+//! every member had deleted its copies of partitions that moved away from it
+//! (`super::stale`), so no later move back can merge an older value in.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -54,7 +56,9 @@ impl Node {
         self.next_reap = Some(now + REAP_INTERVAL);
         self.reaps
             .retain(|_, pending| now < pending.asked_at + REAP_ANSWER_TIMEOUT);
-        if self.moving() || self.config.tombstone_grace.is_zero() {
+        // Every member must have deleted its copies of partitions that moved
+        // away (`super::stale`), or one could bring a reaped key back.
+        if self.moving() || self.config.tombstone_grace.is_zero() || !self.ring.everyone_cleared() {
             return;
         }
         let grace = u64::try_from(self.config.tombstone_grace.as_micros()).unwrap_or(u64::MAX);
@@ -147,7 +151,7 @@ impl Node {
     }
 
     /// Whether any partition moves (reaping waits until none does).
-    fn moving(&self) -> bool {
+    pub(super) fn moving(&self) -> bool {
         self.layout
             .as_ref()
             .is_some_and(|layout| !layout.moves().is_empty())

@@ -122,6 +122,7 @@ pub fn report_json(report: &Report, wall_seconds: f64) -> serde_json::Value {
         "leaves": report.leaves,
         "moves_completed": metrics.moves_completed,
         "tombstones_reaped": metrics.tombstones_reaped,
+        "stale_keys_deleted": metrics.stale_keys_deleted,
         "move_keys_received": metrics.move_keys_received,
         "store_failures": metrics.store_failures,
         "quorum_failures": metrics.quorum_failures,

@@ -21,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::Config;
 use crate::hinted_handoff;
-use crate::id::NodeId;
+use crate::id::{NodeId, Partition};
 use crate::membership::{self, Event as SwimEvent, MemberState as SwimMemberState, Swim};
 use crate::message::{
     Message, Output, Quorum, ReadOptions, Request, RequestError, RequestId, Response, WriteOptions,
@@ -532,6 +532,7 @@ fn add_metrics(total: &mut Metrics, each: &Metrics) {
     total.move_bytes_received += each.move_bytes_received;
     total.move_keys_sent += each.move_keys_sent;
     total.tombstones_reaped += each.tombstones_reaped;
+    total.stale_keys_deleted += each.stale_keys_deleted;
 }
 
 fn node_id(index: usize) -> NodeId {
@@ -951,7 +952,8 @@ impl Simulation {
             self.config.replication_factor,
         );
         let joined = self.hosts.iter().all(|host| host.member);
-        same && still && layout.moves().is_empty() && joined
+        // And every member deleted its copies of partitions that moved away.
+        same && still && layout.moves().is_empty() && joined && first.everyone_cleared()
     }
 
     /// Sends the node's SWIM datagrams over the simulated network and turns
@@ -2207,6 +2209,7 @@ impl Simulation {
         }
         self.report.converged = converged;
         self.check_hints_drained();
+        self.check_no_stale_copies();
         self.check_strict_reads();
         if self.options.conflict_policy == ConflictPolicy::Lww {
             return;
@@ -2269,6 +2272,41 @@ impl Simulation {
                 write.acked_at
             );
             self.violation(text);
+        }
+    }
+
+    /// No member holds data of a partition it is not a primary of: copies
+    /// of partitions that moved away were deleted.
+    fn check_no_stale_copies(&mut self) {
+        for index in self.live_members() {
+            let entries = self.hosts[index]
+                .store
+                .scan(
+                    &[replica::DATA_PREFIX],
+                    &[replica::DATA_PREFIX + 1],
+                    usize::MAX,
+                )
+                .unwrap_or_default();
+            let me = node_id(index);
+            let stale: Vec<(Partition, &[u8])> = entries
+                .iter()
+                .filter_map(|(stored, _)| replica::parse_data_key(stored))
+                .filter(|(partition, _)| !self.placement.primaries(*partition).contains(&me))
+                .collect();
+            if self.debug {
+                for (partition, key) in &stale {
+                    eprintln!(
+                        "node {index} holds {key:?} of {partition:?}, primaries {:?}",
+                        self.placement.primaries(*partition)
+                    );
+                }
+            }
+            let stale = stale.len();
+            if stale > 0 {
+                self.violation(format!(
+                    "node {index} still holds {stale} keys of partitions it is not a primary of"
+                ));
+            }
         }
     }
 

@@ -180,6 +180,40 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Bytes the node's UDP socket may buffer each way. The kernel's default
+/// (about 200 KiB) overflows when a partition move's stream and client
+/// traffic arrive together: every datagram dropped there waits for QUIC's
+/// loss recovery, and a request behind it for as long. The kernel caps the
+/// size at `net.core.rmem_max` / `wmem_max`.
+const UDP_BUFFER_BYTES: usize = 4 << 20;
+
+/// Binds the node's UDP socket with [`UDP_BUFFER_BYTES`] of buffers.
+fn bind_udp(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    if address.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    // Best effort: a smaller buffer still works, only with more drops.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    if let Ok(size) = socket.recv_buffer_size()
+        && size < UDP_BUFFER_BYTES
+    {
+        tracing::info!(
+            bytes = size,
+            wanted = UDP_BUFFER_BYTES,
+            "UDP receive buffer capped by the kernel (net.core.rmem_max)"
+        );
+    }
+    socket.bind(&address.into())?;
+    Ok(socket.into())
+}
+
 impl Endpoint {
     /// Binds the port and starts accepting; inbound traffic goes to `inbound`.
     /// Must be called inside the tokio runtime that is to run the endpoint.
@@ -193,13 +227,18 @@ impl Endpoint {
             &config.limits,
         )?;
         let peer_client_config = tls::client_config(&config.tls, ALPN_PEER, &config.limits)?;
-        let endpoint =
-            quinn::Endpoint::server(server_config, config.address).map_err(|source| {
-                EndpointError::Bind {
-                    address: config.address,
-                    source,
-                }
-            })?;
+        let bind_error = |source| EndpointError::Bind {
+            address: config.address,
+            source,
+        };
+        let socket = bind_udp(config.address).map_err(bind_error)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_error)?;
         let shared = Arc::new(Shared {
             runtime: tokio::runtime::Handle::current(),
             config,
