@@ -188,6 +188,8 @@ struct Shared {
     error_samples: Mutex<Vec<String>>,
     done: AtomicU64,
     per_second: Mutex<Vec<u64>>,
+    /// The slowest successful operation since the last progress line.
+    slowest_micros: AtomicU64,
     value: Vec<u8>,
 }
 
@@ -291,6 +293,7 @@ impl Shared {
         match result {
             Ok(()) => {
                 let micros = (latency.as_micros() as u64).max(1);
+                self.slowest_micros.fetch_max(micros, Ordering::Relaxed);
                 let mut histograms = lock(&self.histograms);
                 if let Some(histogram) = histograms.get_mut(&kind) {
                     histogram.saturating_record(micros);
@@ -481,6 +484,7 @@ pub async fn run(parameters: RunParameters) -> anyhow::Result<()> {
         errors: AtomicU64::new(0),
         error_samples: Mutex::new(Vec::new()),
         done: AtomicU64::new(0),
+        slowest_micros: AtomicU64::new(0),
         per_second: Mutex::new(Vec::new()),
         value: (0..parameters.value_size)
             .map(|i| b'a' + (i % 26) as u8)
@@ -518,11 +522,13 @@ pub async fn run(parameters: RunParameters) -> anyhow::Result<()> {
                 let done = shared.done.load(Ordering::Relaxed);
                 lock(&shared.per_second).push(done - last);
                 last = done;
+                let slowest = shared.slowest_micros.swap(0, Ordering::Relaxed);
                 eprintln!(
-                    "[{:>4.0}s] {done} ops, {:.0} ops/s, {} errors",
+                    "[{:>4.0}s] {done} ops, {:.0} ops/s, {} errors, slowest {:.1} ms",
                     started.elapsed().as_secs_f64(),
                     done as f64 / started.elapsed().as_secs_f64(),
-                    shared.errors.load(Ordering::Relaxed)
+                    shared.errors.load(Ordering::Relaxed),
+                    slowest as f64 / 1000.0
                 );
             }
         })

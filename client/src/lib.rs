@@ -655,10 +655,21 @@ impl Client {
         {
             let mut connections = self.connections.lock().await;
             if let Some((connection, channel)) = connections.get(&node) {
-                if connection.close_reason().is_none() && !channel.is_failed() {
+                let closed = connection.close_reason();
+                if closed.is_none() && !channel.is_failed() {
                     return Ok(channel.clone());
                 }
                 connections.remove(&node);
+                // The node closed the connection (it is stopping) or stopped
+                // answering: a new connection would most likely wait out the
+                // whole connect timeout, since a closed UDP port does not
+                // refuse. Try the other nodes first instead.
+                if let Some(reason) = closed
+                    && reason != quinn::ConnectionError::LocallyClosed
+                {
+                    self.mark_down(node);
+                    return Err(Error::Connection(format!("{NOT_SENT}{node}: {reason}")));
+                }
             }
         }
         // Connect without holding the lock: one unreachable node must not

@@ -181,10 +181,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Bytes the node's UDP socket may buffer each way. The kernel's default
-/// (about 200 KiB) overflows when a partition move's stream and client
-/// traffic arrive together: every datagram dropped there waits for QUIC's
-/// loss recovery, and a request behind it for as long. The kernel caps the
-/// size at `net.core.rmem_max` / `wmem_max`.
+/// (about 200 KiB) can overflow when a partition move's stream and client
+/// traffic arrive together, and every datagram dropped there waits for
+/// QUIC's loss recovery. The kernel caps the size at `net.core.rmem_max` /
+/// `wmem_max`.
 const UDP_BUFFER_BYTES: usize = 4 << 20;
 
 /// Binds the node's UDP socket with [`UDP_BUFFER_BYTES`] of buffers.
