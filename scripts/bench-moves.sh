@@ -2,9 +2,11 @@
 # Membership changes under foreground load on real processes (docs/bench.md).
 # A 3-node cluster holding RECORDS keys of VALUE bytes runs YCSB b at RATE
 # ops/s; once undisturbed (BASELINE seconds), then while node 4 joins, node 5
-# joins and node 1 is decommissioned (3 -> 5 -> 4). Prints, per change, how
-# long it took until committed and the bytes new owners pulled, then both
-# runs' latency summaries (JSON lines from shoal-bench run).
+# joins and node 1 is decommissioned (3 -> 5 -> 4), then AFTER seconds on the
+# settled 4-node cluster (the same processes count as during most of the
+# changes, nothing moving). Prints, per change, how long it took until
+# committed and the bytes new owners pulled, then the runs' latency
+# summaries (JSON lines from shoal-bench run).
 #   cargo build --release --workspace --bins
 #   RECORDS=200000 VALUE=1000 RATE=3000 scripts/bench-moves.sh
 set -euo pipefail
@@ -17,6 +19,7 @@ VALUE=${VALUE:-1000}
 RATE=${RATE:-3000}
 BASELINE=${BASELINE:-30}
 DURING=${DURING:-240}
+AFTER=${AFTER:-60}
 BASE_PORT=${BASE_PORT:-7300}
 C=$DIR/client.toml
 
@@ -89,6 +92,10 @@ done
 echo "changes done; waiting for the load run ($DURING s) to end" >&2
 wait "$LOAD" || true
 tail -1 "$DIR/during.txt" | sed 's/^/{"run":"during changes","summary":/; s/$/}/'
+if [ "$AFTER" -gt 0 ]; then
+    echo "settled: the same load for $AFTER s" >&2
+    load --duration "$AFTER" | tail -1 | sed 's/^/{"run":"after changes","summary":/; s/$/}/'
+fi
 counter() { # metric name: summed over the nodes still running
     local total=0 i value
     for i in 1 2 3 4 5; do

@@ -568,8 +568,10 @@ impl Client {
     async fn refresh_ring(&self) -> Result<RingView, Error> {
         let mut last_error = Error::Config("no nodes".into());
         // The members the last ring named first (a configured node may have
-        // left the cluster since), then the configured ones; unreachable
-        // ones last.
+        // left the cluster since), then the configured ones; among them,
+        // those with an open connection first (they answer at once; a node
+        // that stopped since would hold the refresh for the connect
+        // timeout), unreachable ones last.
         let mut nodes: Vec<SocketAddr> = self
             .member_addresses()
             .into_iter()
@@ -581,9 +583,22 @@ impl Client {
             }
         }
         {
+            let open: Vec<SocketAddr> = self
+                .connections
+                .lock()
+                .await
+                .iter()
+                .filter(|(_, (connection, _))| connection.close_reason().is_none())
+                .map(|(node, _)| *node)
+                .collect();
             let now = Instant::now();
             let unreachable = lock(&self.unreachable);
-            nodes.sort_by_key(|node| unreachable.get(node).is_some_and(|until| *until > now));
+            nodes.sort_by_key(|node| {
+                (
+                    unreachable.get(node).is_some_and(|until| *until > now),
+                    !open.contains(node),
+                )
+            });
         }
         for node in nodes {
             let answer = tokio::time::timeout(

@@ -90,7 +90,9 @@ pub struct Config {
     pub tombstone_grace: Duration,
     /// Keys looked at per reaping sweep step (one step a second).
     pub tombstone_reap_keys_per_round: usize,
-    /// Most bytes of key states in one anti-entropy message.
+    /// Most bytes of key states in one anti-entropy or pull message (and
+    /// read from the store for one step). Each such message is merged in one
+    /// turn of the node's loop, which every request behind it waits for.
     pub anti_entropy_bytes_max: usize,
     /// Most keys scanned per step when building a partition's tree.
     pub anti_entropy_build_keys_max: usize,
@@ -127,7 +129,7 @@ impl Default for Config {
             admission_control: true,
             tombstone_grace: Duration::from_secs(24 * 3600),
             tombstone_reap_keys_per_round: 256,
-            anti_entropy_bytes_max: 1 << 20,
+            anti_entropy_bytes_max: 256 << 10,
             anti_entropy_build_keys_max: 4096,
         }
     }

@@ -115,6 +115,10 @@ pub struct EventLoop {
     turns: TurnStats,
 }
 
+/// How long a turn keeps taking queued inputs before it writes their
+/// effects and sends their outputs.
+const TURN_INPUTS_TIME: Duration = Duration::from_millis(2);
+
 /// A turn of the loop longer than this is logged with where its time went:
 /// every request waiting in the queue waited that long.
 const SLOW_TURN: Duration = Duration::from_millis(50);
@@ -313,8 +317,12 @@ impl EventLoop {
                 }
             }
             // Take whatever else is already queued before acting on outputs,
-            // so that bursts are handled in one pass (and one store batch).
+            // so that bursts are handled in one pass (and one store batch),
+            // for a bounded time: replies wait for the end of the turn.
             for _ in 0..256 {
+                if started.elapsed() >= TURN_INPUTS_TIME {
+                    break;
+                }
                 match self.inbound.try_recv() {
                     Ok(input) => {
                         inputs += 1;

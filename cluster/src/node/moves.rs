@@ -277,7 +277,7 @@ impl Node {
     }
 
     /// A pull's answer of `bytes` leaves this node: spent from its budget.
-    fn spend_served(&mut self, bytes: usize) {
+    pub(super) fn spend_served(&mut self, bytes: usize) {
         if self.config.anti_entropy_bytes_per_second > 0 {
             self.ae_budget -= bytes as f64;
         }

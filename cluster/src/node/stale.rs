@@ -22,7 +22,8 @@
 //!
 //! The sweep goes partition by partition (a node's data is keyed by
 //! partition first), skipping the ones this node is a primary of, and
-//! deletes at most [`CLEAR_KEYS_PER_STEP`] keys a step.
+//! deletes at most [`CLEAR_KEYS_PER_STEP`] keys a step. What a step reads is
+//! charged to the background budget, as anti-entropy and pulls are.
 
 use std::time::{Duration, Instant};
 
@@ -36,7 +37,7 @@ use crate::store::{Durability, Store};
 pub(super) const CLEAR_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Most keys deleted by one step.
-const CLEAR_KEYS_PER_STEP: usize = 1024;
+const CLEAR_KEYS_PER_STEP: usize = 256;
 
 /// How long the sweep waits after a data write for a partition this node
 /// does not own (and after the change that makes clearing needed).
@@ -101,7 +102,13 @@ impl Node {
                 return;
             }
         };
+        if !self.ae_may_send(now) {
+            self.clear_sweep = Some(sweep);
+            self.next_clear = Some(now + CLEAR_INTERVAL);
+            return;
+        }
         let mut budget = CLEAR_KEYS_PER_STEP;
+        let mut read_bytes = 0;
         while sweep.partition < self.config.partition_count && budget > 0 {
             let partition = Partition(sweep.partition);
             let owned = self
@@ -125,6 +132,7 @@ impl Node {
             };
             let full = entries.len() >= budget;
             budget -= entries.len();
+            read_bytes += super::states_bytes(&entries);
             for (stored_key, encoded) in &entries {
                 let Some((_, key)) = replica::parse_data_key(stored_key) else {
                     continue;
@@ -156,6 +164,7 @@ impl Node {
                 }
             }
         }
+        self.spend_served(read_bytes);
         if sweep.partition < self.config.partition_count {
             self.clear_sweep = Some(sweep);
             self.next_clear = Some(now + CLEAR_INTERVAL);
