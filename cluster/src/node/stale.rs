@@ -34,14 +34,14 @@ use crate::replica::{self, DATA_PREFIX};
 use crate::store::{Durability, Store};
 
 /// How often a clearing step runs while one is needed.
-pub(super) const CLEAR_INTERVAL: Duration = Duration::from_millis(100);
+const CLEAR_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Most keys deleted by one step.
 const CLEAR_KEYS_PER_STEP: usize = 256;
 
 /// How long the sweep waits after a data write for a partition this node
 /// does not own (and after the change that makes clearing needed).
-pub(super) const CLEAR_QUIET: Duration = Duration::from_secs(10);
+const CLEAR_QUIET: Duration = Duration::from_secs(10);
 
 /// Where a sweep of stale copies stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,8 +103,7 @@ impl Node {
             }
         };
         if !self.ae_may_send(now) {
-            self.clear_sweep = Some(sweep);
-            self.next_clear = Some(now + CLEAR_INTERVAL);
+            self.clear_later(now, sweep);
             return;
         }
         let mut budget = CLEAR_KEYS_PER_STEP;
@@ -124,8 +123,7 @@ impl Node {
                     Ok(entries) => entries,
                     Err(_) => {
                         self.metrics.store_failures += 1;
-                        self.clear_sweep = Some(sweep);
-                        self.next_clear = Some(now + CLEAR_INTERVAL);
+                        self.clear_later(now, sweep);
                         return;
                     }
                 }
@@ -140,8 +138,7 @@ impl Node {
                 let (inner, trees) = store.parts();
                 if inner.write(stored_key, None, Durability::Buffered).is_err() {
                     self.metrics.store_failures += 1;
-                    self.clear_sweep = Some(sweep);
-                    self.next_clear = Some(now + CLEAR_INTERVAL);
+                    self.clear_later(now, sweep);
                     return;
                 }
                 trees.on_write(
@@ -166,8 +163,7 @@ impl Node {
         }
         self.spend_served(read_bytes);
         if sweep.partition < self.config.partition_count {
-            self.clear_sweep = Some(sweep);
-            self.next_clear = Some(now + CLEAR_INTERVAL);
+            self.clear_later(now, sweep);
             return;
         }
         // The deletes reach the disk before the ring says they were made.
@@ -181,8 +177,7 @@ impl Node {
             .is_err()
         {
             self.metrics.store_failures += 1;
-            self.clear_sweep = Some(sweep);
-            self.next_clear = Some(now + CLEAR_INTERVAL);
+            self.clear_later(now, sweep);
             return;
         }
         self.unowned_swept = sweep.unowned_writes;
@@ -194,6 +189,13 @@ impl Node {
 }
 
 impl Node {
+    /// Keeps the sweep where it stands; the next step runs after
+    /// [`CLEAR_INTERVAL`].
+    fn clear_later(&mut self, now: Instant, sweep: ClearSweep) {
+        self.clear_sweep = Some(sweep);
+        self.next_clear = Some(now + CLEAR_INTERVAL);
+    }
+
     fn new_sweep(&self, version: u64) -> ClearSweep {
         ClearSweep {
             version,
