@@ -117,6 +117,16 @@ pub struct Ring {
     cleared: BTreeMap<NodeId, u64>,
 }
 
+/// Raises `node`'s entry of a map merged by maximum; true if it grew.
+fn raise(marks: &mut BTreeMap<NodeId, u64>, node: NodeId, value: u64) -> bool {
+    let entry = marks.entry(node).or_insert(0);
+    if *entry >= value {
+        return false;
+    }
+    *entry = value;
+    true
+}
+
 /// The ring as encoded before `cleared` existed: still read, so that a
 /// ring persisted or gossiped by an earlier build is not lost.
 #[derive(serde::Deserialize)]
@@ -251,12 +261,7 @@ impl Ring {
 
     /// Raises `node`'s progress mark; returns true if it grew.
     pub fn set_seen(&mut self, node: NodeId, mark: u64) -> bool {
-        let entry = self.seen.entry(node).or_insert(0);
-        if *entry >= mark {
-            return false;
-        }
-        *entry = mark;
-        true
+        raise(&mut self.seen, node, mark)
     }
 
     /// The highest assignment version `node` has cleared (see the field).
@@ -266,12 +271,7 @@ impl Ring {
 
     /// Raises `node`'s cleared version; returns true if it grew.
     pub fn set_cleared(&mut self, node: NodeId, version: u64) -> bool {
-        let entry = self.cleared.entry(node).or_insert(0);
-        if *entry >= version {
-            return false;
-        }
-        *entry = version;
-        true
+        raise(&mut self.cleared, node, version)
     }
 
     /// Whether every member not removed has cleared the current assignment
