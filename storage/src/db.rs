@@ -1419,6 +1419,7 @@ impl Inner {
             taken
         };
         if let Some(mut old_wal) = old_wal {
+            old_wal.unmap();
             old_wal.sync()?;
             let mut sync = self
                 .sync
