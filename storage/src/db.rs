@@ -183,6 +183,23 @@ struct SyncState {
     synced: (u64, u64),
     /// Every log numbered below this is durable in full.
     fully_synced_below: u64,
+    /// Test hook: per log, the bytes known durable, for a simulated machine
+    /// crash to keep exactly those.
+    #[cfg(test)]
+    durable: BTreeMap<u64, u64>,
+}
+
+impl SyncState {
+    /// Records that log `number` is durable up to `offset` (`u64::MAX`: all).
+    fn record_durable(&mut self, number: u64, offset: u64) {
+        #[cfg(test)]
+        {
+            let durable = self.durable.entry(number).or_insert(0);
+            *durable = (*durable).max(offset);
+        }
+        #[cfg(not(test))]
+        let _ = (number, offset);
+    }
 }
 
 /// A frozen memtable and the log its writes are in.
@@ -192,6 +209,9 @@ struct Frozen {
     /// The log itself when it still has to be fsynced (every sync mode but
     /// `Always`); the flush thread does it first.
     wal: Option<LogWriter>,
+    /// A handle on the log for fsyncs that must not wait for the flush
+    /// thread ([`Inner::group_sync`]).
+    sync_handle: Arc<File>,
 }
 
 /// A fresh, empty log whose directory entry is durable.
@@ -247,6 +267,9 @@ struct Inner {
     visible_sequence: AtomicU64,
     read_only: AtomicBool,
     state: Mutex<State>,
+    /// Test hook: the flush thread flushes nothing while set.
+    #[cfg(test)]
+    hold_flush: AtomicBool,
     /// Test hook: the next log append fails as a full disk would.
     #[cfg(test)]
     fail_next_append: AtomicBool,
@@ -555,6 +578,8 @@ impl Db {
             sync: Mutex::new(SyncState {
                 synced: (wal_number, 0),
                 fully_synced_below: wal_number,
+                #[cfg(test)]
+                durable: BTreeMap::new(),
             }),
             current_wal: AtomicU64::new(wal_number),
             appended: AtomicU64::new(0),
@@ -579,6 +604,8 @@ impl Db {
             options,
             #[cfg(test)]
             fail_next_append: AtomicBool::new(false),
+            #[cfg(test)]
+            hold_flush: AtomicBool::new(false),
             work: Condvar::new(),
             progress: Condvar::new(),
         });
@@ -879,34 +906,51 @@ impl Db {
     }
 
     /// Test hook: stops as a machine crash would — the background threads
-    /// end, and the current log loses everything after its last fsync.
+    /// end, and every log not yet flushed to a table loses everything after
+    /// what was fsynced of it.
     #[cfg(test)]
     pub(crate) fn simulate_machine_crash(self) {
         self.stop_threads();
         let writer = self.inner.lock_writer();
-        let synced = self
+        let sync = self
             .inner
             .sync
             .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .synced;
-        let kept = if synced.0 == writer.wal_number {
-            synced.1
-        } else {
-            0
-        };
-        let path = writer.wal.path().to_path_buf();
+            .unwrap_or_else(|poison| poison.into_inner());
+        let mut unsynced: Vec<(u64, u64)> = self
+            .inner
+            .lock_state()
+            .imms
+            .iter()
+            .map(|frozen| frozen.wal_number)
+            .chain([writer.wal_number])
+            .filter(|number| *number >= sync.fully_synced_below)
+            .map(|number| (number, sync.durable.get(&number).copied().unwrap_or(0)))
+            .collect();
+        unsynced.retain(|(_, durable)| *durable != u64::MAX);
+        drop(sync);
         drop(writer);
         // Mark as read-only so drop does not sync what the "machine" lost.
         self.inner.read_only.store(true, AtomicOrdering::Release);
-        let file = File::options()
-            .write(true)
-            .open(&path)
-            .expect("the test's log exists");
-        file.set_len(kept).expect("truncating the test's log");
-        file.set_len(kept + (1 << 20))
-            .expect("re-extending the test's log");
+        for (number, kept) in unsynced {
+            let path = self.inner.path.join(file_name(number, "log"));
+            let file = File::options()
+                .write(true)
+                .open(&path)
+                .expect("the test's log exists");
+            file.set_len(kept).expect("truncating the test's log");
+            file.set_len(kept + (1 << 20))
+                .expect("re-extending the test's log");
+        }
         drop(self);
+    }
+
+    /// Test hook: while held, the flush thread flushes nothing (it still
+    /// prepares spare logs).
+    #[cfg(test)]
+    pub(crate) fn hold_flushes(&self, held: bool) {
+        self.inner.hold_flush.store(held, AtomicOrdering::Release);
+        self.inner.work.notify_all();
     }
 
     /// Ends the background threads and waits for them.
@@ -1137,6 +1181,28 @@ impl Inner {
             return Ok(());
         }
         self.check_writable()?;
+        // Frozen memtables' logs the flush thread has not synced yet come
+        // first: otherwise a machine crash could keep this write and lose
+        // an earlier one (a `sync` write after a switch, or an interval
+        // sync, under every mode but `Always`).
+        let earlier: Vec<(u64, Arc<File>)> = self
+            .lock_state()
+            .imms
+            .iter()
+            .filter(|frozen| {
+                frozen.wal_number >= sync.fully_synced_below && frozen.wal_number < wal_number
+            })
+            .map(|frozen| (frozen.wal_number, Arc::clone(&frozen.sync_handle)))
+            .collect();
+        for (number, earlier_handle) in earlier {
+            if let Err(error) = earlier_handle.sync_data() {
+                let error = Error::io(self.path.join(file_name(number, "log")), error);
+                self.fail(&error);
+                return Err(error);
+            }
+            sync.fully_synced_below = sync.fully_synced_below.max(number + 1);
+            sync.record_durable(number, u64::MAX);
+        }
         // Everything appended to this log up to now is covered by this fsync.
         let covered = if self.current_wal.load(AtomicOrdering::Acquire) == wal_number {
             self.appended.load(AtomicOrdering::Acquire).max(offset)
@@ -1151,6 +1217,7 @@ impl Inner {
         if wal_number >= sync.synced.0 {
             sync.synced = (wal_number, covered);
         }
+        sync.record_durable(wal_number, covered);
         self.lock_state().stats.wal_syncs += 1;
         Ok(())
     }
@@ -1203,6 +1270,14 @@ impl Inner {
             }
             return Ok(());
         }
+    }
+
+    /// Whether a test holds flushes back ([`Db::hold_flushes`]).
+    fn flush_held(&self) -> bool {
+        #[cfg(test)]
+        return self.hold_flush.load(AtomicOrdering::Acquire);
+        #[cfg(not(test))]
+        false
     }
 
     /// Creates a new, empty log and makes its directory entry durable.
@@ -1326,11 +1401,12 @@ impl Inner {
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner());
             sync.fully_synced_below = number;
+            sync.record_durable(writer.wal_number, u64::MAX);
         }
         let old_number = writer.wal_number;
         let old_wal = std::mem::replace(&mut writer.wal, wal);
         writer.wal_number = number;
-        writer.wal_sync_handle = Arc::new(handle);
+        let old_sync_handle = std::mem::replace(&mut writer.wal_sync_handle, Arc::new(handle));
         self.appended.store(0, AtomicOrdering::Release);
         self.current_wal.store(number, AtomicOrdering::Release);
         let mut state = self.lock_state();
@@ -1340,6 +1416,7 @@ impl Inner {
             table: frozen,
             wal_number: old_number,
             wal: old_wal,
+            sync_handle: old_sync_handle,
         });
         state.mem_wal_number = number;
         drop(state);
@@ -1426,6 +1503,7 @@ impl Inner {
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner());
             sync.fully_synced_below = sync.fully_synced_below.max(old_wal_number + 1);
+            sync.record_durable(old_wal_number, u64::MAX);
         }
         let file = write_table_from(&self.path, number, &self.table_options, imm.iter())?;
         sync_directory(&self.path)?;
@@ -1694,7 +1772,10 @@ fn flush_thread(inner: Arc<Inner>) {
                         .is_none()
             };
             let mut state = inner.lock_state();
-            while state.imms.is_empty() && !state.shutting_down && !spare_needed() {
+            while (state.imms.is_empty() || inner.flush_held())
+                && !state.shutting_down
+                && !spare_needed()
+            {
                 state = inner
                     .work
                     .wait(state)
@@ -1715,7 +1796,7 @@ fn flush_thread(inner: Arc<Inner>) {
                 inner.prepare_spare_log();
                 continue;
             }
-            if state.imms.is_empty() {
+            if state.imms.is_empty() || inner.flush_held() {
                 if state.shutting_down {
                     return;
                 }

@@ -393,3 +393,61 @@ fn a_switch_with_nothing_left_to_switch_does_not_wait_for_the_flush() {
         Some(value.as_slice())
     );
 }
+
+/// Writes that reached a memtable frozen before the flush thread synced its
+/// log, then a synced write (or an interval sync) in the next log, then a
+/// machine crash: the earlier writes must survive. A crash must never keep a
+/// later write and lose an earlier one; before the fix, only the current log
+/// was fsynced and the frozen one's writes were lost.
+#[test]
+fn a_sync_after_a_memtable_switch_makes_the_frozen_log_durable_first() {
+    for interval in [false, true] {
+        let directory = tempfile::tempdir().unwrap();
+        let options = Options {
+            sync_mode: if interval {
+                SyncMode::Interval(Duration::from_millis(5))
+            } else {
+                SyncMode::Never
+            },
+            ..small_options()
+        };
+        let db = Db::open(directory.path(), options.clone()).unwrap();
+        db.hold_flushes(true);
+        let key = |index: usize| format!("early{index:05}").into_bytes();
+        let mut written = 0;
+        while db.inner.lock_state().imms.is_empty() {
+            db.put(&key(written), &[7u8; 100], &WriteOptions::default())
+                .unwrap();
+            written += 1;
+        }
+        db.put(b"late", b"synced", &WriteOptions { sync: !interval })
+            .unwrap();
+        if interval {
+            // Wait for an interval sync that covers the late write.
+            let log = db.inner.current_wal.load(AtomicOrdering::Acquire);
+            let offset = db.inner.appended.load(AtomicOrdering::Acquire);
+            let started = Instant::now();
+            while db.inner.sync.lock().unwrap().synced < (log, offset) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "no interval sync"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        db.simulate_machine_crash();
+        let reopened = Db::open(directory.path(), options).unwrap();
+        assert_eq!(
+            reopened.get(b"late").unwrap(),
+            Some(b"synced".to_vec()),
+            "interval {interval}"
+        );
+        for index in 0..written {
+            assert_eq!(
+                reopened.get(&key(index)).unwrap(),
+                Some(vec![7u8; 100]),
+                "interval {interval}: early write {index} of {written} lost while a later one was kept"
+            );
+        }
+    }
+}
