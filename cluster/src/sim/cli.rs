@@ -51,6 +51,10 @@ pub struct ClusterArgs {
     /// instant at different nodes, shortly after the first join.
     #[arg(long, requires = "topology")]
     pub concurrent_changes: bool,
+    /// With --topology: once the drain's deletes are reaped, the first
+    /// joiner leaves again, moving partitions back to their former owners.
+    #[arg(long, requires = "topology")]
+    pub move_back: bool,
 }
 
 /// Runs one seed, turning a panic into a failed report.
@@ -120,6 +124,7 @@ pub fn report_json(report: &Report, wall_seconds: f64) -> serde_json::Value {
         "store_failures_injected": report.store_failures_injected,
         "joins": report.joins,
         "leaves": report.leaves,
+        "reaped_before_move_back": report.reaped_before_move_back,
         "moves_completed": metrics.moves_completed,
         "tombstones_reaped": metrics.tombstones_reaped,
         "stale_keys_deleted": metrics.stale_keys_deleted,
@@ -186,6 +191,7 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
             wipe_at_drain: args.wipe,
             topology: args.topology,
             concurrent_changes: args.concurrent_changes,
+            move_back: args.move_back,
             ..SimulationOptions::new(seed)
         };
         let seed_started = Instant::now();
@@ -207,7 +213,7 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
                 eprintln!("seed {seed}: {violation}");
             }
             eprintln!(
-                "seed {seed} FAILED; replay with: shoal-sim cluster --seed {seed} --nodes {} --ops {} --faults {} --policy {}{}{}{}{}",
+                "seed {seed} FAILED; replay with: shoal-sim cluster --seed {seed} --nodes {} --ops {} --faults {} --policy {}{}{}{}{}{}",
                 args.nodes,
                 args.ops,
                 args.faults,
@@ -224,6 +230,7 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
                 } else {
                     ""
                 },
+                if args.move_back { " --move-back" } else { "" },
             );
         }
         if !single {

@@ -136,6 +136,12 @@ pub struct SimulationOptions {
     /// instant, at different nodes, a moment after the first join — changes
     /// that overlap, merged by the ring's CRDT while data moves.
     pub concurrent_changes: bool,
+    /// With `topology`: once the drain's deletes are reaped and the ring has
+    /// settled, the first joiner leaves again, so that partitions move back
+    /// to nodes that owned them before the join and deleted their copies
+    /// since. A copy kept across the first move would bring a reaped key
+    /// back; the end checks that no deleted key came back.
+    pub move_back: bool,
 }
 
 impl SimulationOptions {
@@ -154,6 +160,7 @@ impl SimulationOptions {
             wipe_at_drain: false,
             topology: false,
             concurrent_changes: false,
+            move_back: false,
         }
     }
 }
@@ -202,6 +209,10 @@ pub struct Report {
     pub joins: u64,
     /// Nodes that left.
     pub leaves: u64,
+    /// With `move_back`: when the joiner was asked to leave, how many of the
+    /// deleted register keys no member held any state of (tombstones
+    /// reaped everywhere).
+    pub reaped_before_move_back: Option<u64>,
     /// The nodes' counters, summed.
     pub metrics: Metrics,
 }
@@ -501,6 +512,8 @@ struct Simulation {
     stopped_metrics: Metrics,
     /// The drain phase's deletes of the register keys: when each finished.
     final_deletes: BTreeMap<usize, Option<u64>>,
+    /// With `move_back`: when the joiner was asked to leave.
+    moved_back_at: Option<u64>,
 }
 
 /// Adds one node's counters to a total.
@@ -627,6 +640,7 @@ impl Simulation {
             survived_wipe: None,
             stopped_metrics: Metrics::default(),
             final_deletes: BTreeMap::new(),
+            moved_back_at: None,
             options,
         };
         let founders = simulation.options.nodes;
@@ -1352,7 +1366,23 @@ impl Simulation {
                     .final_deletes
                     .values()
                     .all(|done| done.is_some_and(|at| self.now >= at + grace + 3_000_000));
-                if all_up && drained && beliefs_settled && self.topology_settled() && deletes_aged {
+                let settled =
+                    all_up && drained && beliefs_settled && self.topology_settled() && deletes_aged;
+                if settled && self.options.move_back && self.moved_back_at.is_none() {
+                    // Every member must have reaped first, or nothing
+                    // reaped could come back.
+                    let reaped = self.register_keys_reaped();
+                    if reaped == self.options.register_keys as u64 {
+                        self.start_move_back(reaped);
+                    } else if self.now - self.phase_started > DRAIN_MAX_MICROS {
+                        self.violation(format!(
+                            "only {reaped} of {} deleted keys were reaped everywhere within {} s",
+                            self.options.register_keys,
+                            DRAIN_MAX_MICROS / 1_000_000
+                        ));
+                        self.start_move_back(reaped);
+                    }
+                } else if settled {
                     self.start_repair();
                 } else if self.now - self.phase_started > DRAIN_MAX_MICROS {
                     if self.debug {
@@ -1412,6 +1442,44 @@ impl Simulation {
             }
             Phase::Done => {}
         }
+    }
+
+    /// Register keys (all deleted by the drain) of which no member holds
+    /// any state: their tombstones were reaped everywhere.
+    fn register_keys_reaped(&mut self) -> u64 {
+        let members = self.live_members();
+        let mut reaped = 0;
+        for key_index in 0..self.options.register_keys {
+            let key = register_key(key_index);
+            let partition = self.partitioner.partition_of(&key);
+            let stored = replica::data_key(partition, &key);
+            let held = members.iter().any(|index| {
+                // An unreadable store counts as holding the key.
+                self.hosts[*index]
+                    .store
+                    .read(&stored)
+                    .map_or(true, |state| state.is_some())
+            });
+            if !held {
+                reaped += 1;
+            }
+        }
+        reaped
+    }
+
+    /// The first joiner leaves: the partitions it took move back.
+    fn start_move_back(&mut self, reaped: u64) {
+        self.report.reaped_before_move_back = Some(reaped);
+        self.moved_back_at = Some(self.now);
+        self.phase_started = self.now;
+        let joiner = self.options.nodes;
+        if self.debug {
+            eprintln!(
+                "{} move back: node {joiner} leaves ({reaped} keys reaped)",
+                self.now
+            );
+        }
+        self.schedule(0, Event::Leave { node: joiner });
     }
 
     /// The hint bound is checked on each node's own accounting after every
@@ -2210,6 +2278,7 @@ impl Simulation {
         self.report.converged = converged;
         self.check_hints_drained();
         self.check_no_stale_copies();
+        self.check_deleted_keys_stay_deleted();
         self.check_strict_reads();
         if self.options.conflict_policy == ConflictPolicy::Lww {
             return;
@@ -2307,6 +2376,41 @@ impl Simulation {
                     "node {index} still holds {stale} keys of partitions it is not a primary of"
                 ));
             }
+        }
+    }
+
+    /// The drain deleted every register key with `w = all` after the
+    /// workload ended: no member may hold a live value of one at the end.
+    /// One would be a deleted value brought back, by a copy kept where a
+    /// reaped tombstone no longer covers it.
+    fn check_deleted_keys_stay_deleted(&mut self) {
+        let mut revived = Vec::new();
+        for key_index in 0..self.options.register_keys {
+            if self
+                .final_deletes
+                .get(&key_index)
+                .copied()
+                .flatten()
+                .is_none()
+            {
+                continue; // not deleted: reported as a drain failure already
+            }
+            let key = register_key(key_index);
+            let partition = self.partitioner.partition_of(&key);
+            for index in self.live_members() {
+                if let Ok(state) =
+                    replica::read_state(&mut self.hosts[index].store, partition, &key)
+                    && !state.is_deleted()
+                {
+                    revived.push((key_index, index));
+                }
+            }
+        }
+        if let Some((key, index)) = revived.first() {
+            self.violation(format!(
+                "{} copies of deleted keys hold a live value, for example register {key} on node {index}",
+                revived.len()
+            ));
         }
     }
 
