@@ -125,6 +125,7 @@ pub fn report_json(report: &Report, wall_seconds: f64) -> serde_json::Value {
         "joins": report.joins,
         "leaves": report.leaves,
         "reaped_before_move_back": report.reaped_before_move_back,
+        "replicas_returned": report.replicas_returned,
         "moves_completed": metrics.moves_completed,
         "tombstones_reaped": metrics.tombstones_reaped,
         "stale_keys_deleted": metrics.stale_keys_deleted,

@@ -324,6 +324,10 @@ fn partitions_moving_back_after_a_reap_bring_no_deleted_key_back() {
             Some(deleted),
             "seed {seed}: every deleted key was reaped before the move back"
         );
+        assert!(
+            report.replicas_returned > 0,
+            "seed {seed}: no partition moved back to a former owner"
+        );
         assert_eq!(report.lost_writes, 0, "seed {seed}");
     }
 }

@@ -213,6 +213,10 @@ pub struct Report {
     /// deleted register keys no member held any state of (tombstones
     /// reaped everywhere).
     pub reaped_before_move_back: Option<u64>,
+    /// With `move_back`: (partition, node) pairs where the node was a
+    /// primary at the start, not just before the move back, and is again at
+    /// the end — copies that really moved back to a former owner.
+    pub replicas_returned: u64,
     /// The nodes' counters, summed.
     pub metrics: Metrics,
 }
@@ -512,8 +516,10 @@ struct Simulation {
     stopped_metrics: Metrics,
     /// The drain phase's deletes of the register keys: when each finished.
     final_deletes: BTreeMap<usize, Option<u64>>,
-    /// With `move_back`: when the joiner was asked to leave.
+    /// With `move_back`: when the joiner was asked to leave, and the
+    /// placement just before.
     moved_back_at: Option<u64>,
+    placement_before_move_back: Option<Placement>,
 }
 
 /// Adds one node's counters to a total.
@@ -641,6 +647,7 @@ impl Simulation {
             stopped_metrics: Metrics::default(),
             final_deletes: BTreeMap::new(),
             moved_back_at: None,
+            placement_before_move_back: None,
             options,
         };
         let founders = simulation.options.nodes;
@@ -1471,6 +1478,13 @@ impl Simulation {
     fn start_move_back(&mut self, reaped: u64) {
         self.report.reaped_before_move_back = Some(reaped);
         self.moved_back_at = Some(self.now);
+        if let Some(first) = self.live_members().first() {
+            self.placement_before_move_back = Some(Placement::new(
+                &self.hosts[*first].ring,
+                self.config.partition_count,
+                self.config.replication_factor,
+            ));
+        }
         self.phase_started = self.now;
         let joiner = self.options.nodes;
         if self.debug {
@@ -1652,11 +1666,26 @@ impl Simulation {
         // The checks use the ring the members settled on.
         if let Some(first) = self.live_members().first() {
             self.ring = self.hosts[*first].ring.clone();
-            self.placement = Placement::new(
+            let settled = Placement::new(
                 &self.ring,
                 self.config.partition_count,
                 self.config.replication_factor,
             );
+            if let Some(before) = &self.placement_before_move_back {
+                // `self.placement` is still the founders' placement here.
+                for partition in 0..self.config.partition_count {
+                    let partition = Partition(partition);
+                    self.report.replicas_returned += settled
+                        .primaries(partition)
+                        .iter()
+                        .filter(|node| {
+                            self.placement.primaries(partition).contains(node)
+                                && !before.primaries(partition).contains(node)
+                        })
+                        .count() as u64;
+                }
+            }
+            self.placement = settled;
         }
         self.phase = Phase::Repair;
         self.phase_started = self.now;
