@@ -81,6 +81,10 @@ pub struct ClusterSection {
     /// Bytes per second background work (anti-entropy, partition moves)
     /// may use at most; zero for no limit.
     pub background_bytes_per_second: u64,
+    /// Largest message of background work (an anti-entropy or pull step's
+    /// key states): a step reads, encodes and sends this much in one turn of
+    /// the node's event loop, which requests queued behind it wait for.
+    pub background_message_bytes_max: usize,
     /// Whether foreground latency throttles background work below that.
     pub admission_control: bool,
     /// Seconds after which a tombstone every primary holds is reaped (a day
@@ -173,6 +177,7 @@ impl Default for ClusterSection {
             conflict_policy: "siblings".into(),
             protocol_period_ms: 1000,
             background_bytes_per_second: 8 << 20,
+            background_message_bytes_max: ClusterConfig::default().anti_entropy_bytes_max,
             admission_control: true,
             tombstone_grace_secs: 24 * 3600,
         }
@@ -278,6 +283,10 @@ impl NodeConfig {
                 self.cluster.protocol_period_ms as usize,
             ),
             (
+                "background_message_bytes_max",
+                self.cluster.background_message_bytes_max,
+            ),
+            (
                 "request_timeout_ms",
                 self.cluster.request_timeout_ms as usize,
             ),
@@ -323,6 +332,7 @@ impl NodeConfig {
             hint_bytes_per_target_max: self.limits.hint_bytes_per_target_max,
             requests_in_flight_max: self.limits.requests_in_flight_max,
             anti_entropy_bytes_per_second: self.cluster.background_bytes_per_second,
+            anti_entropy_bytes_max: self.cluster.background_message_bytes_max,
             admission_control: self.cluster.admission_control,
             tombstone_grace: Duration::from_secs(self.cluster.tombstone_grace_secs),
             ..ClusterConfig::default()
@@ -411,6 +421,21 @@ mod tests {
             ..NodeConfig::default()
         };
         assert!(config.validate().is_err());
+
+        let mut config = NodeConfig::default();
+        config.cluster.background_message_bytes_max = 0;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("background_message_bytes_max")
+        );
+        config.cluster.background_message_bytes_max = 65536;
+        assert_eq!(
+            config.cluster_config().unwrap().anti_entropy_bytes_max,
+            65536
+        );
 
         let mut config = NodeConfig::default();
         config.cluster.partition_count = 100;
