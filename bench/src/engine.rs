@@ -141,23 +141,23 @@ pub fn run(engine: &dyn Engine, parameters: &Parameters) -> Result<Report, Strin
     let found = AtomicU64::new(0);
     let started = Instant::now();
     let finished = std::sync::atomic::AtomicBool::new(false);
-    let (histograms, seconds): (Vec<Result<Histogram<u64>, String>>, f64) = std::thread::scope(
-        |scope| {
-            let progress = scope.spawn(|| {
-                while !finished.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(200));
-                    let count = done.load(Ordering::Relaxed);
-                    let seconds = started.elapsed().as_secs_f64();
-                    eprint!(
-                        "\r{}: {count} of {} ops, {:.0} ops/s   ",
-                        parameters.workload.name(),
-                        per_thread * threads as u64,
-                        count as f64 / seconds.max(1e-9)
-                    );
-                }
-                eprintln!();
-            });
-            let workers: Vec<_> = (0..threads)
+    let mut seconds = 0.0;
+    let histograms: Vec<Result<Histogram<u64>, String>> = std::thread::scope(|scope| {
+        let progress = scope.spawn(|| {
+            while !finished.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                let count = done.load(Ordering::Relaxed);
+                let seconds = started.elapsed().as_secs_f64();
+                eprint!(
+                    "\r{}: {count} of {} ops, {:.0} ops/s   ",
+                    parameters.workload.name(),
+                    per_thread * threads as u64,
+                    count as f64 / seconds.max(1e-9)
+                );
+            }
+            eprintln!();
+        });
+        let workers: Vec<_> = (0..threads)
             .map(|thread| {
                 let (done, found) = (&done, &found);
                 scope.spawn(move || -> Result<Histogram<u64>, String> {
@@ -227,23 +227,22 @@ pub fn run(engine: &dyn Engine, parameters: &Parameters) -> Result<Report, Strin
                 })
             })
             .collect();
-            let results = workers
-                .into_iter()
-                .map(|worker| {
-                    worker
-                        .join()
-                        .unwrap_or_else(|_| Err("worker panicked".into()))
-                })
-                .collect();
-            // Timed when the workers end: the progress thread may sleep up to
-            // 200 ms more before it sees `finished` (that wait was counted
-            // until session 7, rounding every phase's time up to 200 ms).
-            let seconds = started.elapsed().as_secs_f64();
-            finished.store(true, Ordering::Relaxed);
-            let _ = progress.join();
-            (results, seconds)
-        },
-    );
+        let results = workers
+            .into_iter()
+            .map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|_| Err("worker panicked".into()))
+            })
+            .collect();
+        // Timed when the workers end: the progress thread may sleep up to
+        // 200 ms more before it sees `finished` (that wait was counted
+        // until session 7, rounding every phase's time up to 200 ms).
+        seconds = started.elapsed().as_secs_f64();
+        finished.store(true, Ordering::Relaxed);
+        let _ = progress.join();
+        results
+    });
     let mut total =
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|error| error.to_string())?;
     for histogram in histograms {

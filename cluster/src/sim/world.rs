@@ -516,9 +516,8 @@ struct Simulation {
     stopped_metrics: Metrics,
     /// The drain phase's deletes of the register keys: when each finished.
     final_deletes: BTreeMap<usize, Option<u64>>,
-    /// With `move_back`: when the joiner was asked to leave, and the
-    /// placement just before.
-    moved_back_at: Option<u64>,
+    /// With `move_back`: the placement just before the joiner was asked to
+    /// leave.
     placement_before_move_back: Option<Placement>,
 }
 
@@ -646,7 +645,6 @@ impl Simulation {
             survived_wipe: None,
             stopped_metrics: Metrics::default(),
             final_deletes: BTreeMap::new(),
-            moved_back_at: None,
             placement_before_move_back: None,
             options,
         };
@@ -1375,7 +1373,10 @@ impl Simulation {
                     .all(|done| done.is_some_and(|at| self.now >= at + grace + 3_000_000));
                 let settled =
                     all_up && drained && beliefs_settled && self.topology_settled() && deletes_aged;
-                if settled && self.options.move_back && self.moved_back_at.is_none() {
+                if settled
+                    && self.options.move_back
+                    && self.report.reaped_before_move_back.is_none()
+                {
                     // Every member must have reaped first, or nothing
                     // reaped could come back.
                     let reaped = self.register_keys_reaped();
@@ -1477,7 +1478,6 @@ impl Simulation {
     /// The first joiner leaves: the partitions it took move back.
     fn start_move_back(&mut self, reaped: u64) {
         self.report.reaped_before_move_back = Some(reaped);
-        self.moved_back_at = Some(self.now);
         if let Some(first) = self.live_members().first() {
             self.placement_before_move_back = Some(Placement::new(
                 &self.hosts[*first].ring,
