@@ -11,6 +11,7 @@
 #   RECORDS=200000 VALUE=1000 RATE=3000 scripts/bench-moves.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+command -v jq >/dev/null || { echo "bench-moves.sh needs jq (apt-get install jq)" >&2; exit 1; }
 B=${SHOAL_BIN_DIR:-target/release}
 export SHOAL_BIN_DIR=$B
 DIR=${BENCH_DIR:-/tmp/shoal-moves-bench}
@@ -20,62 +21,111 @@ RATE=${RATE:-3000}
 BASELINE=${BASELINE:-30}
 DURING=${DURING:-240}
 AFTER=${AFTER:-60}
+POLL=${POLL:-0.5}
+QUIET=${QUIET:-5}
 BASE_PORT=${BASE_PORT:-7300}
 C=$DIR/client.toml
 
 scripts/cluster.sh wipe --dir "$DIR" >/dev/null 2>&1 || true
 scripts/cluster.sh start --dir "$DIR" --nodes 3 --base-port "$BASE_PORT" >/dev/null
-trap 'scripts/cluster.sh stop --dir "$DIR" >/dev/null 2>&1 || true' EXIT
+MAIN=$BASHPID
+# Only the script itself stops the cluster, never a subshell that exits.
+trap '[ "$BASHPID" != "$MAIN" ] || scripts/cluster.sh stop --dir "$DIR" >/dev/null 2>&1 || true' EXIT
 
 load() { # extra args
     "$B/shoal-bench" run --config "$C" --workload b --records "$RECORDS" --skip-load \
         --rate "$RATE" --concurrency 32 --value-size "$VALUE" "$@"
 }
 # Bytes of key states (and digests) received by pulls, summed over the nodes.
-pulled() {
-    local total=0 i value
-    for i in 1 2 3 4 5; do
-        value=$(curl -s "http://127.0.0.1:$((BASE_PORT + 1000 + i))/metrics" 2>/dev/null \
-            | awk '$1 == "shoal_move_bytes_received_total" {print $2}')
-        total=$((total + ${value:-0}))
-    done
-    echo "$total"
+pulled() { counter shoal_move_bytes_received_total; }
+# One look at node $1's view: "<moves> <members joining or leaving> <active
+# members>". jq, not python: a python start costs ~110 ms of CPU, and a
+# poller starting two every 0.2 s took a quarter of this 2-core machine
+# during the changes only (runs before session 8), inflating their p99.
+look() {
+    "$B/shoal" --config "$C" --nodes "127.0.0.1:$((BASE_PORT + $1))" status --json 2>/dev/null \
+        | jq -r '[.moves.total,
+                  ([.members[] | select(.ring_state == "Joining" or .ring_state == "Leaving")] | length),
+                  ([.members[] | select(.ring_state == "Active")] | length)] | @tsv' 2>/dev/null || true
 }
 # Waits until node $1's view has $2 active members, nothing moving and
 # nobody joining or leaving; prints the most moves its view showed meanwhile.
 settled() {
-    local node=$1 active=$2 most=0
+    local node=$1 active=$2 most=0 moves changing members
     while true; do
-        local status
-        status=$("$B/shoal" --config "$C" --nodes "127.0.0.1:$((BASE_PORT + node))" status --json 2>/dev/null || true)
-        if [ -n "$status" ]; then
-            local total
-            total=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["moves"]["total"])' "$status")
-            [ "$total" -gt "$most" ] && most=$total
-            if python3 -c '
-import json, sys
-s = json.loads(sys.argv[1])
-moving = s["moves"]["total"] > 0
-changing = any(m["ring_state"] in ("Joining", "Leaving") for m in s["members"])
-active = sum(m["ring_state"] == "Active" for m in s["members"])
-sys.exit(1 if moving or changing or active != int(sys.argv[2]) else 0)' "$status" "$active"; then
+        read -r moves changing members <<<"$(look "$node")" || true
+        if [ -n "${moves:-}" ]; then
+            [ "$moves" -gt "$most" ] && most=$moves
+            if [ "$moves" -eq 0 ] && [ "$changing" -eq 0 ] && [ "$members" -eq "$active" ]; then
                 echo "$most"
                 return 0
             fi
         fi
-        sleep 0.2
+        sleep "$POLL"
+    done
+}
+# The same looks at the same pace with nothing to wait for: runs during the
+# baseline and after windows, so every window carries the observer's cost.
+# It stops when its stop file appears, not by a signal: in one run, killing
+# an observer a moment after it started stopped the whole cluster (the
+# EXIT trap run by the subshell, the likely cause; the trap now checks).
+observe() {
+    while [ ! -e "$DIR/observer.stop" ]; do
+        look 2 >/dev/null
+        sleep "$POLL"
+    done
+}
+start_observer() {
+    rm -f "$DIR/observer.stop"
+    observe &
+    OBSERVER=$!
+}
+stop_observer() {
+    touch "$DIR/observer.stop"
+    wait "$OBSERVER" 2>/dev/null || true
+}
+with_observer() { # command...
+    local status=0
+    start_observer
+    "$@" || status=$?
+    stop_observer
+    return "$status"
+}
+# Sums counter $1 over the nodes running.
+counter() {
+    local total=0 i value
+    for i in 1 2 3 4 5; do
+        value=$(curl -s "http://127.0.0.1:$((BASE_PORT + 1000 + i))/metrics" 2>/dev/null \
+            | awk -v name="$1" '$1 == name {print $2}')
+        total=$((total + ${value:-0}))
+    done
+    echo "$total"
+}
+# Waits until no node has flushed or compacted for QUIET seconds (the load
+# leaves compactions behind; a baseline taken over them is not undisturbed).
+quiet() {
+    local last=-1 same=0 now
+    while [ "$same" -lt "$QUIET" ]; do
+        now=$(($(counter shoal_storage_compactions_total) + $(counter shoal_storage_flushes_total)))
+        if [ "$now" -eq "$last" ]; then same=$((same + 1)); else same=0; fi
+        last=$now
+        sleep 1
     done
 }
 
 echo "loading $RECORDS keys of $VALUE bytes" >&2
 "$B/shoal-bench" run --config "$C" --workload w --records "$RECORDS" --ops 1 --value-size "$VALUE" >/dev/null
+echo "waiting for the nodes' compactions to end" >&2
+quiet
 echo "baseline: YCSB b at $RATE ops/s for $BASELINE s" >&2
-load --duration "$BASELINE" | tail -1 | sed 's/^/{"run":"baseline","summary":/; s/$/}/'
+with_observer load --duration "$BASELINE" | tail -1 | sed 's/^/{"run":"baseline","summary":/; s/$/}/'
 
 echo "changes under the same load" >&2
 load --duration "$DURING" > "$DIR/during.txt" 2>&1 &
 LOAD=$!
+start_observer
 sleep 5
+stop_observer
 for step in "add:4" "add:5" "decommission 1:4"; do
     active=${step#*:}
     step=${step%:*}
@@ -86,23 +136,15 @@ for step in "add:4" "add:5" "decommission 1:4"; do
     moves=$(settled 2 "$active")
     ended=$(date +%s.%N)
     after=$(pulled)
-    seconds=$(python3 -c "print(round($ended - $started, 1))")
+    seconds=$(awk -v a="$started" -v b="$ended" 'BEGIN { printf "%.1f", b - a }')
     echo "{\"step\":\"$step\",\"seconds\":$seconds,\"moves\":$moves,\"bytes_pulled\":$((after - before))}"
 done
 echo "changes done; waiting for the load run ($DURING s) to end" >&2
-wait "$LOAD" || true
+with_observer wait "$LOAD" || true
 tail -1 "$DIR/during.txt" | sed 's/^/{"run":"during changes","summary":/; s/$/}/'
 if [ "$AFTER" -gt 0 ]; then
     echo "settled: the same load for $AFTER s" >&2
-    load --duration "$AFTER" | tail -1 | sed 's/^/{"run":"after changes","summary":/; s/$/}/'
+    quiet
+    with_observer load --duration "$AFTER" | tail -1 | sed 's/^/{"run":"after changes","summary":/; s/$/}/'
 fi
-counter() { # metric name: summed over the nodes still running
-    local total=0 i value
-    for i in 1 2 3 4 5; do
-        value=$(curl -s "http://127.0.0.1:$((BASE_PORT + 1000 + i))/metrics" 2>/dev/null \
-            | awk -v name="$1" '$1 == name {print $2}')
-        total=$((total + ${value:-0}))
-    done
-    echo "$total"
-}
 echo "{\"admission_throttles\":$(counter shoal_admission_throttles_total),\"pull_asks_deferred\":$(counter shoal_move_asks_deferred_total)}"

@@ -170,7 +170,9 @@ impl LogWriter {
                 .map_err(|error| Error::io(&self.path, error))?;
             offset += length as u64;
         }
-        self.sync()
+        write_back_in_steps(&self.file, self.allocated)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|error| Error::io(&self.path, error))
     }
 
     /// Unmaps a mapped log that takes no more appends, before its fsync.
@@ -193,10 +195,12 @@ impl LogWriter {
         self.mapped = false;
     }
 
-    /// Makes every appended record durable.
+    /// Makes every appended record durable. The pages are written back a
+    /// megabyte at a time first ([`write_back_in_steps`]): a frozen log has
+    /// up to its whole size dirty.
     pub fn sync(&mut self) -> Result<()> {
-        self.file
-            .sync_data()
+        write_back_in_steps(&self.file, self.offset)
+            .and_then(|()| self.file.sync_data())
             .map_err(|error| Error::io(&self.path, error))
     }
 
@@ -319,6 +323,58 @@ fn allocate(file: &File, size: u64) -> std::io::Result<bool> {
     }
 }
 
+/// Starts the write-back of `file`'s dirty pages in `[0, end)` a megabyte at
+/// a time, with at most two megabytes under write, and waits for it; the
+/// caller's fsync then finds little left to write. One fsync of a large
+/// dirty file completes all of its pages in one block-completion softirq,
+/// run on whichever CPU takes the disk's interrupt: measured, 2.2 ms on the
+/// CPU of a writer thread in the middle of a put, when the flush thread
+/// fsynced a 64 MiB log. A megabyte's completion takes tens of microseconds.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub(crate) fn write_back_in_steps(file: &File, end: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const STEP: u64 = 1 << 20;
+    let range = |offset: u64, flags: libc::c_uint| -> std::io::Result<()> {
+        let length = STEP.min(end - offset);
+        let (Ok(offset), Ok(length)) = (
+            libc::off64_t::try_from(offset),
+            libc::off64_t::try_from(length),
+        ) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "file too large",
+            ));
+        };
+        // SAFETY: sync_file_range on an open descriptor we own; no memory
+        // is passed.
+        let result = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, length, flags) };
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    let mut offset = 0;
+    while offset < end {
+        range(offset, libc::SYNC_FILE_RANGE_WRITE)?;
+        if offset >= STEP {
+            range(offset - STEP, wait)?;
+        }
+        offset += STEP;
+    }
+    if offset >= STEP {
+        range(offset - STEP, wait)?;
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn write_back_in_steps(_file: &File, _end: u64) -> std::io::Result<()> {
+    Ok(())
+}
+
 #[cfg(not(target_os = "linux"))]
 fn allocate(_file: &File, _size: u64) -> std::io::Result<bool> {
     Ok(false)
@@ -364,6 +420,32 @@ pub fn sync_directory(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_back_in_steps_keeps_the_data_and_reports_errors() {
+        use std::io::{Read, Write};
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("file");
+        // Three and a half steps, so the last one is partial.
+        let data: Vec<u8> = (0..(7u32 << 19)).map(|i| (i % 251) as u8).collect();
+        let mut file = File::create(&path).unwrap();
+        file.write_all(&data).unwrap();
+        for end in [0, 1, 1 << 20, data.len() as u64, data.len() as u64 + 12_345] {
+            write_back_in_steps(&file, end).unwrap();
+        }
+        file.sync_data().unwrap();
+        let mut read = Vec::new();
+        File::open(&path).unwrap().read_to_end(&mut read).unwrap();
+        assert!(read == data, "the data changed");
+        // A descriptor the call cannot use (a pipe: ESPIPE) is an error,
+        // not a panic.
+        if cfg!(target_os = "linux") {
+            let (_reader, writer) = std::io::pipe().unwrap();
+            let pipe = File::from(std::os::fd::OwnedFd::from(writer));
+            let error = write_back_in_steps(&pipe, 1 << 20).unwrap_err();
+            assert_eq!(error.raw_os_error(), Some(libc::ESPIPE));
+        }
+    }
 
     fn write_log(path: &Path, records: &[&[u8]]) {
         let mut writer = LogWriter::create(path, 4096).unwrap();

@@ -6,6 +6,10 @@
 #[allow(dead_code)]
 mod engine;
 
+/// jemalloc for every engine here, as in `shoal-bench` (see its main.rs).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use anyhow::Context;
 use clap::Parser;
 use engine::{Engine, Parameters, Workload};

@@ -281,7 +281,9 @@ impl TableBuilder {
             .file
             .into_inner()
             .map_err(|error| Error::io(&path, error.into_error()))?;
-        file.sync_all().map_err(|error| Error::io(&path, error))?;
+        crate::log::write_back_in_steps(&file, self.offset + FOOTER_BYTES as u64)
+            .and_then(|()| file.sync_all())
+            .map_err(|error| Error::io(&path, error))?;
         Ok(TableSummary {
             file_size_bytes: self.offset + FOOTER_BYTES as u64,
             entries: self.entries,
