@@ -2,7 +2,8 @@
 # Membership changes under foreground load on real processes (docs/bench.md).
 # A 3-node cluster holding RECORDS keys of VALUE bytes runs YCSB b at RATE
 # ops/s; once undisturbed (BASELINE seconds), then while node 4 joins, node 5
-# joins and node 1 is decommissioned (3 -> 5 -> 4), then AFTER seconds on the
+# joins and node 1 is decommissioned (3 -> 5 -> 4), from 5 s before the first
+# change until the last is committed, then AFTER seconds on the
 # settled 4-node cluster (the same processes count as during most of the
 # changes, nothing moving). Prints, per change, how long it took until
 # committed and the bytes new owners pulled, then the runs' latency
@@ -19,7 +20,7 @@ RECORDS=${RECORDS:-200000}
 VALUE=${VALUE:-1000}
 RATE=${RATE:-3000}
 BASELINE=${BASELINE:-30}
-DURING=${DURING:-240}
+DURING=${DURING:-900}
 AFTER=${AFTER:-60}
 POLL=${POLL:-0.5}
 QUIET=${QUIET:-5}
@@ -121,7 +122,9 @@ echo "baseline: YCSB b at $RATE ops/s for $BASELINE s" >&2
 with_observer load --duration "$BASELINE" | tail -1 | sed 's/^/{"run":"baseline","summary":/; s/$/}/'
 
 echo "changes under the same load" >&2
-load --duration "$DURING" > "$DIR/during.txt" 2>&1 &
+rm -f "$DIR/changes.done"
+# The window ends when the last change is committed (or after DURING s).
+load --duration "$DURING" --stop-file "$DIR/changes.done" > "$DIR/during.txt" 2>&1 &
 LOAD=$!
 start_observer
 sleep 5
@@ -139,8 +142,9 @@ for step in "add:4" "add:5" "decommission 1:4"; do
     seconds=$(awk -v a="$started" -v b="$ended" 'BEGIN { printf "%.1f", b - a }')
     echo "{\"step\":\"$step\",\"seconds\":$seconds,\"moves\":$moves,\"bytes_pulled\":$((after - before))}"
 done
-echo "changes done; waiting for the load run ($DURING s) to end" >&2
-with_observer wait "$LOAD" || true
+touch "$DIR/changes.done"
+echo "changes done" >&2
+wait "$LOAD" || true
 tail -1 "$DIR/during.txt" | sed 's/^/{"run":"during changes","summary":/; s/$/}/'
 if [ "$AFTER" -gt 0 ]; then
     echo "settled: the same load for $AFTER s" >&2

@@ -82,6 +82,11 @@ enum Command {
         /// Run for this many seconds instead of a number of operations.
         #[arg(long)]
         duration: Option<f64>,
+        /// End the run as soon as this file exists (checked every 100 ms):
+        /// measures a window another process decides, such as a membership
+        /// change (scripts/bench-moves.sh).
+        #[arg(long)]
+        stop_file: Option<PathBuf>,
         /// Requests in flight (closed loop) or workers (open loop).
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
@@ -314,6 +319,7 @@ fn main() -> anyhow::Result<()> {
             records,
             ops,
             duration,
+            stop_file,
             concurrency,
             value_size,
             distribution,
@@ -338,6 +344,7 @@ fn main() -> anyhow::Result<()> {
                 records,
                 ops,
                 duration: duration.map(std::time::Duration::from_secs_f64),
+                stop_file,
                 concurrency,
                 value_size,
                 distribution,

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,8 @@ pub struct RunParameters {
     pub ops: u64,
     /// Run for this long instead of `ops`.
     pub duration: Option<Duration>,
+    /// End the run as soon as this file exists (checked every 100 ms).
+    pub stop_file: Option<PathBuf>,
     /// Workers.
     pub concurrency: usize,
     /// Value size.
@@ -191,6 +193,8 @@ struct Shared {
     /// The slowest successful operation since the last progress line.
     slowest_micros: AtomicU64,
     value: Vec<u8>,
+    /// Set when the stop file appears: no new operation starts.
+    stopped: Arc<AtomicBool>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -379,7 +383,9 @@ async fn closed_loop(
             );
             loop {
                 let sequence = shared.next_operation.fetch_add(1, Ordering::Relaxed);
-                if sequence >= total || deadline.is_some_and(|deadline| Instant::now() >= deadline)
+                if sequence >= total
+                    || deadline.is_some_and(|deadline| Instant::now() >= deadline)
+                    || shared.stopped.load(Ordering::Relaxed)
                 {
                     return;
                 }
@@ -418,10 +424,12 @@ async fn open_loop(
     deadline: Option<Instant>,
 ) -> anyhow::Result<()> {
     let (due_sender, mut due) = tokio::sync::mpsc::channel::<Instant>(1 << 16);
+    let stopped = shared.stopped.clone();
     let pacer = std::thread::spawn(move || {
         for sequence in 0..total {
             let when = started + Duration::from_secs_f64(sequence as f64 / rate);
-            if deadline.is_some_and(|deadline| when >= deadline) {
+            if deadline.is_some_and(|deadline| when >= deadline) || stopped.load(Ordering::Relaxed)
+            {
                 return;
             }
             // Sleep only for gaps worth a wakeup; a request released up to
@@ -485,6 +493,7 @@ pub async fn run(parameters: RunParameters) -> anyhow::Result<()> {
         error_samples: Mutex::new(Vec::new()),
         done: AtomicU64::new(0),
         slowest_micros: AtomicU64::new(0),
+        stopped: Arc::new(AtomicBool::new(false)),
         per_second: Mutex::new(Vec::new()),
         value: (0..parameters.value_size)
             .map(|i| b'a' + (i % 26) as u8)
@@ -504,6 +513,15 @@ pub async fn run(parameters: RunParameters) -> anyhow::Result<()> {
         }
     }
 
+    if let Some(path) = parameters.stop_file.clone() {
+        let stopped = shared.stopped.clone();
+        tokio::spawn(async move {
+            while !path.exists() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            stopped.store(true, Ordering::Relaxed);
+        });
+    }
     let started = Instant::now();
     let deadline = parameters.duration.map(|duration| started + duration);
     let total = if parameters.duration.is_some() {
