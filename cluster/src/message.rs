@@ -413,38 +413,6 @@ pub enum Message {
     },
 }
 
-impl Message {
-    /// Whether the message is background work: anti-entropy, the pulls of
-    /// moving partitions, tombstone reaping, hint replay. No client waits
-    /// on it, and every such protocol tolerates delay and reordering (the
-    /// simulator's network delays and reorders everything), so a node's
-    /// loop may take it after the foreground inputs queued with it.
-    pub fn is_background(&self) -> bool {
-        match self {
-            Message::Forward { .. }
-            | Message::ForwardReply { .. }
-            | Message::Replicate { .. }
-            | Message::ReplicateAck { .. }
-            | Message::Read { .. }
-            | Message::ReadReply { .. }
-            | Message::Repair { .. } => false,
-            Message::HintReplay { .. }
-            | Message::HintAck { .. }
-            | Message::AeRoot { .. }
-            | Message::AeLeaves { .. }
-            | Message::AeDigests { .. }
-            | Message::AeStates { .. }
-            | Message::PullStates { .. }
-            | Message::PullReply { .. }
-            | Message::PullKeys { .. }
-            | Message::PullKeysReply { .. }
-            | Message::ReapQuery { .. }
-            | Message::ReapAnswer { .. }
-            | Message::Reap { .. } => true,
-        }
-    }
-}
-
 /// Something the shell must do for the node.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {

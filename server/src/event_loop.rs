@@ -14,7 +14,7 @@
 //! place); liveness never changes the ring, only admin requests and ring
 //! gossip do; the ring is persisted before the node acts on a change of it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use shoal_cluster::id::NodeId;
 use shoal_cluster::membership::{self, Event, MemberState as SwimState, Swim};
-use shoal_cluster::message::{Message, Output, Request, RequestError, RequestId, Response};
+use shoal_cluster::message::{Output, Request, RequestError, RequestId, Response};
 use shoal_cluster::node::{Liveness, Node};
 use shoal_cluster::protocol::{
     ClientRequest, ClientResponse, Inspection, MemberStatus, NodeStatus, RingView,
@@ -113,7 +113,6 @@ pub struct EventLoop {
     metrics: Arc<MetricsBoard>,
     unroutable_messages: u64,
     turns: TurnStats,
-    background: Deferred,
 }
 
 /// How long a turn keeps taking queued inputs before it writes their
@@ -123,54 +122,6 @@ const TURN_INPUTS_TIME: Duration = Duration::from_millis(2);
 /// A turn of the loop longer than this is logged with where its time went:
 /// every request waiting in the queue waited that long.
 const SLOW_TURN: Duration = Duration::from_millis(50);
-
-/// Background messages ([`Message::is_background`]) set aside while
-/// foreground inputs are queued: the loop takes one when its queue is
-/// empty, or when the oldest has waited [`Deferred::WAIT_MAX`] (so a
-/// saturated node still moves partitions). Bounded: past
-/// [`Deferred::LENGTH_MAX`] the oldest is handled at once, and the
-/// endpoint's queue and the peers' flow control push back as before.
-#[derive(Debug, Default)]
-struct Deferred {
-    queue: VecDeque<(Instant, NodeId, Message)>,
-}
-
-impl Deferred {
-    const LENGTH_MAX: usize = 64;
-    const WAIT_MAX: Duration = Duration::from_millis(50);
-
-    /// Sets a message aside; returns the oldest if the queue was full.
-    fn push(&mut self, now: Instant, from: NodeId, message: Message) -> Option<(NodeId, Message)> {
-        let overflow = if self.queue.len() >= Self::LENGTH_MAX {
-            self.queue
-                .pop_front()
-                .map(|(_, from, message)| (from, message))
-        } else {
-            None
-        };
-        self.queue.push_back((now, from, message));
-        overflow
-    }
-
-    /// The oldest message, if it has waited its longest.
-    fn overdue(&mut self, now: Instant) -> Option<(NodeId, Message)> {
-        let (since, ..) = self.queue.front()?;
-        if now.saturating_duration_since(*since) < Self::WAIT_MAX {
-            return None;
-        }
-        self.pop()
-    }
-
-    fn pop(&mut self) -> Option<(NodeId, Message)> {
-        self.queue
-            .pop_front()
-            .map(|(_, from, message)| (from, message))
-    }
-
-    fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-}
 
 /// How long the loop's turns take: a turn blocks every request behind it.
 #[derive(Debug, Default)]
@@ -293,7 +244,6 @@ impl EventLoop {
             metrics,
             unroutable_messages: 0,
             turns: TurnStats::default(),
-            background: Deferred::default(),
         };
         event_loop.refresh_addresses();
         Ok(event_loop)
@@ -341,12 +291,16 @@ impl EventLoop {
             let mut inputs = 0usize;
             let mut timeout = Duration::ZERO;
             let started;
-            let background_waits = !self.background.is_empty();
-            // Biased: control, then due timers, then queued inputs; a
-            // background message only when none of those is ready.
             tokio::select! {
-                biased;
-                control = self.control.recv(), if !self.draining => {
+                input = self.inbound.recv() => match input {
+                    Some(input) => {
+                        started = Instant::now();
+                        inputs += 1;
+                        self.handle_input(input);
+                    }
+                    None => return Ok(self.store),
+                },
+                control = self.control.recv() => {
                     started = Instant::now();
                     if matches!(control, Some(Control::Shutdown) | None) && !self.draining {
                         tracing::info!(node = %self.id, "shutting down: draining and announcing leave");
@@ -360,21 +314,6 @@ impl EventLoop {
                     self.node.handle_timeout(started, &mut self.store);
                     self.swim.handle_timeout(started);
                     timeout = started.elapsed();
-                }
-                input = self.inbound.recv() => match input {
-                    Some(input) => {
-                        started = Instant::now();
-                        inputs += 1;
-                        self.handle_input(input);
-                    }
-                    None => return Ok(self.store),
-                },
-                () = std::future::ready(()), if background_waits => {
-                    started = Instant::now();
-                    if let Some((from, message)) = self.background.pop() {
-                        inputs += 1;
-                        self.node.handle_message(started, from, message, &mut self.store);
-                    }
                 }
             }
             // Take whatever else is already queued before acting on outputs,
@@ -391,14 +330,6 @@ impl EventLoop {
                     }
                     Err(_) => break,
                 }
-            }
-            // A background message that waited its longest goes in this
-            // turn even if foreground inputs keep coming.
-            let now = Instant::now();
-            if let Some((from, message)) = self.background.overdue(now) {
-                inputs += 1;
-                self.node
-                    .handle_message(now, from, message, &mut self.store);
             }
             let handled = started.elapsed();
             // Nothing of this turn leaves the node before its writes are in
@@ -442,12 +373,6 @@ impl EventLoop {
     fn handle_input(&mut self, input: Inbound) {
         let now = Instant::now();
         match input {
-            Inbound::Message { from, message } if message.is_background() => {
-                if let Some((from, message)) = self.background.push(now, from, message) {
-                    self.node
-                        .handle_message(now, from, message, &mut self.store);
-                }
-            }
             Inbound::Message { from, message } => {
                 self.node
                     .handle_message(now, from, message, &mut self.store);
@@ -793,58 +718,3 @@ impl EventLoop {
 /// A handle to ask a running loop to stop.
 #[derive(Debug, Clone)]
 pub struct ShutdownHandle(pub mpsc::Sender<Control>);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn root(partition: u32) -> Message {
-        Message::AeRoot { partition, root: 0 }
-    }
-
-    #[test]
-    fn background_messages_wait_at_most_their_longest_and_the_queue_is_bounded() {
-        let start = Instant::now();
-        let from = NodeId(2);
-        let mut deferred = Deferred::default();
-        assert!(deferred.is_empty());
-        for partition in 0..Deferred::LENGTH_MAX as u32 {
-            assert!(deferred.push(start, from, root(partition)).is_none());
-        }
-        // Full: the oldest comes back to be handled at once.
-        let overflow = deferred.push(start, from, root(1000));
-        assert_eq!(overflow, Some((from, root(0))));
-        assert_eq!(deferred.queue.len(), Deferred::LENGTH_MAX);
-        // Not overdue before its wait is up, overdue after, oldest first.
-        assert!(
-            deferred
-                .overdue(start + Duration::from_millis(49))
-                .is_none()
-        );
-        let late = start + Deferred::WAIT_MAX;
-        assert_eq!(deferred.overdue(late), Some((from, root(1))));
-        assert_eq!(deferred.pop(), Some((from, root(2))));
-        while deferred.pop().is_some() {}
-        assert!(deferred.is_empty());
-        assert!(deferred.overdue(late).is_none());
-    }
-
-    #[test]
-    fn only_messages_no_client_waits_on_are_background() {
-        let key = Bytes::from_static(b"k");
-        let read = Message::Read {
-            operation: 1,
-            key: key.clone(),
-            hint_for: None,
-        };
-        assert!(!read.is_background());
-        assert!(root(0).is_background());
-        assert!(
-            Message::HintAck {
-                key,
-                hint_digest: 0
-            }
-            .is_background()
-        );
-    }
-}
