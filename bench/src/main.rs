@@ -10,12 +10,7 @@ mod engine;
 mod floor;
 mod run;
 
-/// jemalloc, not glibc's malloc: the storage engine's flush thread frees a
-/// whole memtable (the tens of thousands of B-tree nodes a writer
-/// allocated) at once. Under glibc those frees go back to the writer's
-/// arena, under its lock, and the writer's next allocations wait behind
-/// them or sort them: perf showed a one-thread fill's put spend its first
-/// millisecond inside `realloc` while the flush thread freed.
+/// jemalloc, as in `shoald` (why: `server/src/main.rs`).
 #[cfg(target_os = "linux")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -74,6 +74,23 @@ fn bin_dir() -> PathBuf {
     bin_dir
 }
 
+/// Starts three nodes in `scratch` on ports from `base` (offset by this
+/// process's id, so parallel test runs do not collide).
+fn three_nodes(scratch: &Path, bin_dir: PathBuf, base: u32) -> Cluster {
+    let cluster = Cluster {
+        dir: scratch.join("cluster"),
+        bin_dir,
+    };
+    let base_port = (base + (std::process::id() % 2_000) * 10).to_string();
+    let started = cluster.script(&["start", "--nodes", "3", "--base-port", &base_port]);
+    assert!(
+        started.status.success(),
+        "cluster.sh start failed: {}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    cluster
+}
+
 /// Runs `shoal-bench check` with `arguments` where the nodes are; returns
 /// its JSON summary and whether it exited 0.
 fn run_check(cluster: &Cluster, arguments: &[String]) -> (serde_json::Value, bool) {
@@ -121,18 +138,7 @@ fn three_nodes_grow_to_five_and_shrink_to_four_under_load_losing_nothing() {
         .and_then(|value| value.parse().ok())
         .unwrap_or(40);
     let scratch = tempfile::tempdir().unwrap();
-    let cluster = Cluster {
-        dir: scratch.path().join("cluster"),
-        bin_dir,
-    };
-    let base_port = 24_000 + (std::process::id() % 2_000) * 10;
-    let base = base_port.to_string();
-    let started = cluster.script(&["start", "--nodes", "3", "--base-port", &base]);
-    assert!(
-        started.status.success(),
-        "cluster.sh start failed: {}",
-        String::from_utf8_lossy(&started.stderr)
-    );
+    let cluster = three_nodes(scratch.path(), bin_dir, 24_000);
     let history = scratch.path().join("history.jsonl");
     let arguments: Vec<String> = [
         "--duration",
@@ -260,4 +266,56 @@ fn five_nodes_lose_no_acknowledged_write_under_kills_pauses_and_partitions() {
         "hint storage over its bound: {summary}"
     );
     assert!(ok, "the checker failed: {summary}");
+}
+
+/// `shoal-bench run --stop-file`: the run ends soon after the file appears,
+/// long before its `--duration`, and reports what it did until then (the
+/// membership benchmark measures the window of the changes this way).
+#[test]
+fn a_run_ends_when_its_stop_file_appears() {
+    let scratch = tempfile::tempdir().unwrap();
+    let cluster = three_nodes(scratch.path(), bin_dir(), 28_000);
+    let stop = scratch.path().join("stop");
+    let run = Command::new(cluster.bin_dir.join("shoal-bench"))
+        .args(["run", "--config"])
+        .arg(cluster.dir.join("client.toml"))
+        .args([
+            "--workload",
+            "b",
+            "--records",
+            "200",
+            "--rate",
+            "200",
+            "--duration",
+            "120",
+            "--stop-file",
+        ])
+        .arg(&stop)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let asked = std::time::Instant::now();
+    std::fs::write(&stop, b"").unwrap();
+    let output = run.wait_with_output().unwrap();
+    let waited = asked.elapsed();
+    assert!(output.status.success(), "the run failed");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
+    assert!(
+        waited < std::time::Duration::from_secs(10),
+        "the run went on {waited:?} after the stop file appeared"
+    );
+    let seconds = summary["seconds"].as_f64().unwrap();
+    assert!(
+        seconds < 20.0,
+        "the summary covers {seconds} s, not the window: {summary}"
+    );
+    assert!(
+        summary["ops"].as_u64().unwrap() > 100,
+        "too few operations: {summary}"
+    );
+    assert_eq!(summary["errors"], 0, "{summary}");
 }
