@@ -194,7 +194,7 @@ struct Shared {
     slowest_micros: AtomicU64,
     value: Vec<u8>,
     /// Set when the stop file appears: no new operation starts.
-    stopped: Arc<AtomicBool>,
+    stopped: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -424,11 +424,12 @@ async fn open_loop(
     deadline: Option<Instant>,
 ) -> anyhow::Result<()> {
     let (due_sender, mut due) = tokio::sync::mpsc::channel::<Instant>(1 << 16);
-    let stopped = shared.stopped.clone();
+    let pacing = shared.clone();
     let pacer = std::thread::spawn(move || {
         for sequence in 0..total {
             let when = started + Duration::from_secs_f64(sequence as f64 / rate);
-            if deadline.is_some_and(|deadline| when >= deadline) || stopped.load(Ordering::Relaxed)
+            if deadline.is_some_and(|deadline| when >= deadline)
+                || pacing.stopped.load(Ordering::Relaxed)
             {
                 return;
             }
@@ -493,7 +494,7 @@ pub async fn run(parameters: RunParameters) -> anyhow::Result<()> {
         error_samples: Mutex::new(Vec::new()),
         done: AtomicU64::new(0),
         slowest_micros: AtomicU64::new(0),
-        stopped: Arc::new(AtomicBool::new(false)),
+        stopped: AtomicBool::new(false),
         per_second: Mutex::new(Vec::new()),
         value: (0..parameters.value_size)
             .map(|i| b'a' + (i % 26) as u8)
@@ -514,12 +515,12 @@ pub async fn run(parameters: RunParameters) -> anyhow::Result<()> {
     }
 
     if let Some(path) = parameters.stop_file.clone() {
-        let stopped = shared.stopped.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             while !path.exists() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            stopped.store(true, Ordering::Relaxed);
+            shared.stopped.store(true, Ordering::Relaxed);
         });
     }
     let started = Instant::now();
