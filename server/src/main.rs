@@ -10,12 +10,13 @@ use shoal_server::certificates::{self, Kind};
 use shoal_server::config::NodeConfig;
 use shoal_server::{RunOptions, run};
 
-/// jemalloc, not glibc's malloc: the storage engine's flush thread frees a
-/// whole memtable (the tens of thousands of B-tree nodes a writer
-/// allocated) at once. Under glibc those frees go back to the writer's
-/// arena, under its lock, and the writer's next allocations wait behind
-/// them or sort them: perf showed a one-thread fill's put spend its first
-/// millisecond inside `realloc` while the flush thread freed.
+/// jemalloc, not glibc's malloc. perf showed a one-thread fill's 5.4 ms put
+/// spend its first millisecond inside glibc's `realloc`. The likely cause
+/// (inferred, not traced): the storage engine's flush thread frees whole
+/// memtables, tens of thousands of B-tree nodes a writer allocated, and
+/// under glibc those frees go back to the writer's arena, under its lock.
+/// With jemalloc the worst put of six fills fell from 0.39–4.1 ms to
+/// 0.28–0.98 ms (docs/bench.md, session 8).
 #[cfg(target_os = "linux")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
