@@ -98,6 +98,14 @@ pub fn moves_key() -> Vec<u8> {
     key
 }
 
+/// The stored key of the node's copy of the ring (written by the shell, in
+/// the same log as the data it governs).
+pub fn ring_key() -> Vec<u8> {
+    let mut key = vec![METADATA_PREFIX];
+    key.extend_from_slice(b"ring");
+    key
+}
+
 /// The stored key written durably when a sweep of stale copies ends (its
 /// value: the assignment version cleared), so that the sweep's deletes are
 /// on disk before the ring says so.

@@ -312,6 +312,11 @@ impl MetricsBoard {
             "Time writers spent stalled.",
             storage.write_stall_micros,
         );
+        counter(
+            "storage_write_slowdowns_total",
+            "Writes delayed a millisecond by a full level 0.",
+            storage.write_slowdowns,
+        );
         counter("storage_wal_syncs_total", "Log fsyncs.", storage.wal_syncs);
         let mut gauge = |name: &str, help: &str, value: u64| {
             let _ = writeln!(text, "# HELP shoal_{name} {help}");

@@ -163,6 +163,9 @@ pub struct DbStats {
     pub write_stalls: u64,
     /// Total time writers spent stalled.
     pub write_stall_micros: u64,
+    /// Writes delayed a millisecond because level 0 reached
+    /// `level0_slowdown_trigger`.
+    pub write_slowdowns: u64,
     /// Log fsyncs performed.
     pub wal_syncs: u64,
 }
@@ -1254,6 +1257,8 @@ impl Inner {
             if !slowed && level0 >= self.options.level0_slowdown_trigger {
                 // A short delay per write lets compaction catch up smoothly
                 // instead of stopping writers at the stop trigger.
+                let mut state = state;
+                state.stats.write_slowdowns += 1;
                 drop(state);
                 slowed = true;
                 std::thread::sleep(Duration::from_millis(1));

@@ -412,7 +412,7 @@ struct Host {
     /// Bumped at every crash, so a client can tell a crash from a hang.
     crashes: u64,
     /// The node's ring, persisted (it survives crashes, as the server's
-    /// ring file does).
+    /// durable record of it in its store does).
     ring: Ring,
     /// In the cluster: a founder, or a node that has joined.
     member: bool,
