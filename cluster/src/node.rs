@@ -109,6 +109,9 @@ pub struct Metrics {
     pub moves_pulling: u64,
     /// Moves this node finished and recorded in the ring.
     pub moves_completed: u64,
+    /// Ring changes that recorded them (several moves each, when they finish
+    /// within `MOVES_RECORD_WAIT` of each other).
+    pub move_records: u64,
     /// Key states received by pulls.
     pub move_keys_received: u64,
     /// Bytes of key states received by pulls.
@@ -190,6 +193,11 @@ pub struct Node {
     pulls_version: (u64, u64),
     /// When pulls are next looked at.
     next_pull: Option<Instant>,
+    /// Partitions pulled in full under `pulls_version` whose moves are not
+    /// yet recorded in the ring, and when they will be
+    /// (`moves::MOVES_RECORD_WAIT`).
+    moves_unrecorded: Vec<Partition>,
+    next_moves_record: Option<Instant>,
     /// Sets the background byte rate from foreground latency.
     admission: Admission,
     /// Tombstone reaping: where the sweep goes on, the reaps waiting for
@@ -255,6 +263,8 @@ impl Node {
             pulls: BTreeMap::new(),
             pulls_version: (0, 0),
             next_pull: None,
+            moves_unrecorded: Vec::new(),
+            next_moves_record: None,
             admission,
             reap_cursor: Vec::new(),
             reaps: BTreeMap::new(),
@@ -383,6 +393,7 @@ impl Node {
             self.next_anti_entropy,
             self.next_ae_deferred,
             self.next_pull,
+            self.next_moves_record,
             self.next_reap,
             self.next_clear,
         ]
@@ -423,6 +434,9 @@ impl Node {
         }
         if self.next_pull.is_some_and(|when| when <= now) {
             self.pull_tick(now);
+        }
+        if self.next_moves_record.is_some_and(|when| when <= now) {
+            self.record_moves(now, store);
         }
         if self.config.admission_control {
             self.admission.tick(now);

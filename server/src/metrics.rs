@@ -177,6 +177,11 @@ impl MetricsBoard {
             node.moves_completed,
         );
         counter(
+            "move_records_total",
+            "Ring changes that recorded finished moves (several at once when close together).",
+            node.move_records,
+        );
+        counter(
             "move_keys_received_total",
             "Key states received by pulls of moving partitions.",
             node.move_keys_received,

@@ -34,6 +34,13 @@ const PULL_RETRY: Duration = Duration::from_secs(1);
 /// How often pulls are looked at while any is under way.
 const PULL_TICK: Duration = Duration::from_millis(50);
 
+/// How long a partition pulled in full waits for others before the moves
+/// are recorded in the ring together: each record is a ring change that
+/// every node makes durable and gossips (once per move, it was 150–200
+/// changes per join, each an fsync on every node's loop). A move's commit
+/// waits this much longer at most.
+pub(super) const MOVES_RECORD_WAIT: Duration = Duration::from_secs(1);
+
 /// Bytes of one key state's digest on the wire.
 const DIGEST_BYTES: usize = 8;
 
@@ -74,6 +81,8 @@ impl Node {
         self.placement = Some(layout.effective().clone());
         if layout.id() != self.pulls_version {
             self.pulls.clear();
+            self.moves_unrecorded.clear();
+            self.next_moves_record = None;
             self.pulls_version = layout.id();
         }
         let mut wanted = BTreeMap::new();
@@ -466,7 +475,7 @@ impl Node {
                 self.forget_ask(partition, source);
                 return;
             }
-            self.advance_pull(now, (partition, source, version), next, store);
+            self.advance_pull(now, (partition, source), next);
             return;
         }
         // Digests: ask for the keys whose state here differs.
@@ -497,7 +506,7 @@ impl Node {
             }
         }
         if differing.is_empty() {
-            self.advance_pull(now, (partition, source, version), next, store);
+            self.advance_pull(now, (partition, source), next);
             return;
         }
         if let Some(pull) = self.pulls.get_mut(&(partition, source)) {
@@ -542,7 +551,7 @@ impl Node {
         if let Some(pull) = self.pulls.get_mut(&(partition, source)) {
             pull.asked_keys = None;
         }
-        self.advance_pull(now, (partition, source, version), next, store);
+        self.advance_pull(now, (partition, source), next);
     }
 
     fn spend_pulled(&mut self, bytes: usize) {
@@ -561,16 +570,14 @@ impl Node {
     }
 
     /// A pull's range is taken: it goes on from `next`, or, at the
-    /// partition's end, is done — and when every source of the partition is
-    /// done, the move is recorded in the ring after a durable write that
-    /// makes everything pulled durable (if that fails, the step is asked
-    /// again).
-    fn advance_pull<S: Store>(
+    /// partition's end, is done. When every source of the partition is
+    /// done, the move waits to be recorded in the ring with the others
+    /// done meanwhile ([`Node::record_moves`]).
+    fn advance_pull(
         &mut self,
         now: Instant,
-        (partition, source, version): (Partition, NodeId, u64),
+        (partition, source): (Partition, NodeId),
         next: Option<Bytes>,
-        store: &mut Tracked<'_, S>,
     ) {
         let partition_done = next.is_none()
             && self
@@ -578,21 +585,6 @@ impl Node {
                 .iter()
                 .filter(|((moving, from), _)| *moving == partition && *from != source)
                 .all(|(_, pull)| pull.done);
-        if partition_done {
-            let (inner, _) = store.parts();
-            if inner
-                .write(
-                    &replica::moves_key(),
-                    Some(&version.to_be_bytes()),
-                    Durability::Durable,
-                )
-                .is_err()
-            {
-                self.metrics.store_failures += 1;
-                self.forget_ask(partition, source);
-                return;
-            }
-        }
         if let Some(pull) = self.pulls.get_mut(&(partition, source)) {
             pull.asked_at = None;
             match next {
@@ -601,16 +593,55 @@ impl Node {
             }
         }
         self.metrics.moves_pulling = self.pulls.values().filter(|pull| !pull.done).count() as u64;
-        if partition_done
-            && self
+        if partition_done {
+            self.moves_unrecorded.push(partition);
+            // The last pull does not wait for others.
+            let wait = if self.pulls.values().all(|pull| pull.done) {
+                Duration::ZERO
+            } else {
+                MOVES_RECORD_WAIT
+            };
+            let when = now + wait;
+            self.next_moves_record = Some(self.next_moves_record.map_or(when, |at| at.min(when)));
+        }
+        self.pull_tick(now);
+    }
+
+    /// Records the moves pulled in full since the last record: one durable
+    /// write makes everything pulled durable, then one ring change records
+    /// them all. If the write fails, it is tried again a second later.
+    pub(super) fn record_moves<S: Store>(&mut self, now: Instant, store: &mut Tracked<'_, S>) {
+        self.next_moves_record = None;
+        if self.moves_unrecorded.is_empty() {
+            return;
+        }
+        let (inner, _) = store.parts();
+        if inner
+            .write(
+                &replica::moves_key(),
+                Some(&self.pulls_version.0.to_be_bytes()),
+                Durability::Durable,
+            )
+            .is_err()
+        {
+            self.metrics.store_failures += 1;
+            self.next_moves_record = Some(now + MOVES_RECORD_WAIT);
+            return;
+        }
+        let mut completed = false;
+        for partition in std::mem::take(&mut self.moves_unrecorded) {
+            if self
                 .ring
                 .complete_move(self.pulls_version, partition.0, self.id)
-        {
-            self.metrics.moves_completed += 1;
+            {
+                self.metrics.moves_completed += 1;
+                completed = true;
+            }
+        }
+        if completed {
+            self.metrics.move_records += 1;
             self.outputs.push_back(Output::Ring(self.ring.clone()));
             self.ring_changed(now);
-        } else {
-            self.pull_tick(now);
         }
     }
 }

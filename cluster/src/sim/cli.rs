@@ -127,6 +127,7 @@ pub fn report_json(report: &Report, wall_seconds: f64) -> serde_json::Value {
         "reaped_before_move_back": report.reaped_before_move_back,
         "replicas_returned": report.replicas_returned,
         "moves_completed": metrics.moves_completed,
+        "move_records": metrics.move_records,
         "tombstones_reaped": metrics.tombstones_reaped,
         "stale_keys_deleted": metrics.stale_keys_deleted,
         "move_keys_received": metrics.move_keys_received,

@@ -546,6 +546,7 @@ fn add_metrics(total: &mut Metrics, each: &Metrics) {
     total.anti_entropy_keys_sent += each.anti_entropy_keys_sent;
     total.anti_entropy_steps_dropped += each.anti_entropy_steps_dropped;
     total.moves_completed += each.moves_completed;
+    total.move_records += each.move_records;
     total.move_keys_received += each.move_keys_received;
     total.move_bytes_received += each.move_bytes_received;
     total.move_keys_sent += each.move_keys_sent;
