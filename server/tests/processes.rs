@@ -9,6 +9,8 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -361,9 +363,57 @@ async fn three_nodes_serve_every_quorum_survive_a_kill_and_replay_hints() {
     })
     .await;
 
-    // SIGTERM: a clean exit, and the others see the node leave.
+    // SIGTERM: a clean exit, and the others see the node leave. Eight
+    // writers go on meanwhile and every write succeeds: the stopping node
+    // answers "shutting down", which the client retries elsewhere.
+    let writer_client = Arc::new(cluster.client().await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|writer| {
+            let (client, stop) = (writer_client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut written, mut failed) = (0usize, Vec::new());
+                let value = vec![b'v'; 1000];
+                for n in 0u32.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let key = format!("while-stopping-{writer}-{n}");
+                    let options = write(Quorum::Quorum);
+                    match client
+                        .put(key.as_bytes(), &value, &Context::default(), &options)
+                        .await
+                    {
+                        Ok(_) => written += 1,
+                        Err(error) => failed.push(error.to_string()),
+                    }
+                }
+                (written, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let status = cluster.nodes[1].terminate();
     assert!(status.success(), "SIGTERM must exit 0, got {status}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut written, mut failed) = (0, Vec::new());
+    for writer in writers {
+        let (each_written, each_failed) = writer.await.unwrap();
+        written += each_written;
+        failed.extend(each_failed);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} writes failed while a node stopped, e.g. {:?}",
+        failed.len(),
+        written + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(
+        written > 100,
+        "only {written} writes while the node stopped"
+    );
     let node_one = cluster.nodes[0].address;
     wait_for("node 1 to see node 2 as left", || async {
         client.status(Some(node_one)).await.is_ok_and(|status| {
