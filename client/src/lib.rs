@@ -498,7 +498,12 @@ impl Client {
             };
             let safe = match &error {
                 // Refused before anything was stored.
-                Error::Busy | Error::NodeUnavailable(_) => true,
+                Error::Busy => true,
+                Error::NodeUnavailable(_) => {
+                    // Stopping, or not serving yet: others first for a while.
+                    self.mark_down(target);
+                    true
+                }
                 Error::Connection(reason) => {
                     // The ring may have changed under a node that went away.
                     *lock(&self.routing) = None;

@@ -36,11 +36,21 @@ use shoal_cluster::transport::endpoint::{Endpoint, Inbound};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::NodeConfig;
+use crate::metrics::{LoopStats, MetricsBoard, Operation};
+use crate::store::DbStore;
 
 /// How long a removed node waits for its hints to be delivered before it stops.
 const RETIRE_HINTS_WAIT: Duration = Duration::from_secs(60);
-use crate::metrics::{LoopStats, MetricsBoard, Operation};
-use crate::store::DbStore;
+
+/// How long a stopping node goes on answering "shutting down" (which clients
+/// retry elsewhere, and route away from) before its loop may end. A request
+/// that reaches the node after the loop ended is never answered, and a
+/// write's outcome is then unknown to its client: a decommission under load
+/// showed it ("connection lost"), the node gone 0.3 s after its removal.
+const DRAIN_LINGER: Duration = Duration::from_secs(1);
+
+/// The longest a stopping node drains before it stops anyway.
+const DRAIN_MAX: Duration = Duration::from_secs(5);
 
 /// Merges two encoded rings (SWIM's metadata merge). Undecodable input
 /// counts as the empty ring, so a bad blob can never poison a good one.
@@ -273,7 +283,8 @@ impl EventLoop {
     /// Runs until shut down; returns the store so the caller can close it.
     pub async fn run(mut self) -> anyhow::Result<DbStore> {
         let mut next_publish = Instant::now();
-        let mut leave_deadline: Option<Instant> = None;
+        // While stopping: the earliest and the latest the loop may end.
+        let mut stopping: Option<(Instant, Instant)> = None;
         loop {
             let now = Instant::now();
             if now >= next_publish {
@@ -289,11 +300,11 @@ impl EventLoop {
                 tracing::info!(node = %self.id, "removed from the ring: stopping");
                 self.draining = true;
                 self.swim.leave(now);
-                leave_deadline = Some(now + Duration::from_secs(5));
+                stopping = Some((now + DRAIN_LINGER, now + DRAIN_MAX));
             }
-            if let Some(deadline) = leave_deadline {
+            if let Some((earliest, deadline)) = stopping {
                 let drained = self.node.operations_in_flight() == 0 && self.pending.is_empty();
-                if (drained && self.swim.has_left()) || now >= deadline {
+                if (drained && self.swim.has_left() && now >= earliest) || now >= deadline {
                     self.publish_metrics();
                     return Ok(self.store);
                 }
@@ -302,7 +313,10 @@ impl EventLoop {
             for due in [
                 self.node.poll_timeout(),
                 self.swim.poll_timeout(),
-                leave_deadline,
+                stopping
+                    .map(|(earliest, _)| earliest)
+                    .filter(|at| *at > now),
+                stopping.map(|(_, deadline)| deadline),
             ]
             .into_iter()
             .flatten()
@@ -326,8 +340,9 @@ impl EventLoop {
                     if matches!(control, Some(Control::Shutdown) | None) && !self.draining {
                         tracing::info!(node = %self.id, "shutting down: draining and announcing leave");
                         self.draining = true;
-                        self.swim.leave(Instant::now());
-                        leave_deadline = Some(Instant::now() + Duration::from_secs(5));
+                        let now = Instant::now();
+                        self.swim.leave(now);
+                        stopping = Some((now + DRAIN_LINGER, now + DRAIN_MAX));
                     }
                 }
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {

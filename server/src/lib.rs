@@ -124,10 +124,13 @@ pub fn run(config: NodeConfig, options: RunOptions) -> anyhow::Result<()> {
     // crosses no thread boundary between its stream and the core.
     let store = runtime.block_on(event_loop.run())?;
     drop(control_sender);
-    store.close().context("closing the store")?;
+    // Connections close first: a request sent on one after the loop ended
+    // would otherwise wait, unanswered, for as long as the store takes to
+    // close (a memtable flush).
     runtime.block_on(async {
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.close()).await;
     });
+    store.close().context("closing the store")?;
     tracing::info!("stopped cleanly");
     Ok(())
 }
