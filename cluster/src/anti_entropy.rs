@@ -363,6 +363,13 @@ mod tests {
             .unwrap();
     }
 
+    /// `count` keys `key0000`, `key0001`, … in `partition`, each `value`.
+    fn fill(store: &mut impl Store, partition: Partition, count: u32, value: &[u8]) {
+        for i in 0..count {
+            put(store, partition, format!("key{i:04}").as_bytes(), value);
+        }
+    }
+
     #[test]
     fn a_tree_kept_on_writes_equals_one_built_from_scratch() {
         let partition = Partition(3);
@@ -413,14 +420,7 @@ mod tests {
     fn ranges_cut_by_size_walk_every_state_exactly_once() {
         let partition = Partition(9);
         let mut store = MemStore::new();
-        for i in 0..500u32 {
-            put(
-                &mut store,
-                partition,
-                format!("key{i:04}").as_bytes(),
-                &[1u8; 40],
-            );
-        }
+        fill(&mut store, partition, 500, &[1u8; 40]);
         put(&mut store, Partition(10), b"key0000", b"other partition");
         let all: Vec<u16> = (0..BUCKETS as u16).collect();
         let mut from = Vec::new();
@@ -484,14 +484,7 @@ mod tests {
     fn a_range_reads_about_what_it_returns() {
         let partition = Partition(3);
         let mut store = MemStore::new();
-        for i in 0..5000u32 {
-            put(
-                &mut store,
-                partition,
-                format!("key{i:05}").as_bytes(),
-                &[7u8; 100],
-            );
-        }
+        fill(&mut store, partition, 5000, &[7u8; 100]);
         let all: Vec<u16> = (0..BUCKETS as u16).collect();
         // About 100 states of ~110 bytes fill 11,000 bytes.
         let mut counting = Counting(&mut store, 0);
