@@ -201,7 +201,7 @@ impl EventLoop {
     pub fn new(parts: Parts) -> anyhow::Result<EventLoop> {
         let Parts {
             config,
-            store,
+            mut store,
             endpoint,
             inbound,
             control,
@@ -229,7 +229,6 @@ impl EventLoop {
             rand::random(),
             now,
         );
-        let mut store = store;
         let mut ring = load_ring(&mut store, &config.data_dir)?.unwrap_or_default();
         let address = config.listen.to_string();
         match ring.get(id).map(|entry| entry.state) {
@@ -298,9 +297,7 @@ impl EventLoop {
                 && (self.node.hint_bytes_total() == 0 || now >= since + RETIRE_HINTS_WAIT)
             {
                 tracing::info!(node = %self.id, "removed from the ring: stopping");
-                self.draining = true;
-                self.swim.leave(now);
-                stopping = Some((now + DRAIN_LINGER, now + DRAIN_MAX));
+                stopping = Some(self.begin_stopping(now));
             }
             if let Some((earliest, deadline)) = stopping {
                 let drained = self.node.operations_in_flight() == 0 && self.pending.is_empty();
@@ -339,10 +336,7 @@ impl EventLoop {
                     started = Instant::now();
                     if matches!(control, Some(Control::Shutdown) | None) && !self.draining {
                         tracing::info!(node = %self.id, "shutting down: draining and announcing leave");
-                        self.draining = true;
-                        let now = Instant::now();
-                        self.swim.leave(now);
-                        stopping = Some((now + DRAIN_LINGER, now + DRAIN_MAX));
+                        stopping = Some(self.begin_stopping(Instant::now()));
                     }
                 }
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
@@ -385,6 +379,14 @@ impl EventLoop {
             }
             self.turn_done(started, inputs, timeout, handled, flushed);
         }
+    }
+
+    /// Starts draining and announces the leave; returns the earliest and the
+    /// latest instants the loop may end.
+    fn begin_stopping(&mut self, now: Instant) -> (Instant, Instant) {
+        self.draining = true;
+        self.swim.leave(now);
+        (now + DRAIN_LINGER, now + DRAIN_MAX)
     }
 
     /// Counts a turn and logs it if it was slow, split into its phases.
