@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Membership changes under foreground load on real processes (docs/bench.md).
 # A 3-node cluster holding RECORDS keys of VALUE bytes runs YCSB b at RATE
-# ops/s; once undisturbed (BASELINE seconds), then while node 4 joins, node 5
-# joins and node 1 is decommissioned (3 -> 5 -> 4), from 5 s before the first
-# change until the last is committed, then AFTER seconds on the
-# settled 4-node cluster (the same processes count as during most of the
-# changes, nothing moving). Prints, per change, how long it took until
-# committed and the bytes new owners pulled, then the runs' latency
-# summaries (JSON lines from shoal-bench run).
+# ops/s while node 4 joins, node 5 joins and node 1 is decommissioned
+# (3 -> 4 -> 5 -> 4 members). Each change is measured against quiet windows
+# of the same load on the members it starts from and ends with, so that what
+# is compared is the change's work, not the cost of one more process on the
+# same cores:
+#   quiet (3 members, BASELINE s) | add 4 | quiet (4, SETTLED s) | add 5 |
+#   quiet (5) | decommission 1 | quiet (4)
+# A change's window runs from 5 s before it until it is committed and no
+# node has flushed or compacted for QUIET s (the compactions of what moved
+# are its cost too). Quiet windows start once nothing flushes or compacts.
+# Prints, per change, how long it took and the bytes new owners pulled; the
+# windows' latency summaries (JSON lines from shoal-bench run); and per
+# change, its read p99 against the mean of the quiet windows around it.
 #   cargo build --release --workspace --bins
 #   RECORDS=200000 VALUE=1000 RATE=3000 scripts/bench-moves.sh
 set -euo pipefail
@@ -21,7 +27,7 @@ VALUE=${VALUE:-1000}
 RATE=${RATE:-3000}
 BASELINE=${BASELINE:-30}
 DURING=${DURING:-900}
-AFTER=${AFTER:-60}
+SETTLED=${SETTLED:-60}
 POLL=${POLL:-0.5}
 QUIET=${QUIET:-5}
 BASE_PORT=${BASE_PORT:-7300}
@@ -114,24 +120,32 @@ quiet() {
     done
 }
 
+# Runs the load for $2 s as window "$1", under the observer; prints its summary.
+window() {
+    with_observer load --duration "$2" | tail -1 \
+        | jq -c --arg run "$1" '{run: $run, summary: .}'
+}
+
 echo "loading $RECORDS keys of $VALUE bytes" >&2
 "$B/shoal-bench" run --config "$C" --workload w --records "$RECORDS" --ops 1 --value-size "$VALUE" >/dev/null
 echo "waiting for the nodes' compactions to end" >&2
 quiet
-echo "baseline: YCSB b at $RATE ops/s for $BASELINE s" >&2
-with_observer load --duration "$BASELINE" | tail -1 | sed 's/^/{"run":"baseline","summary":/; s/$/}/'
-
-echo "changes under the same load" >&2
-rm -f "$DIR/changes.done"
-# The window ends when the last change is committed (or after DURING s).
-load --duration "$DURING" --stop-file "$DIR/changes.done" > "$DIR/during.txt" 2>&1 &
-LOAD=$!
-start_observer
-sleep 5
-stop_observer
+echo "quiet: YCSB b at $RATE ops/s for $BASELINE s on 3 members" >&2
+window "quiet, 3 members" "$BASELINE" | tee "$DIR/window.0"
+index=0
 for step in "add:4" "add:5" "decommission 1:4"; do
     active=${step#*:}
     step=${step%:*}
+    index=$((index + 1))
+    echo "$step, under the same load" >&2
+    rm -f "$DIR/change.done"
+    # The window ends when the change is committed and the compactions it
+    # caused are over (or after DURING s).
+    load --duration "$DURING" --stop-file "$DIR/change.done" > "$DIR/change.txt" 2>&1 &
+    LOAD=$!
+    start_observer
+    sleep 5
+    stop_observer
     before=$(pulled)
     started=$(date +%s.%N)
     # shellcheck disable=SC2086
@@ -139,16 +153,26 @@ for step in "add:4" "add:5" "decommission 1:4"; do
     moves=$(settled 2 "$active")
     ended=$(date +%s.%N)
     after=$(pulled)
+    start_observer
+    quiet
+    stop_observer
+    touch "$DIR/change.done"
+    wait "$LOAD" || true
     seconds=$(awk -v a="$started" -v b="$ended" 'BEGIN { printf "%.1f", b - a }')
     echo "{\"step\":\"$step\",\"seconds\":$seconds,\"moves\":$moves,\"bytes_pulled\":$((after - before))}"
+    tail -1 "$DIR/change.txt" | jq -c --arg run "$step" '{run: $run, summary: .}' \
+        | tee "$DIR/change.$index"
+    echo "quiet: the same load for $SETTLED s on $active members" >&2
+    window "quiet, $active members" "$SETTLED" | tee "$DIR/window.$index"
 done
-touch "$DIR/changes.done"
-echo "changes done" >&2
-wait "$LOAD" || true
-tail -1 "$DIR/during.txt" | sed 's/^/{"run":"during changes","summary":/; s/$/}/'
-if [ "$AFTER" -gt 0 ]; then
-    echo "settled: the same load for $AFTER s" >&2
-    quiet
-    with_observer load --duration "$AFTER" | tail -1 | sed 's/^/{"run":"after changes","summary":/; s/$/}/'
-fi
 echo "{\"admission_throttles\":$(counter shoal_admission_throttles_total),\"pull_asks_deferred\":$(counter shoal_move_asks_deferred_total)}"
+# Each change's read p99 against the mean of the quiet windows around it.
+for index in 1 2 3; do
+    jq -c -n --slurpfile change "$DIR/change.$index" \
+        --slurpfile before "$DIR/window.$((index - 1))" --slurpfile after "$DIR/window.$index" '
+        ($change[0].summary.read.p99_us) as $during
+        | (($before[0].summary.read.p99_us + $after[0].summary.read.p99_us) / 2) as $quiet
+        | {change: $change[0].run, read_p99_us: $during,
+           quiet_read_p99_us: [$before[0].summary.read.p99_us, $after[0].summary.read.p99_us],
+           ratio: (($during / $quiet) * 100 | round / 100)}'
+done

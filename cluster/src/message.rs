@@ -413,6 +413,37 @@ pub enum Message {
     },
 }
 
+impl Message {
+    /// Whether the message is background work (anti-entropy, moves, hinted
+    /// handoff, reaping) rather than part of a client request. The transport
+    /// sends the two kinds on separate streams, the client's first, so that
+    /// a request's messages never queue behind a partition's states.
+    pub fn is_background(&self) -> bool {
+        match self {
+            Message::Forward { .. }
+            | Message::ForwardReply { .. }
+            | Message::Replicate { .. }
+            | Message::ReplicateAck { .. }
+            | Message::Read { .. }
+            | Message::ReadReply { .. }
+            | Message::Repair { .. } => false,
+            Message::HintReplay { .. }
+            | Message::HintAck { .. }
+            | Message::AeRoot { .. }
+            | Message::AeLeaves { .. }
+            | Message::AeDigests { .. }
+            | Message::AeStates { .. }
+            | Message::PullStates { .. }
+            | Message::PullReply { .. }
+            | Message::PullKeys { .. }
+            | Message::PullKeysReply { .. }
+            | Message::ReapQuery { .. }
+            | Message::ReapAnswer { .. }
+            | Message::Reap { .. } => true,
+        }
+    }
+}
+
 /// Something the shell must do for the node.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {

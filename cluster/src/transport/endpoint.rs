@@ -3,11 +3,15 @@
 //! - Peers: one long-lived connection per pair. Whoever needs to send first
 //!   dials; the other side adopts the inbound connection for its own sends,
 //!   so a pair normally shares one connection (two only if both dial at the
-//!   same instant, which is harmless). Messages travel as frames on one
-//!   long-lived unidirectional stream per direction, opened by a
-//!   [`PeerHello`]; a writer drains its queue and sends everything queued in
-//!   one write, which batches small messages under load. SWIM travels as
-//!   QUIC datagrams on the same connection.
+//!   same instant, which is harmless). Messages travel as frames on two
+//!   long-lived unidirectional streams per direction, each opened by a
+//!   [`PeerHello`]: one for the messages of client requests, one at lower
+//!   QUIC priority for background work ([`Message::is_background`]), so a
+//!   read never waits behind a partition's states in a stream or in the
+//!   connection's send window. Each stream has its own queue and writer,
+//!   which drains its queue and sends everything queued in one write,
+//!   batching small messages under load. SWIM travels as QUIC datagrams on
+//!   the same connection.
 //! - Clients: one bidirectional stream per request; the request frame is read
 //!   whole (bounded by the frame limit and a deadline), handed to the node's
 //!   event loop, and the response written back.
@@ -124,9 +128,54 @@ enum Outgoing {
     Datagram(Bytes),
 }
 
+/// Which of a peer's two streams a message travels on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// Client requests' messages and SWIM datagrams.
+    Foreground,
+    /// Anti-entropy, moves, hinted handoff and reaping.
+    Background,
+}
+
+impl Lane {
+    /// The lane's QUIC stream priority: higher is sent first.
+    fn priority(self) -> i32 {
+        match self {
+            Lane::Foreground => 1,
+            Lane::Background => 0,
+        }
+    }
+}
+
 struct PeerSlot {
-    queue: mpsc::Sender<Outgoing>,
-    connection: Arc<Mutex<Option<quinn::Connection>>>,
+    foreground: mpsc::Sender<Outgoing>,
+    background: mpsc::Sender<Outgoing>,
+    link: Arc<PeerLink>,
+}
+
+impl PeerSlot {
+    fn queue(&self, lane: Lane) -> &mpsc::Sender<Outgoing> {
+        match lane {
+            Lane::Foreground => &self.foreground,
+            Lane::Background => &self.background,
+        }
+    }
+}
+
+/// The connection a peer's two writers share.
+struct PeerLink {
+    connection: Mutex<Option<quinn::Connection>>,
+    /// Held while dialing, so that the two writers dial once between them.
+    dialing: tokio::sync::Mutex<()>,
+}
+
+impl PeerLink {
+    /// The connection, if one is open.
+    fn open(&self) -> Option<quinn::Connection> {
+        lock(&self.connection)
+            .clone()
+            .filter(|connection| connection.close_reason().is_none())
+    }
 }
 
 struct Shared {
@@ -282,7 +331,12 @@ impl Endpoint {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if enqueue(&self.shared, to, Outgoing::Frame(out.freeze())) {
+        let lane = if message.is_background() {
+            Lane::Background
+        } else {
+            Lane::Foreground
+        };
+        if enqueue(&self.shared, to, lane, Outgoing::Frame(out.freeze())) {
             self.shared
                 .stats
                 .messages_sent
@@ -297,7 +351,12 @@ impl Endpoint {
 
     /// Queues a SWIM datagram for `to`; never waits. A full queue drops it.
     pub fn send_datagram(&self, to: SocketAddr, bytes: Vec<u8>) {
-        if !enqueue(&self.shared, to, Outgoing::Datagram(Bytes::from(bytes))) {
+        if !enqueue(
+            &self.shared,
+            to,
+            Lane::Foreground,
+            Outgoing::Datagram(Bytes::from(bytes)),
+        ) {
             self.shared
                 .stats
                 .datagrams_dropped
@@ -312,31 +371,44 @@ impl Endpoint {
     }
 }
 
-/// Queues one item for `to`, creating the peer's writer on first use.
-fn enqueue(shared: &Arc<Shared>, to: SocketAddr, item: Outgoing) -> bool {
+/// Queues one item for `to` on `lane`, creating the peer's writers on first use.
+fn enqueue(shared: &Arc<Shared>, to: SocketAddr, lane: Lane, item: Outgoing) -> bool {
     let mut peers = lock(&shared.peers);
     if let Some(slot) = peers.get(&to) {
-        return slot.queue.try_send(item).is_ok();
+        return slot.queue(lane).try_send(item).is_ok();
     }
     if peers.len() >= shared.config.peers_max {
         return false;
     }
     let slot = new_slot(shared, to, None);
-    let queued = slot.queue.try_send(item).is_ok();
+    let queued = slot.queue(lane).try_send(item).is_ok();
     peers.insert(to, slot);
     queued
 }
 
+/// A peer's state: its connection and one queue and writer per lane, each
+/// queue bounded by `peer_queue_max`.
 fn new_slot(shared: &Arc<Shared>, to: SocketAddr, adopted: Option<quinn::Connection>) -> PeerSlot {
-    let (queue, receiver) = mpsc::channel(shared.config.peer_queue_max.max(1));
-    let connection = Arc::new(Mutex::new(adopted));
-    shared.runtime.spawn(peer_writer(
-        shared.clone(),
-        to,
-        receiver,
-        connection.clone(),
-    ));
-    PeerSlot { queue, connection }
+    let link = Arc::new(PeerLink {
+        connection: Mutex::new(adopted),
+        dialing: tokio::sync::Mutex::new(()),
+    });
+    let queue = |lane| {
+        let (queue, receiver) = mpsc::channel(shared.config.peer_queue_max.max(1));
+        shared.runtime.spawn(peer_writer(
+            shared.clone(),
+            to,
+            lane,
+            receiver,
+            link.clone(),
+        ));
+        queue
+    };
+    PeerSlot {
+        foreground: queue(Lane::Foreground),
+        background: queue(Lane::Background),
+        link,
+    }
 }
 
 /// Makes the writer for `address` send on a new inbound connection. The
@@ -347,7 +419,7 @@ fn new_slot(shared: &Arc<Shared>, to: SocketAddr, adopted: Option<quinn::Connect
 fn adopt(shared: &Arc<Shared>, address: SocketAddr, connection: &quinn::Connection) {
     let mut peers = lock(&shared.peers);
     match peers.get(&address) {
-        Some(slot) => *lock(&slot.connection) = Some(connection.clone()),
+        Some(slot) => *lock(&slot.link.connection) = Some(connection.clone()),
         None if peers.len() < shared.config.peers_max => {
             let slot = new_slot(shared, address, Some(connection.clone()));
             peers.insert(address, slot);
@@ -361,52 +433,68 @@ const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Bytes gathered into one stream write.
 const WRITE_BATCH_MAX_BYTES: usize = 256 << 10;
 
-/// Owns the sending half towards one peer: connects (or uses an adopted
-/// connection), reconnects with backoff, and writes queued items in batches.
+/// Owns one lane of the sending half towards one peer: connects (or uses an
+/// adopted connection, or the one the other lane's writer dialed),
+/// reconnects with backoff, and writes queued items in batches.
 async fn peer_writer(
     shared: Arc<Shared>,
     to: SocketAddr,
+    lane: Lane,
     mut queue: mpsc::Receiver<Outgoing>,
-    slot: Arc<Mutex<Option<quinn::Connection>>>,
+    link: Arc<PeerLink>,
 ) {
     let mut backoff = DIAL_BACKOFF_MIN;
     let mut carried: Option<Outgoing> = None;
     loop {
-        let adopted = lock(&slot)
-            .clone()
-            .filter(|connection| connection.close_reason().is_none());
-        let connection = match adopted {
+        let connection = match link.open() {
             Some(connection) => connection,
-            None => match dial(&shared, to).await {
-                Ok(connection) => {
-                    *lock(&slot) = Some(connection.clone());
-                    tokio::spawn(serve_peer_connection(shared.clone(), connection.clone()));
-                    connection
-                }
-                Err(DialError::Stopping) => return,
-                Err(DialError::Failed(reason)) => {
-                    tracing::debug!(%to, %reason, "dial failed");
-                    shared.stats.dial_failures.fetch_add(1, Ordering::Relaxed);
-                    // What was queued for an unreachable peer is stale; drop it.
-                    while queue.try_recv().is_ok() {
-                        shared
-                            .stats
-                            .messages_dropped
-                            .fetch_add(1, Ordering::Relaxed);
+            None => {
+                let dialing = link.dialing.lock().await;
+                // The other lane's writer may have dialed while this one waited.
+                let dialed = match link.open() {
+                    Some(connection) => Ok(connection),
+                    None => dial(&shared, to).await.inspect(|connection| {
+                        *lock(&link.connection) = Some(connection.clone());
+                        tokio::spawn(serve_peer_connection(shared.clone(), connection.clone()));
+                    }),
+                };
+                drop(dialing);
+                match dialed {
+                    Ok(connection) => connection,
+                    Err(DialError::Stopping) => return,
+                    Err(DialError::Failed(reason)) => {
+                        tracing::debug!(%to, %reason, "dial failed");
+                        shared.stats.dial_failures.fetch_add(1, Ordering::Relaxed);
+                        // What was queued for an unreachable peer is stale; drop it.
+                        while queue.try_recv().is_ok() {
+                            shared
+                                .stats
+                                .messages_dropped
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(DIAL_BACKOFF_MAX);
+                        continue;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(DIAL_BACKOFF_MAX);
-                    continue;
                 }
-            },
+            }
         };
         backoff = DIAL_BACKOFF_MIN;
-        match pump(&shared, &connection, &slot, &mut queue, carried.take()).await {
+        match pump(
+            &shared,
+            &connection,
+            lane,
+            &link,
+            &mut queue,
+            carried.take(),
+        )
+        .await
+        {
             Pump::QueueClosed => return,
             Pump::Replaced(item) => carried = Some(item),
             Pump::ConnectionLost(reason) => {
                 tracing::debug!(%to, %reason, "peer connection lost");
-                let mut current = lock(&slot);
+                let mut current = lock(&link.connection);
                 if current
                     .as_ref()
                     .is_some_and(|existing| existing.stable_id() == connection.stable_id())
@@ -452,7 +540,8 @@ enum Pump {
 async fn pump(
     shared: &Arc<Shared>,
     connection: &quinn::Connection,
-    slot: &Mutex<Option<quinn::Connection>>,
+    lane: Lane,
+    link: &PeerLink,
     queue: &mut mpsc::Receiver<Outgoing>,
     mut carried: Option<Outgoing>,
 ) -> Pump {
@@ -460,6 +549,9 @@ async fn pump(
         Ok(stream) => stream,
         Err(error) => return Pump::ConnectionLost(error.to_string()),
     };
+    if let Err(error) = stream.set_priority(lane.priority()) {
+        return Pump::ConnectionLost(error.to_string());
+    }
     let mut batch = BytesMut::new();
     let hello = PeerHello {
         node: shared.config.node,
@@ -491,7 +583,7 @@ async fn pump(
                 reason = connection.closed() => return Pump::ConnectionLost(reason.to_string()),
             },
         };
-        let replaced = lock(slot)
+        let replaced = lock(&link.connection)
             .as_ref()
             .is_some_and(|current| current.stable_id() != connection.stable_id());
         if replaced {

@@ -7,7 +7,8 @@
 //! - [`tls`]: rustls and quinn settings: mutual TLS for peers, explicit
 //!   windows, stream counts and datagram buffers.
 //! - [`endpoint`]: the node's endpoint: the peer pool (one long-lived
-//!   connection per pair, batched writes, reconnect with backoff) and the
+//!   connection per pair with a foreground and a background stream, batched
+//!   writes, reconnect with backoff) and the
 //!   client service, both feeding one bounded queue into the node's loop.
 //! - [`call`]: the client's side of one request on its own stream;
 //!   [`channel`]: many requests multiplexed on one long-lived stream.
