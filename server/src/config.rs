@@ -16,6 +16,13 @@ use shoal_cluster::message::Quorum;
 use shoal_cluster::siblings::ConflictPolicy;
 use shoal_cluster::transport::tls::{TlsFiles, TransportLimits};
 
+/// The node's default for `background_message_bytes_max`: a quarter of the
+/// cluster core's (which the simulator keeps). Measured with
+/// `scripts/bench-moves.sh` (docs/bench.md, session 10): with 64 KiB steps
+/// a membership change's read p99 was 1.03 × its quiet windows' on average
+/// over three runs, against 1.22 × with 256 KiB.
+pub const BACKGROUND_MESSAGE_BYTES_DEFAULT: usize = 64 << 10;
+
 /// The whole node configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -84,6 +91,7 @@ pub struct ClusterSection {
     /// Largest message of background work (an anti-entropy or pull step's
     /// key states): a step reads, encodes and sends this much in one turn of
     /// the node's event loop, which requests queued behind it wait for.
+    /// 64 KiB by default ([`BACKGROUND_MESSAGE_BYTES_DEFAULT`]).
     pub background_message_bytes_max: usize,
     /// Whether foreground latency throttles background work below that.
     pub admission_control: bool,
@@ -177,7 +185,7 @@ impl Default for ClusterSection {
             conflict_policy: "siblings".into(),
             protocol_period_ms: 1000,
             background_bytes_per_second: 8 << 20,
-            background_message_bytes_max: ClusterConfig::default().anti_entropy_bytes_max,
+            background_message_bytes_max: BACKGROUND_MESSAGE_BYTES_DEFAULT,
             admission_control: true,
             tombstone_grace_secs: 24 * 3600,
         }
