@@ -19,8 +19,8 @@ use shoal_cluster::transport::tls::{TlsFiles, TransportLimits};
 /// The node's default for `background_message_bytes_max`: a quarter of the
 /// cluster core's (which the simulator keeps). Measured with
 /// `scripts/bench-moves.sh` (docs/bench.md, session 10): with 64 KiB steps
-/// a membership change's read p99 was 1.03 × its quiet windows' on average
-/// over three runs, against 1.22 × with 256 KiB.
+/// a membership change's read p99 was 1.04 × its quiet windows' on average
+/// over four runs, against 1.22 × with 256 KiB.
 pub const BACKGROUND_MESSAGE_BYTES_DEFAULT: usize = 64 << 10;
 
 /// The whole node configuration.
