@@ -14,8 +14,14 @@
 # Prints, per change, how long it took and the bytes new owners pulled; the
 # windows' latency summaries (JSON lines from shoal-bench run); and per
 # change, its read p99 against the mean of the quiet windows around it.
+# With ALTERNATE=T, each change's load also pauses and resumes every
+# member's background work in turns of T s (shoal-bench run
+# --alternate-background) and the script prints, per change, the read p99
+# of its running turns against its paused turns: a paired control, taken in
+# the same minutes on the same members. Pausing stretches the changes.
 #   cargo build --release --workspace --bins
 #   RECORDS=200000 VALUE=1000 RATE=3000 scripts/bench-moves.sh
+#   ALTERNATE=10 RECORDS=200000 VALUE=1000 RATE=3000 scripts/bench-moves.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v jq >/dev/null || { echo "bench-moves.sh needs jq (apt-get install jq)" >&2; exit 1; }
@@ -30,6 +36,7 @@ DURING=${DURING:-900}
 SETTLED=${SETTLED:-60}
 POLL=${POLL:-0.5}
 QUIET=${QUIET:-5}
+ALTERNATE=${ALTERNATE:-}
 BASE_PORT=${BASE_PORT:-7300}
 C=$DIR/client.toml
 
@@ -141,7 +148,9 @@ for step in "add:4" "add:5" "decommission 1:4"; do
     rm -f "$DIR/change.done"
     # The window ends when the change is committed and the compactions it
     # caused are over (or after DURING s).
-    load --duration "$DURING" --stop-file "$DIR/change.done" > "$DIR/change.txt" 2>&1 &
+    # shellcheck disable=SC2046
+    load --duration "$DURING" --stop-file "$DIR/change.done" \
+        $([ -n "$ALTERNATE" ] && echo --alternate-background "$ALTERNATE") > "$DIR/change.txt" 2>&1 &
     LOAD=$!
     start_observer
     sleep 5
@@ -176,3 +185,17 @@ for index in 1 2 3; do
            quiet_read_p99_us: [$before[0].summary.read.p99_us, $after[0].summary.read.p99_us],
            ratio: (($during / $quiet) * 100 | round / 100)}'
 done
+# With ALTERNATE: each change's running turns against its paused turns.
+if [ -n "$ALTERNATE" ]; then
+    for index in 1 2 3; do
+        jq -c '.summary as $s
+            | {change: .run, turns: $s.background_turns,
+               toggle_failures: $s.background_toggle_failures,
+               running_read_p99_us: $s.background_running.read.p99_us,
+               paused_read_p99_us: $s.background_paused.read.p99_us,
+               running_reads: $s.background_running.read.count,
+               paused_reads: $s.background_paused.read.count,
+               ratio: (($s.background_running.read.p99_us / $s.background_paused.read.p99_us)
+                       * 100 | round / 100)}' "$DIR/change.$index"
+    done
+fi

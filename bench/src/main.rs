@@ -82,6 +82,14 @@ enum Command {
         /// change (scripts/bench-moves.sh).
         #[arg(long)]
         stop_file: Option<PathBuf>,
+        /// Pause and resume every member's background work (anti-entropy,
+        /// data moves) in turns of this many seconds, and report latency
+        /// with it running and paused side by side ("background_running",
+        /// "background_paused"): a control taken in the same minutes as
+        /// what it controls. The first second of each turn counts in
+        /// neither. Background work is left running at the end.
+        #[arg(long)]
+        alternate_background: Option<f64>,
         /// Requests in flight (closed loop) or workers (open loop).
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
@@ -315,6 +323,7 @@ fn main() -> anyhow::Result<()> {
             ops,
             duration,
             stop_file,
+            alternate_background,
             concurrency,
             value_size,
             distribution,
@@ -327,6 +336,9 @@ fn main() -> anyhow::Result<()> {
             html,
             seed,
         } => {
+            if alternate_background.is_some_and(|turn| !(turn >= 2.0 && turn.is_finite())) {
+                anyhow::bail!("--alternate-background must be at least 2 seconds");
+            }
             if rate.is_some_and(|rate| !(rate > 0.0 && rate.is_finite())) {
                 anyhow::bail!("--rate must be a positive number of operations per second");
             }
@@ -340,6 +352,7 @@ fn main() -> anyhow::Result<()> {
                 ops,
                 duration: duration.map(std::time::Duration::from_secs_f64),
                 stop_file,
+                alternate_background: alternate_background.map(std::time::Duration::from_secs_f64),
                 concurrency,
                 value_size,
                 distribution,

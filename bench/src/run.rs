@@ -13,11 +13,18 @@
 //! (coordinated omission). Updates carry the context of what this run last
 //! read or wrote for the key (contexts joined), so they supersede rather
 //! than pile up siblings, as an application's read-modify-write would.
+//!
+//! With `--alternate-background T` the run pauses and resumes every
+//! member's background work in turns of `T` seconds and keeps a second pair
+//! of histograms, by the turn each operation started in: the cost of
+//! background work against a control taken in the same minutes, on the
+//! same members (a machine's speed drifts more than that cost within a
+//! quarter of an hour on a shared VM; docs/bench.md).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,6 +77,8 @@ pub struct RunParameters {
     pub duration: Option<Duration>,
     /// End the run as soon as this file exists (checked every 100 ms).
     pub stop_file: Option<PathBuf>,
+    /// Pause and resume every member's background work in turns this long.
+    pub alternate_background: Option<Duration>,
     /// Workers.
     pub concurrency: usize,
     /// Value size.
@@ -195,7 +204,26 @@ struct Shared {
     value: Vec<u8>,
     /// Set when the stop file appears: no new operation starts.
     stopped: AtomicBool,
+    /// The turn of `--alternate-background` now: `TURN_*`.
+    turn: AtomicU8,
+    /// Latencies by the turn their operation started in: running, paused.
+    turn_histograms: Mutex<[HashMap<Kind, Histogram<u64>>; 2]>,
+    /// Turns begun, and pauses or resumes a member did not acknowledge.
+    turns: AtomicU64,
+    toggle_failures: AtomicU64,
 }
+
+/// No alternation, or the first second of a turn: counted in neither turn.
+const TURN_NONE: u8 = 0;
+/// Background work running everywhere.
+const TURN_RUNNING: u8 = 1;
+/// Background work paused everywhere.
+const TURN_PAUSED: u8 = 2;
+/// The start of a turn that counts in neither: work under way when the
+/// switch came (a step being sent, a pull being merged) ends in it.
+const TURN_SETTLE: Duration = Duration::from_secs(1);
+/// How long a member may take to acknowledge a pause or resume.
+const TOGGLE_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -293,7 +321,8 @@ impl Shared {
         Ok(())
     }
 
-    fn record(&self, kind: Kind, latency: Duration, result: Result<(), Error>) {
+    /// Records an operation of `kind` begun in `turn` (`TURN_*`).
+    fn record(&self, kind: Kind, latency: Duration, result: Result<(), Error>, turn: u8) {
         match result {
             Ok(()) => {
                 let micros = (latency.as_micros() as u64).max(1);
@@ -301,6 +330,14 @@ impl Shared {
                 let mut histograms = lock(&self.histograms);
                 if let Some(histogram) = histograms.get_mut(&kind) {
                     histogram.saturating_record(micros);
+                }
+                drop(histograms);
+                if turn == TURN_RUNNING || turn == TURN_PAUSED {
+                    let mut turns = lock(&self.turn_histograms);
+                    let index = usize::from(turn == TURN_PAUSED);
+                    if let Some(histogram) = turns[index].get_mut(&kind) {
+                        histogram.saturating_record(micros);
+                    }
                 }
             }
             Err(error) => {
@@ -390,13 +427,14 @@ async fn closed_loop(
                     return;
                 }
                 let begun = Instant::now();
+                let turn = shared.turn.load(Ordering::Relaxed);
                 let kind = choose(shared.parameters.workload, &mut rng);
                 let key = match kind {
                     Kind::Insert => shared.inserted.fetch_add(1, Ordering::Relaxed),
                     _ => shared.pick(&mut rng),
                 };
                 let result = shared.operation(kind, key).await;
-                shared.record(kind, begun.elapsed(), result);
+                shared.record(kind, begun.elapsed(), result, turn);
             }
         }));
     }
@@ -461,9 +499,10 @@ async fn open_loop(
             _ => shared.pick(&mut rng),
         };
         let shared = shared.clone();
+        let turn = shared.turn.load(Ordering::Relaxed);
         tasks.spawn(async move {
             let result = shared.operation(kind, key).await;
-            shared.record(kind, intended.elapsed(), result);
+            shared.record(kind, intended.elapsed(), result, turn);
             drop(slot);
         });
         while tasks.try_join_next().is_some() {}
@@ -495,6 +534,10 @@ pub async fn run(parameters: RunParameters) -> anyhow::Result<()> {
         done: AtomicU64::new(0),
         slowest_micros: AtomicU64::new(0),
         stopped: AtomicBool::new(false),
+        turn: AtomicU8::new(TURN_NONE),
+        turn_histograms: Mutex::new([new_histograms()?, new_histograms()?]),
+        turns: AtomicU64::new(0),
+        toggle_failures: AtomicU64::new(0),
         per_second: Mutex::new(Vec::new()),
         value: (0..parameters.value_size)
             .map(|i| b'a' + (i % 26) as u8)
@@ -552,10 +595,19 @@ pub async fn run(parameters: RunParameters) -> anyhow::Result<()> {
             }
         })
     };
-    match parameters.rate {
-        None => closed_loop(&shared, total, deadline).await?,
-        Some(rate) => open_loop(&shared, rate, started, total, deadline).await?,
+    let alternation = parameters
+        .alternate_background
+        .map(|turn| tokio::spawn(alternate(shared.clone(), turn)));
+    let outcome = match parameters.rate {
+        None => closed_loop(&shared, total, deadline).await,
+        Some(rate) => open_loop(&shared, rate, started, total, deadline).await,
+    };
+    if let Some(alternation) = alternation {
+        alternation.abort();
+        // Never leave the cluster paused, whatever became of the run.
+        set_background_everywhere(&shared, false).await;
     }
+    outcome?;
     progress.abort();
     let elapsed = started.elapsed().as_secs_f64();
     let done = shared.done.load(Ordering::Relaxed);
@@ -593,14 +645,7 @@ pub async fn run(parameters: RunParameters) -> anyhow::Result<()> {
         if histogram.is_empty() {
             continue;
         }
-        let row = serde_json::json!({
-            "count": histogram.len(),
-            "p50_us": histogram.value_at_quantile(0.5),
-            "p99_us": histogram.value_at_quantile(0.99),
-            "p999_us": histogram.value_at_quantile(0.999),
-            "max_us": histogram.max(),
-            "mean_us": (histogram.mean() * 10.0).round() / 10.0,
-        });
+        let row = latency_row(histogram);
         println!(
             "{:<8} {:>10} {:>9} {:>9} {:>9} {:>9}",
             kind.name(),
@@ -611,6 +656,34 @@ pub async fn run(parameters: RunParameters) -> anyhow::Result<()> {
             histogram.max()
         );
         summary[kind.name()] = row;
+    }
+    if parameters.alternate_background.is_some() {
+        let turns = lock(&shared.turn_histograms).clone();
+        for (name, histograms) in ["background_running", "background_paused"]
+            .iter()
+            .zip(&turns)
+        {
+            let mut rows = serde_json::Map::new();
+            for kind in Kind::ALL {
+                if let Some(histogram) = histograms.get(&kind).filter(|h| !h.is_empty()) {
+                    println!(
+                        "{:<8} {:>10} {:>9} {:>9} {:>9} {:>9}   ({})",
+                        kind.name(),
+                        histogram.len(),
+                        histogram.value_at_quantile(0.5),
+                        histogram.value_at_quantile(0.99),
+                        histogram.value_at_quantile(0.999),
+                        histogram.max(),
+                        name.replace('_', " ")
+                    );
+                    rows.insert(kind.name().into(), latency_row(histogram));
+                }
+            }
+            summary[*name] = rows.into();
+        }
+        summary["background_turns"] = shared.turns.load(Ordering::Relaxed).into();
+        summary["background_toggle_failures"] =
+            shared.toggle_failures.load(Ordering::Relaxed).into();
     }
     for sample in lock(&shared.error_samples).iter() {
         eprintln!("error sample: {sample}");
@@ -627,6 +700,59 @@ pub async fn run(parameters: RunParameters) -> anyhow::Result<()> {
     }
     println!("{line}");
     Ok(())
+}
+
+fn latency_row(histogram: &Histogram<u64>) -> serde_json::Value {
+    serde_json::json!({
+        "count": histogram.len(),
+        "p50_us": histogram.value_at_quantile(0.5),
+        "p99_us": histogram.value_at_quantile(0.99),
+        "p999_us": histogram.value_at_quantile(0.999),
+        "max_us": histogram.max(),
+        "mean_us": (histogram.mean() * 10.0).round() / 10.0,
+    })
+}
+
+/// `--alternate-background`: turns of `turn`, running first, until aborted.
+async fn alternate(shared: Arc<Shared>, turn: Duration) {
+    let mut paused = false;
+    loop {
+        shared.turn.store(TURN_NONE, Ordering::Relaxed);
+        set_background_everywhere(&shared, paused).await;
+        shared.turns.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(TURN_SETTLE).await;
+        let counted = if paused { TURN_PAUSED } else { TURN_RUNNING };
+        shared.turn.store(counted, Ordering::Relaxed);
+        tokio::time::sleep(turn.saturating_sub(TURN_SETTLE)).await;
+        paused = !paused;
+    }
+}
+
+/// Pauses or resumes the background work of every member of the ring (as
+/// learnt now: members join and leave during a run), all at once.
+async fn set_background_everywhere(shared: &Arc<Shared>, paused: bool) {
+    if let Err(error) = shared.client.ring().await {
+        eprintln!("background switch: the ring: {error}");
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for (_, address) in shared.client.member_addresses() {
+        let shared = shared.clone();
+        calls.spawn(async move {
+            let call = shared.client.set_background(Some(address), paused);
+            match tokio::time::timeout(TOGGLE_TIMEOUT, call).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    shared.toggle_failures.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("background switch: {address}: {error}");
+                }
+                Err(_) => {
+                    shared.toggle_failures.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("background switch: {address}: no answer");
+                }
+            }
+        });
+    }
+    while calls.join_next().await.is_some() {}
 }
 
 /// A self-contained HTML page: the summary, latency percentile curves and

@@ -421,6 +421,20 @@ impl Client {
         self.done(response)
     }
 
+    /// Pauses (`paused`) or resumes the background work of `node` (or of
+    /// any node): anti-entropy and the pulls of moving partitions. Not
+    /// persisted: a node restarts with its background work running.
+    pub async fn set_background(
+        &self,
+        node: Option<SocketAddr>,
+        paused: bool,
+    ) -> Result<String, Error> {
+        self.done(
+            self.admin(node, ClientRequest::Background { paused })
+                .await?,
+        )
+    }
+
     /// The local state of `key` on the replica at `node`.
     pub async fn inspect(&self, node: SocketAddr, key: &[u8]) -> Result<Inspection, Error> {
         let request = ClientRequest::Inspect {

@@ -120,6 +120,8 @@ pub struct Metrics {
     pub background_bytes_per_second: u64,
     /// Times admission control halved the background rate.
     pub admission_throttles: u64,
+    /// Whether an operator paused this node's background work.
+    pub background_paused: bool,
     /// Key states sent to pulling new owners.
     pub move_keys_sent: u64,
     /// Pull asks left unanswered because this node's background budget was
@@ -200,6 +202,9 @@ pub struct Node {
     next_moves_record: Option<Instant>,
     /// Sets the background byte rate from foreground latency.
     admission: Admission,
+    /// An operator paused this node's background work (anti-entropy,
+    /// pulls it asks and serves, clearing moved-away copies).
+    background_paused: bool,
     /// Tombstone reaping: where the sweep goes on, the reaps waiting for
     /// answers, and when the next sweep step runs.
     reap_cursor: Vec<u8>,
@@ -266,6 +271,7 @@ impl Node {
             moves_unrecorded: Vec::new(),
             next_moves_record: None,
             admission,
+            background_paused: false,
             reap_cursor: Vec::new(),
             reaps: BTreeMap::new(),
             next_reap: None,
@@ -369,6 +375,21 @@ impl Node {
             self.admission.observe(now, latency);
             self.note_admission();
         }
+    }
+
+    /// Pauses (or resumes) this node's background work: no anti-entropy
+    /// step, no pull asked or served, no sweep of moved-away copies, until
+    /// resumed. Foreground requests, hinted handoff and membership go on.
+    /// Moves to or from a paused node wait, so a change of the ring takes
+    /// longer. Not persisted: a restarted node runs its background work.
+    pub fn set_background_paused(&mut self, paused: bool) {
+        self.background_paused = paused;
+        self.metrics.background_paused = paused;
+    }
+
+    /// Whether an operator paused this node's background work.
+    pub fn background_paused(&self) -> bool {
+        self.background_paused
     }
 
     fn note_admission(&mut self) {

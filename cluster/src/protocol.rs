@@ -75,6 +75,14 @@ pub enum ClientRequest {
         /// The user key.
         key: Bytes,
     },
+    /// Pause or resume the receiving node's background work (anti-entropy,
+    /// the pulls of moving partitions it asks for and serves): an
+    /// operator's brake, and the switch of `shoal-bench run
+    /// --alternate-background`. Answered [`ClientResponse::Done`].
+    Background {
+        /// Pause when true, resume when false.
+        paused: bool,
+    },
 }
 
 /// What a node answers.
@@ -88,7 +96,7 @@ pub enum ClientResponse {
     Status(NodeStatus),
     /// The answer to [`ClientRequest::Ring`].
     Ring(RingView),
-    /// An admin change was made (join, leave, remove); what was done.
+    /// An admin change was made (join, leave, remove, background); what was done.
     Done(String),
     /// The answer to [`ClientRequest::Inspect`].
     Inspect(Inspection),
@@ -130,6 +138,8 @@ pub struct NodeStatus {
     pub hint_bytes: u64,
     /// Ownership moves under way, as this node knows them.
     pub moves: MovesStatus,
+    /// Whether an operator paused this node's background work.
+    pub background_paused: bool,
 }
 
 /// Progress of the partition moves of the current assignment.

@@ -471,6 +471,11 @@ impl EventLoop {
             }
             ClientRequest::Remove { node } => self.change_ring(now, node, MemberState::Removed),
             ClientRequest::Inspect { key } => self.inspect(key),
+            ClientRequest::Background { paused } => {
+                self.node.set_background_paused(paused);
+                let state = if paused { "paused" } else { "running" };
+                ClientResponse::Done(format!("node {}: background work {state}", self.id))
+            }
         };
         // The client may have gone; nothing to do then.
         let _ = reply.send(response);
@@ -707,6 +712,7 @@ impl EventLoop {
             requests_in_flight: self.node.operations_in_flight(),
             hint_bytes: self.node.hint_bytes_total(),
             moves: self.node.moves_status(),
+            background_paused: self.node.background_paused(),
         }
     }
 

@@ -193,7 +193,7 @@ impl MetricsBoard {
         );
         counter(
             "move_asks_deferred_total",
-            "Pull asks left unanswered because the background budget was spent.",
+            "Pull asks left unanswered because the background budget was spent or paused.",
             node.move_asks_deferred,
         );
         counter(
@@ -348,6 +348,11 @@ impl MetricsBoard {
             "background_bytes_per_second",
             "Bytes per second background work may use now (admission control).",
             node.background_bytes_per_second,
+        );
+        gauge(
+            "background_paused",
+            "1 while an operator has paused this node's background work (shoal background pause).",
+            u64::from(node.background_paused),
         );
         gauge(
             "moves_pulling",

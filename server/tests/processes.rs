@@ -592,12 +592,43 @@ async fn a_wiped_node_converges_through_anti_entropy_alone() {
             .await
             .unwrap_or_else(|error| panic!("w=all put of {key}: {error:?}"));
     }
+    // The operator's brake first: with the two holders' background work
+    // paused, the wiped node gets nothing back.
+    for index in 0..2 {
+        let address = cluster.nodes[index].address;
+        client.set_background(Some(address), true).await.unwrap();
+        let status = client.status(Some(address)).await.unwrap();
+        assert!(status.background_paused, "node {index} did not pause");
+    }
     cluster.nodes[2].kill();
     std::fs::remove_dir_all(&cluster.nodes[2].data_dir).unwrap();
     cluster.nodes[2].start();
-    let started = Instant::now();
     cluster.wait_alive(&client, 2, 3).await;
     let node_three = cluster.nodes[2].address;
+    let held = async |keys: &[String]| {
+        let mut held = 0;
+        for key in keys {
+            if client
+                .inspect(node_three, key.as_bytes())
+                .await
+                .is_ok_and(|inspection| !inspection.state.siblings.is_empty())
+            {
+                held += 1;
+            }
+        }
+        held
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        held(&keys).await,
+        0,
+        "the wiped node was refilled while its peers' background work was paused"
+    );
+    for index in 0..2 {
+        let address = cluster.nodes[index].address;
+        client.set_background(Some(address), false).await.unwrap();
+    }
+    let started = Instant::now();
     // Its directory is gone, so it starts empty; nothing but anti-entropy
     // can refill it: every write reached all three nodes before the kill (no
     // hints) and nobody reads (no read repair). Within a second of its start

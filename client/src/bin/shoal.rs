@@ -97,6 +97,14 @@ enum Command {
     Leave { node: Option<u64> },
     /// Remove NODE from the ring for good.
     Remove { node: u64 },
+    /// Pause or resume background work (anti-entropy, data moves) on the
+    /// contacted node, or with --all on every member of the ring.
+    Background {
+        action: BackgroundAction,
+        /// Every member of the ring, not only the contacted node.
+        #[arg(long)]
+        all: bool,
+    },
     /// One replica's local state of KEY.
     Inspect {
         key: String,
@@ -105,6 +113,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BackgroundAction {
+    Pause,
+    Resume,
 }
 
 fn main() -> ExitCode {
@@ -287,6 +301,9 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                     status.requests_in_flight,
                     status.hint_bytes
                 );
+                if status.background_paused {
+                    println!("background work paused here (shoal background resume)");
+                }
                 let moves = &status.moves;
                 if moves.total > 0 {
                     println!(
@@ -341,6 +358,29 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Join { address } => println!("{}", client.join(None, address).await?),
         Command::Leave { node } => println!("{}", client.leave(node.map(NodeId)).await?),
         Command::Remove { node } => println!("{}", client.remove(NodeId(node)).await?),
+        Command::Background { action, all } => {
+            let paused = matches!(action, BackgroundAction::Pause);
+            if !all {
+                println!("{}", client.set_background(None, paused).await?);
+                return Ok(());
+            }
+            client.ring().await?;
+            // Every member is asked, even after one fails; the first
+            // failure is the command's.
+            let mut failure = None;
+            for (_, address) in client.member_addresses() {
+                match client.set_background(Some(address), paused).await {
+                    Ok(done) => println!("{done}"),
+                    Err(error) => {
+                        eprintln!("shoal: {address}: {error}");
+                        failure.get_or_insert(error);
+                    }
+                }
+            }
+            if let Some(error) = failure {
+                return Err(error.into());
+            }
+        }
         Command::Inspect { key, node, json } => {
             let inspection = client.inspect(node, key.as_bytes()).await?;
             let siblings: Vec<serde_json::Value> = inspection

@@ -45,6 +45,9 @@ use crate::store::{Durability, Store};
 /// Most anti-entropy steps waiting for budget.
 const AE_DEFERRED_MAX: usize = 64;
 
+/// How often waiting steps look again while background work is paused.
+const PAUSED_RECHECK: Duration = Duration::from_millis(250);
+
 /// An exchange with no step for this long is over (a lost message, a peer
 /// gone); its partition is free for another.
 pub(super) const EXCHANGE_IDLE: Duration = Duration::from_secs(10);
@@ -279,8 +282,12 @@ impl Node {
         self.ae_budget_at = Some(now);
     }
 
-    /// Whether anti-entropy may send now (always, without a rate).
+    /// Whether anti-entropy may send now (always, without a rate, unless
+    /// an operator paused background work).
     pub(super) fn ae_may_send(&mut self, now: Instant) -> bool {
+        if self.background_paused {
+            return false;
+        }
         if self.config.anti_entropy_bytes_per_second == 0 {
             return true;
         }
@@ -291,6 +298,10 @@ impl Node {
     pub(super) fn schedule_ae_deferred(&mut self, now: Instant) {
         if self.ae_deferred.is_empty() {
             self.next_ae_deferred = None;
+            return;
+        }
+        if self.background_paused {
+            self.next_ae_deferred = Some(now + PAUSED_RECHECK);
             return;
         }
         // Until the budget is positive again, and at least a millisecond:

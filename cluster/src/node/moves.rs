@@ -260,8 +260,9 @@ impl Node {
 
     /// Whether `from` may pull from this node now: a member of the ring
     /// that is not removed, while this node's own background budget (set by
-    /// its own foreground latency) is not too deep in debt. An ask refused
-    /// for budget is asked again by the puller a second later.
+    /// its own foreground latency) is not too deep in debt and its
+    /// background work is not paused. A refused ask is asked again by the
+    /// puller a second later.
     fn may_pull(&mut self, now: Instant, from: NodeId) -> bool {
         let member = self
             .ring
@@ -269,6 +270,10 @@ impl Node {
             .is_some_and(|entry| entry.state != MemberState::Removed);
         if !member {
             self.metrics.malformed_messages += 1;
+            return false;
+        }
+        if self.background_paused {
+            self.metrics.move_asks_deferred += 1;
             return false;
         }
         // Answers may take the budget into debt down to two messages' worth,

@@ -1066,3 +1066,75 @@ fn a_wiped_replica_is_refilled_with_about_one_copy_of_its_data() {
         keys.len()
     );
 }
+
+/// An operator's pause stops anti-entropy everywhere: a wiped replica
+/// gets nothing while paused, and refills once resumed.
+#[test]
+fn paused_background_work_refills_nothing_until_resumed() {
+    let config = Config {
+        partition_count: 16,
+        anti_entropy_bytes_max: 2048,
+        hint_replay_interval: Duration::from_secs(3600),
+        ..Config::default()
+    };
+    let mut cluster = Cluster::new(3, config);
+    let keys: Vec<Bytes> = (0..100)
+        .map(|i| Bytes::from(format!("key{i:03}")))
+        .collect();
+    for key in &keys {
+        let request = cluster.request(
+            0,
+            Request::Put {
+                key: key.clone(),
+                value: Bytes::from_static(b"v"),
+                context: VersionVector::default(),
+                options: WriteOptions {
+                    w: Some(Quorum::All),
+                    sloppy: Some(false),
+                    durable: None,
+                    timeout: None,
+                },
+            },
+        );
+        written(cluster.response(request));
+    }
+    cluster.stores[1] = MemStore::new();
+    cluster.restart(1);
+    for node in &mut cluster.nodes {
+        node.set_background_paused(true);
+        assert!(node.background_paused());
+        assert!(node.metrics().background_paused);
+    }
+    let sent = |cluster: &Cluster| -> u64 {
+        cluster
+            .nodes
+            .iter()
+            .map(|node| node.metrics().anti_entropy_keys_sent)
+            .sum()
+    };
+    let held = |cluster: &mut Cluster| {
+        keys.iter()
+            .filter(|key| {
+                let partition = cluster.nodes[1].partition_of(key);
+                cluster.stores[1]
+                    .read(&replica::data_key(partition, key))
+                    .unwrap()
+                    .is_some()
+            })
+            .count()
+    };
+    let sent_paused = sent(&cluster);
+    cluster.advance(Duration::from_secs(60));
+    assert_eq!(held(&mut cluster), 0, "a paused cluster refilled keys");
+    assert_eq!(sent(&cluster), sent_paused, "a paused cluster sent states");
+    for node in &mut cluster.nodes {
+        node.set_background_paused(false);
+    }
+    for _ in 0..600 {
+        if held(&mut cluster) == keys.len() {
+            break;
+        }
+        cluster.advance(Duration::from_millis(100));
+    }
+    assert_eq!(held(&mut cluster), keys.len());
+}
