@@ -7,8 +7,14 @@
 # anti-entropy stopped sending (no growth for QUIET seconds), the key states
 # sent, a check that SAMPLE keys read back from node 3, and both latency
 # summaries.
+# With ALTERNATE=T the load during the refill is one run that pauses and
+# resumes every node's background work in turns of T s (shoal-bench run
+# --alternate-background); its summary has the read p99 of the running and
+# the paused turns side by side, and the script prints their ratio. The
+# refill then waits out the pauses: QUIET is at least 2 T + 1.
 #   cargo build --release --workspace --bins
 #   RECORDS=1000000 VALUE=1000 RATE=3000 scripts/bench-refill.sh
+#   ALTERNATE=10 RECORDS=1000000 VALUE=1000 RATE=3000 scripts/bench-refill.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${SHOAL_BIN_DIR:-target/release}
@@ -21,6 +27,10 @@ BASELINE=${BASELINE:-30}
 QUIET=${QUIET:-15}
 SAMPLE=${SAMPLE:-200}
 BASE_PORT=${BASE_PORT:-7400}
+ALTERNATE=${ALTERNATE:-}
+if [ -n "$ALTERNATE" ]; then
+    QUIET=$(python3 -c "print(max($QUIET, int(2 * $ALTERNATE + 1)))")
+fi
 C=$DIR/client.toml
 
 scripts/cluster.sh wipe --dir "$DIR" >/dev/null 2>&1 || true
@@ -47,16 +57,29 @@ echo "loading $RECORDS keys of $VALUE bytes" >&2
 echo "baseline: YCSB b at $RATE ops/s for $BASELINE s" >&2
 load --duration "$BASELINE" | tail -1 | sed 's/^/{"run":"baseline","summary":/; s/$/}/'
 
-# The load during the refill runs in 20 s pieces, one summary line each.
 rm -f "$DIR/stop" "$DIR/during.jsonl"
-( while [ ! -f "$DIR/stop" ]; do load --duration 20 2>/dev/null | tail -1 >> "$DIR/during.jsonl"; done ) &
-LOAD=$!
+start_load() {
+    if [ -n "$ALTERNATE" ]; then
+        # One run, in turns of background work running and paused.
+        load --duration 3600 --stop-file "$DIR/stop" --alternate-background "$ALTERNATE" \
+            2>/dev/null | tail -1 > "$DIR/during.jsonl" &
+    else
+        # The load during the refill runs in 20 s pieces, one summary line each.
+        ( while [ ! -f "$DIR/stop" ]; do load --duration 20 2>/dev/null | tail -1 >> "$DIR/during.jsonl"; done ) &
+    fi
+    LOAD=$!
+}
+# Without ALTERNATE the load runs through the kill (its first piece shows
+# it); with it, the load starts once node 3 is back, so that the kill's
+# timeouts land in neither kind of turn.
+[ -n "$ALTERNATE" ] || start_load
 sleep 5
 scripts/cluster.sh kill 3 --dir "$DIR" >/dev/null
 rm -rf "$DIR/node-3/db"
 before=$(sent)
 started=$(date +%s.%N)
 scripts/cluster.sh restart 3 --dir "$DIR" >/dev/null
+[ -z "$ALTERNATE" ] || start_load
 last=$before
 last_change=$(date +%s.%N)
 while true; do
@@ -70,6 +93,8 @@ while true; do
     fi
 done
 seconds=$(python3 -c "print(round($last_change - $started, 1))")
+# The load ends here: the sampling below is not the refill's cost.
+touch "$DIR/stop"
 # Keys spread over the key space, read from node 3's store directly.
 sample() {
     local present=0 i key
@@ -91,6 +116,17 @@ if [ "$present" -lt "$SAMPLE" ]; then
 fi
 dropped=$(metric_sum shoal_anti_entropy_steps_dropped_total)
 echo "{\"refilled_after_seconds\":$seconds,\"key_states_sent\":$((last - before)),\"records\":$RECORDS,\"sample_present\":\"$present/$SAMPLE\",\"sample_present_60s_later\":\"$later/$SAMPLE\",\"steps_dropped\":$dropped}"
-touch "$DIR/stop"
 wait "$LOAD" 2>/dev/null || true
-sed 's/^/{"run":"during the refill (20 s pieces)","summary":/; s/$/}/' "$DIR/during.jsonl"
+sed 's/^/{"run":"during the refill","summary":/; s/$/}/' "$DIR/during.jsonl"
+if [ -n "$ALTERNATE" ]; then
+    python3 - "$DIR/during.jsonl" <<'PY'
+import json, sys
+summary = json.loads(open(sys.argv[1]).read())
+running = summary["background_running"]["read"]["p99_us"]
+paused = summary["background_paused"]["read"]["p99_us"]
+print(json.dumps({"running_read_p99_us": running, "paused_read_p99_us": paused,
+                  "turns": summary["background_turns"],
+                  "toggle_failures": summary["background_toggle_failures"],
+                  "ratio": round(running / paused, 2)}))
+PY
+fi
