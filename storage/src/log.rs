@@ -166,10 +166,11 @@ impl LogWriter {
     ///
     /// A page per `pwrite`, because the writes size the page cache's folios:
     /// since Linux 6.16, ext4 caches a file in folios as large as the writes
-    /// that create them, and writes a dirty folio back whole. Zero-filled a
-    /// megabyte at a time, every sync after a small append wrote a megabyte
-    /// (`tests/sync_amplification.rs`). 16,384 calls for a 64 MiB log,
-    /// made off the write path (the spare log) or at open.
+    /// that create them, and a record copied into the map dirties the whole
+    /// folio it lands in. Zero-filled a megabyte at a time, every sync after
+    /// a small append wrote a megabyte (`tests/sync_amplification.rs`).
+    /// 16,384 calls for a 64 MiB log, made off the write path (the spare
+    /// log) or at open.
     pub fn zero_fill(&mut self) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let zeros = vec![0u8; ZERO_FILL_STEP_BYTES];
