@@ -602,6 +602,7 @@ pub async fn run(parameters: RunParameters) -> anyhow::Result<()> {
         None => closed_loop(&shared, total, deadline).await,
         Some(rate) => open_loop(&shared, rate, started, total, deadline).await,
     };
+    let elapsed = started.elapsed().as_secs_f64();
     if let Some(alternation) = alternation {
         alternation.abort();
         // Never leave the cluster paused, whatever became of the run.
@@ -609,7 +610,6 @@ pub async fn run(parameters: RunParameters) -> anyhow::Result<()> {
     }
     outcome?;
     progress.abort();
-    let elapsed = started.elapsed().as_secs_f64();
     let done = shared.done.load(Ordering::Relaxed);
     let errors = shared.errors.load(Ordering::Relaxed);
     let ops_per_sec = done as f64 / elapsed.max(1e-9);

@@ -319,3 +319,88 @@ fn a_run_ends_when_its_stop_file_appears() {
     );
     assert_eq!(summary["errors"], 0, "{summary}");
 }
+
+/// `shoal-bench run --alternate-background`: every member's background work
+/// is paused and resumed in turns, both kinds of turn get their own
+/// latencies, and the run leaves the cluster running its background work.
+#[test]
+fn alternating_turns_pause_every_member_and_leave_them_running() {
+    let scratch = tempfile::tempdir().unwrap();
+    let cluster = three_nodes(scratch.path(), bin_dir(), 24_000);
+    let config = cluster.dir.join("client.toml");
+    let paused_nodes = || -> Vec<bool> {
+        let ring = Command::new(cluster.bin_dir.join("shoal"))
+            .arg("--config")
+            .arg(&config)
+            .args(["ring", "--json"])
+            .output()
+            .unwrap();
+        assert!(ring.status.success(), "shoal ring failed");
+        let ring: serde_json::Value = serde_json::from_slice(&ring.stdout).unwrap();
+        ring["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|member| {
+                let address = member[1]["address"].as_str().unwrap();
+                let status = Command::new(cluster.bin_dir.join("shoal"))
+                    .arg("--config")
+                    .arg(&config)
+                    .args(["--nodes", address, "status", "--json"])
+                    .output()
+                    .unwrap();
+                assert!(status.status.success(), "status of {address}");
+                let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+                status["background_paused"].as_bool().unwrap()
+            })
+            .collect()
+    };
+    assert_eq!(paused_nodes(), vec![false; 3]);
+    let run = Command::new(cluster.bin_dir.join("shoal-bench"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .args([
+            "--workload",
+            "b",
+            "--records",
+            "200",
+            "--rate",
+            "200",
+            "--duration",
+            "9",
+            "--alternate-background",
+            "3",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The second turn (3 s to 6 s) pauses every member.
+    let mut seen_paused = false;
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(8) && !seen_paused {
+        seen_paused = paused_nodes() == vec![true; 3];
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let output = run.wait_with_output().unwrap();
+    assert!(output.status.success(), "the run failed");
+    assert!(seen_paused, "no look saw every member paused");
+    assert_eq!(
+        paused_nodes(),
+        vec![false; 3],
+        "the run left a member paused"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
+    assert_eq!(summary["background_toggle_failures"], 0, "{summary}");
+    assert!(
+        summary["background_turns"].as_u64().unwrap() >= 3,
+        "{summary}"
+    );
+    for turn in ["background_running", "background_paused"] {
+        let reads = summary[turn]["read"]["count"].as_u64().unwrap_or(0);
+        assert!(reads > 100, "{turn}: {reads} reads: {summary}");
+    }
+    assert_eq!(summary["errors"], 0, "{summary}");
+}
