@@ -22,6 +22,8 @@
 #   cargo build --release --workspace --bins
 #   RECORDS=200000 VALUE=1000 RATE=3000 scripts/bench-moves.sh
 #   ALTERNATE=10 RECORDS=200000 VALUE=1000 RATE=3000 scripts/bench-moves.sh
+# STEPS picks the changes (default "add:4 add:5 decommission_1:4"; "_"
+# stands for a space): STEPS=add:4 measures the first join alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v jq >/dev/null || { echo "bench-moves.sh needs jq (apt-get install jq)" >&2; exit 1; }
@@ -37,6 +39,8 @@ SETTLED=${SETTLED:-60}
 POLL=${POLL:-0.5}
 QUIET=${QUIET:-5}
 ALTERNATE=${ALTERNATE:-}
+# The changes, each "<cluster.sh command>:<active members after it>".
+STEPS=${STEPS:-"add:4 add:5 decommission_1:4"}
 BASE_PORT=${BASE_PORT:-7300}
 C=$DIR/client.toml
 
@@ -140,9 +144,10 @@ quiet
 echo "quiet: YCSB b at $RATE ops/s for $BASELINE s on 3 members" >&2
 window "quiet, 3 members" "$BASELINE" | tee "$DIR/window.0"
 index=0
-for step in "add:4" "add:5" "decommission 1:4"; do
+for step in $STEPS; do
     active=${step#*:}
     step=${step%:*}
+    step=${step//_/ }
     index=$((index + 1))
     echo "$step, under the same load" >&2
     rm -f "$DIR/change.done"
@@ -175,8 +180,9 @@ for step in "add:4" "add:5" "decommission 1:4"; do
     window "quiet, $active members" "$SETTLED" | tee "$DIR/window.$index"
 done
 echo "{\"admission_throttles\":$(counter shoal_admission_throttles_total),\"pull_asks_deferred\":$(counter shoal_move_asks_deferred_total)}"
+CHANGES=$index
 # Each change's read p99 against the mean of the quiet windows around it.
-for index in 1 2 3; do
+for index in $(seq 1 "$CHANGES"); do
     jq -c -n --slurpfile change "$DIR/change.$index" \
         --slurpfile before "$DIR/window.$((index - 1))" --slurpfile after "$DIR/window.$index" '
         ($change[0].summary.read.p99_us) as $during
@@ -187,7 +193,7 @@ for index in 1 2 3; do
 done
 # With ALTERNATE: each change's running turns against its paused turns.
 if [ -n "$ALTERNATE" ]; then
-    for index in 1 2 3; do
+    for index in $(seq 1 "$CHANGES"); do
         jq -c '.summary as $s
             | {change: .run, turns: $s.background_turns,
                toggle_failures: $s.background_toggle_failures,

@@ -120,6 +120,15 @@ pub struct Metrics {
     pub background_bytes_per_second: u64,
     /// Times admission control halved the background rate.
     pub admission_throttles: u64,
+    /// Probe intervals (background work held still) that taught admission
+    /// control its baseline.
+    pub admission_probes: u64,
+    /// Admission control's baseline: foreground p99 without background
+    /// work, in microseconds (0 until learnt).
+    pub admission_baseline_p99_micros: u64,
+    /// Foreground p99 of admission control's last interval with enough
+    /// requests, in microseconds (0 before the first).
+    pub admission_last_p99_micros: u64,
     /// Whether an operator paused this node's background work.
     pub background_paused: bool,
     /// Key states sent to pulling new owners.
@@ -338,8 +347,10 @@ impl Node {
 
     /// Ties the node's hybrid logical clock to wall time: `now` is
     /// `unix_time_micros`. Without it, the first instant seen is time zero.
+    /// Admission control's intervals are aligned on its whole seconds.
     pub fn set_wall_clock(&mut self, now: Instant, unix_time_micros: u64) {
         self.wall_clock_origin = Some((now, unix_time_micros));
+        self.admission.align(now, unix_time_micros);
     }
 
     /// A ring learnt (membership change, gossip): merged into this node's,
@@ -392,9 +403,21 @@ impl Node {
         self.background_paused
     }
 
+    /// Whether background work holds still now: paused by an operator, or
+    /// during admission control's probe of the baseline.
+    pub(crate) fn background_held(&self) -> bool {
+        self.background_paused
+            || (self.config.admission_control
+                && self.config.anti_entropy_bytes_per_second > 0
+                && self.admission.probing())
+    }
+
     fn note_admission(&mut self) {
         self.metrics.background_bytes_per_second = self.admission.rate() as u64;
         self.metrics.admission_throttles = self.admission.throttles();
+        self.metrics.admission_probes = self.admission.probes();
+        self.metrics.admission_baseline_p99_micros = self.admission.baseline_micros().unwrap_or(0);
+        self.metrics.admission_last_p99_micros = self.admission.last_p99_micros().unwrap_or(0);
     }
 
     /// Takes the next output, if any.

@@ -172,6 +172,11 @@ impl MetricsBoard {
             node.admission_throttles,
         );
         counter(
+            "admission_probes_total",
+            "Intervals in which background work held still so that foreground latency taught admission control its baseline.",
+            node.admission_probes,
+        );
+        counter(
             "moves_completed_total",
             "Partition moves to this node finished and recorded in the ring.",
             node.moves_completed,
@@ -348,6 +353,16 @@ impl MetricsBoard {
             "background_bytes_per_second",
             "Bytes per second background work may use now (admission control).",
             node.background_bytes_per_second,
+        );
+        gauge(
+            "admission_baseline_p99_microseconds",
+            "Admission control's baseline: foreground p99 without background work (0 until learnt).",
+            node.admission_baseline_p99_micros,
+        );
+        gauge(
+            "admission_last_p99_microseconds",
+            "Foreground p99 of admission control's last interval with enough requests.",
+            node.admission_last_p99_micros,
         );
         gauge(
             "background_paused",

@@ -283,9 +283,9 @@ impl Node {
     }
 
     /// Whether anti-entropy may send now (always, without a rate, unless
-    /// an operator paused background work).
+    /// background work holds still: paused, or admission control probing).
     pub(super) fn ae_may_send(&mut self, now: Instant) -> bool {
-        if self.background_paused {
+        if self.background_held() {
             return false;
         }
         if self.config.anti_entropy_bytes_per_second == 0 {
@@ -300,7 +300,7 @@ impl Node {
             self.next_ae_deferred = None;
             return;
         }
-        if self.background_paused {
+        if self.background_held() {
             self.next_ae_deferred = Some(now + PAUSED_RECHECK);
             return;
         }

@@ -261,8 +261,8 @@ impl Node {
     /// Whether `from` may pull from this node now: a member of the ring
     /// that is not removed, while this node's own background budget (set by
     /// its own foreground latency) is not too deep in debt and its
-    /// background work is not paused. A refused ask is asked again by the
-    /// puller a second later.
+    /// background work does not hold still (paused, or probing). A refused
+    /// ask is asked again by the puller a second later.
     fn may_pull(&mut self, now: Instant, from: NodeId) -> bool {
         let member = self
             .ring
@@ -272,7 +272,7 @@ impl Node {
             self.metrics.malformed_messages += 1;
             return false;
         }
-        if self.background_paused {
+        if self.background_held() {
             self.metrics.move_asks_deferred += 1;
             return false;
         }
