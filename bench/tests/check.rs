@@ -268,6 +268,20 @@ fn five_nodes_lose_no_acknowledged_write_under_kills_pauses_and_partitions() {
     assert!(ok, "the checker failed: {summary}");
 }
 
+/// Starts `shoal-bench run` of YCSB b over 200 records at 200 ops/s, with
+/// `extra` arguments; its stdout is piped.
+fn small_load(bin_dir: &Path, config: &Path, extra: &[&str]) -> std::process::Child {
+    Command::new(bin_dir.join("shoal-bench"))
+        .args(["run", "--config"])
+        .arg(config)
+        .args(["--workload", "b", "--records", "200", "--rate", "200"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// `shoal-bench run --stop-file`: the run ends soon after the file appears,
 /// long before its `--duration`, and reports what it did until then (the
 /// membership benchmark measures the window of the changes this way).
@@ -276,25 +290,12 @@ fn a_run_ends_when_its_stop_file_appears() {
     let scratch = tempfile::tempdir().unwrap();
     let cluster = three_nodes(scratch.path(), bin_dir(), 28_000);
     let stop = scratch.path().join("stop");
-    let run = Command::new(cluster.bin_dir.join("shoal-bench"))
-        .args(["run", "--config"])
-        .arg(cluster.dir.join("client.toml"))
-        .args([
-            "--workload",
-            "b",
-            "--records",
-            "200",
-            "--rate",
-            "200",
-            "--duration",
-            "120",
-            "--stop-file",
-        ])
-        .arg(&stop)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let stop_file = stop.to_str().unwrap();
+    let run = small_load(
+        &cluster.bin_dir,
+        &cluster.dir.join("client.toml"),
+        &["--duration", "120", "--stop-file", stop_file],
+    );
     std::thread::sleep(std::time::Duration::from_secs(3));
     let asked = std::time::Instant::now();
     std::fs::write(&stop, b"").unwrap();
@@ -356,25 +357,11 @@ fn alternating_turns_pause_every_member_and_leave_them_running() {
             .collect()
     };
     assert_eq!(paused_nodes(), vec![false; 3]);
-    let run = Command::new(cluster.bin_dir.join("shoal-bench"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .args([
-            "--workload",
-            "b",
-            "--records",
-            "200",
-            "--rate",
-            "200",
-            "--duration",
-            "9",
-            "--alternate-background",
-            "3",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let run = small_load(
+        &cluster.bin_dir,
+        &config,
+        &["--duration", "9", "--alternate-background", "3"],
+    );
     // The second turn (3 s to 6 s) pauses every member.
     let mut seen_paused = false;
     let started = std::time::Instant::now();

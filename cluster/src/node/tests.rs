@@ -994,12 +994,9 @@ fn a_grace_not_above_the_hint_age_is_refused() {
     assert!(keep_forever.validate().is_ok());
 }
 
-/// A replica whose store was wiped is refilled by anti-entropy alone with
-/// about one copy of the data: states cross only where replicas differ, and
-/// one exchange per partition at a time keeps both full peers from sending
-/// the same states.
-#[test]
-fn a_wiped_replica_is_refilled_with_about_one_copy_of_its_data() {
+/// Three replicas of 16 partitions with small anti-entropy ranges, holding
+/// `count` keys of `value_bytes` each, written to all three.
+fn three_replicas_holding(count: usize, value_bytes: usize) -> (Cluster, Vec<Bytes>) {
     let config = Config {
         partition_count: 16,
         // Small ranges, so that every partition takes several steps.
@@ -1008,7 +1005,7 @@ fn a_wiped_replica_is_refilled_with_about_one_copy_of_its_data() {
         ..Config::default()
     };
     let mut cluster = Cluster::new(3, config);
-    let keys: Vec<Bytes> = (0..400)
+    let keys: Vec<Bytes> = (0..count)
         .map(|i| Bytes::from(format!("key{i:04}")))
         .collect();
     for key in &keys {
@@ -1016,7 +1013,7 @@ fn a_wiped_replica_is_refilled_with_about_one_copy_of_its_data() {
             0,
             Request::Put {
                 key: key.clone(),
-                value: Bytes::from(vec![b'v'; 100]),
+                value: Bytes::from(vec![b'v'; value_bytes]),
                 context: VersionVector::default(),
                 options: WriteOptions {
                     w: Some(Quorum::All),
@@ -1028,24 +1025,42 @@ fn a_wiped_replica_is_refilled_with_about_one_copy_of_its_data() {
         );
         written(cluster.response(request));
     }
+    (cluster, keys)
+}
+
+/// Node 1 loses its store and restarts.
+fn wipe_replica_1(cluster: &mut Cluster) {
+    cluster.stores[1] = MemStore::new();
+    cluster.restart(1);
+}
+
+/// How many of `keys` node 1's store holds.
+fn held_by_replica_1(cluster: &mut Cluster, keys: &[Bytes]) -> usize {
+    keys.iter()
+        .filter(|key| {
+            let partition = cluster.nodes[1].partition_of(key);
+            cluster.stores[1]
+                .read(&replica::data_key(partition, key))
+                .unwrap()
+                .is_some()
+        })
+        .count()
+}
+
+/// A replica whose store was wiped is refilled by anti-entropy alone with
+/// about one copy of the data: states cross only where replicas differ, and
+/// one exchange per partition at a time keeps both full peers from sending
+/// the same states.
+#[test]
+fn a_wiped_replica_is_refilled_with_about_one_copy_of_its_data() {
+    let (mut cluster, keys) = three_replicas_holding(400, 100);
     let sent_before: u64 = cluster
         .nodes
         .iter()
         .map(|node| node.metrics().anti_entropy_keys_sent)
         .sum();
-    cluster.stores[1] = MemStore::new();
-    cluster.restart(1);
-    let held = |cluster: &mut Cluster| {
-        keys.iter()
-            .filter(|key| {
-                let partition = cluster.nodes[1].partition_of(key);
-                cluster.stores[1]
-                    .read(&replica::data_key(partition, key))
-                    .unwrap()
-                    .is_some()
-            })
-            .count()
-    };
+    wipe_replica_1(&mut cluster);
+    let held = |cluster: &mut Cluster| held_by_replica_1(cluster, &keys);
     assert_eq!(held(&mut cluster), 0);
     for _ in 0..600 {
         if held(&mut cluster) == keys.len() {
@@ -1071,35 +1086,8 @@ fn a_wiped_replica_is_refilled_with_about_one_copy_of_its_data() {
 /// gets nothing while paused, and refills once resumed.
 #[test]
 fn paused_background_work_refills_nothing_until_resumed() {
-    let config = Config {
-        partition_count: 16,
-        anti_entropy_bytes_max: 2048,
-        hint_replay_interval: Duration::from_secs(3600),
-        ..Config::default()
-    };
-    let mut cluster = Cluster::new(3, config);
-    let keys: Vec<Bytes> = (0..100)
-        .map(|i| Bytes::from(format!("key{i:03}")))
-        .collect();
-    for key in &keys {
-        let request = cluster.request(
-            0,
-            Request::Put {
-                key: key.clone(),
-                value: Bytes::from_static(b"v"),
-                context: VersionVector::default(),
-                options: WriteOptions {
-                    w: Some(Quorum::All),
-                    sloppy: Some(false),
-                    durable: None,
-                    timeout: None,
-                },
-            },
-        );
-        written(cluster.response(request));
-    }
-    cluster.stores[1] = MemStore::new();
-    cluster.restart(1);
+    let (mut cluster, keys) = three_replicas_holding(100, 1);
+    wipe_replica_1(&mut cluster);
     for node in &mut cluster.nodes {
         node.set_background_paused(true);
         assert!(node.background_paused());
@@ -1112,17 +1100,7 @@ fn paused_background_work_refills_nothing_until_resumed() {
             .map(|node| node.metrics().anti_entropy_keys_sent)
             .sum()
     };
-    let held = |cluster: &mut Cluster| {
-        keys.iter()
-            .filter(|key| {
-                let partition = cluster.nodes[1].partition_of(key);
-                cluster.stores[1]
-                    .read(&replica::data_key(partition, key))
-                    .unwrap()
-                    .is_some()
-            })
-            .count()
-    };
+    let held = |cluster: &mut Cluster| held_by_replica_1(cluster, &keys);
     let sent_paused = sent(&cluster);
     cluster.advance(Duration::from_secs(60));
     assert_eq!(held(&mut cluster), 0, "a paused cluster refilled keys");
