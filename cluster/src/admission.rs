@@ -23,11 +23,12 @@
 //!   rate within one or two.
 //! - The baseline must be learnt while background work runs for minutes (a
 //!   join) or from the moment a node starts (a joining node has nothing
-//!   else to learn from). So every `PROBE_EVERY`th interval of background
-//!   work is a *probe*: background work holds still for that interval, and
-//!   its p99 updates the baseline. Probes begin on whole multiples of the
-//!   probe period of the clock the node is given, so that members whose
-//!   clocks agree probe together: a coordinator's latency includes its
+//!   else to learn from). So one interval in `PROBE_EVERY` is a *probe*,
+//!   while the node has requests to measure: background work holds still
+//!   for that interval, and its p99 goes to the baseline. Probes are the
+//!   intervals whose number (whole seconds of the clock the node is given)
+//!   is a multiple of `PROBE_EVERY`, so that members whose clocks agree
+//!   probe together: a coordinator's latency includes its
 //!   replicas', whose background work a lone probe would still see.
 //!
 //! Pure: fed latencies, bytes and instants.
@@ -91,6 +92,8 @@ pub struct Admission {
     background_bytes: f64,
     /// The p99s of the last quiet intervals, newest last.
     quiet_p99s: VecDeque<u64>,
+    /// Their median, kept because the node reads it after every request.
+    baseline_micros: Option<u64>,
     /// The p99s of the busy intervals since the last halving, newest last.
     busy_p99s: VecDeque<u64>,
     last_p99_micros: Option<u64>,
@@ -116,6 +119,7 @@ impl Admission {
             samples: 0,
             background_bytes: 0.0,
             quiet_p99s: VecDeque::with_capacity(QUIET_KEPT + 1),
+            baseline_micros: None,
             busy_p99s: VecDeque::with_capacity(BUSY_KEPT + 1),
             last_p99_micros: None,
             interval_ends: None,
@@ -150,7 +154,7 @@ impl Admission {
 
     /// The baseline p99 learnt from quiet intervals, in microseconds.
     pub fn baseline_micros(&self) -> Option<u64> {
-        median(&self.quiet_p99s)
+        self.baseline_micros
     }
 
     /// The p99 of the last interval with enough requests, in microseconds.
@@ -196,6 +200,7 @@ impl Admission {
             if probe || self.background_bytes == 0.0 {
                 // A probe, or quiet: the baseline.
                 keep(&mut self.quiet_p99s, p99, QUIET_KEPT);
+                self.baseline_micros = median(&self.quiet_p99s);
                 self.probes += u64::from(probe);
             } else if let Some(baseline) = self.baseline_micros() {
                 keep(&mut self.busy_p99s, p99, BUSY_KEPT);
