@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use crate::protocol::{
     self, ClientRequest, ClientResponse, FRAME_CLIENT_REQUEST, FRAME_CLIENT_RESPONSE,
 };
+use crate::transport::describe;
 use crate::transport::frame::{self, FRAME_HEADER_SIZE_BYTES};
 
 /// Why a call got no response. Whether the request took effect is unknown.
@@ -47,9 +48,9 @@ pub async fn call(
         .map_err(|error| CallError::NotSent(error.to_string()))?;
     send.write_all(&out)
         .await
-        .map_err(|error| CallError::Connection(error.to_string()))?;
+        .map_err(|error| CallError::Connection(describe(&error)))?;
     send.finish()
-        .map_err(|error| CallError::Connection(error.to_string()))?;
+        .map_err(|error| CallError::Connection(describe(&error)))?;
     let limit = FRAME_HEADER_SIZE_BYTES + frame_size_max_bytes as usize;
     let bytes = receive
         .read_to_end(limit)
@@ -58,7 +59,7 @@ pub async fn call(
             quinn::ReadToEndError::TooLong => {
                 CallError::Protocol(format!("response longer than {limit} bytes"))
             }
-            other => CallError::Connection(other.to_string()),
+            other => CallError::Connection(describe(&other)),
         })?;
     let frame = frame::decode_complete(&bytes, frame_size_max_bytes)
         .map_err(|error| CallError::Protocol(error.to_string()))?;

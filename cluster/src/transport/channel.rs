@@ -23,7 +23,7 @@ use crate::protocol::{
     self, ClientRequest, ClientResponse, FRAME_CLIENT_REQUEST, FRAME_CLIENT_RESPONSE,
 };
 use crate::transport::call::CallError;
-use crate::transport::frame;
+use crate::transport::{describe, frame};
 
 type Waiter = (
     oneshot::Sender<Result<ClientResponse, CallError>>,
@@ -159,7 +159,7 @@ async fn write_requests(
             }
         }
         if let Err(error) = send.write_all(&batch).await {
-            shared.fail_all(&error.to_string());
+            shared.fail_all(&describe(&error));
             return;
         }
         batch.clear();
@@ -195,7 +195,7 @@ async fn read_responses(mut receive: quinn::RecvStream, shared: Arc<Shared>, max
                 return;
             }
             Err(error) => {
-                shared.fail_all(&error.to_string());
+                shared.fail_all(&describe(&error));
                 return;
             }
         }

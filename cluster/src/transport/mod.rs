@@ -18,3 +18,36 @@ pub mod channel;
 pub mod endpoint;
 pub mod frame;
 pub mod tls;
+
+/// `error` and its causes, outermost first: quinn's stream errors print only
+/// "connection lost" and keep why (timed out, reset, closed by the peer) as
+/// their source.
+pub fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let more = inner.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = inner.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[test]
+    fn a_lost_connection_says_why() {
+        let error = quinn::ReadError::ConnectionLost(quinn::ConnectionError::TimedOut);
+        assert_eq!(describe(&error), "connection lost: timed out");
+        let error = quinn::ReadError::ConnectionLost(quinn::ConnectionError::Reset);
+        assert_eq!(describe(&error), "connection lost: reset by peer");
+        // A cause already in the text is not repeated.
+        let error = quinn::ConnectionError::TimedOut;
+        assert_eq!(describe(&error), "timed out");
+    }
+}
