@@ -61,25 +61,34 @@ pub const QUIET_KEPT: usize = 5;
 /// Busy intervals whose median p99 is judged against the baseline.
 pub const BUSY_KEPT: usize = 3;
 
-/// Histogram buckets: four per power of two of microseconds.
-const BUCKETS: usize = 4 * 40;
+/// Histogram buckets per power of two of microseconds, as a power of two:
+/// sixteen, so a bucket spans at most 1/16 of its values — finer than the
+/// margin it judges. With four a bucket spanned 14–25 %, so any move of
+/// the median p99 across a bucket boundary read as more than the 10 %
+/// margin, and noise at a boundary halved the rate.
+const SUB_BITS: u32 = 4;
+const SUBS: usize = 1 << SUB_BITS;
+
+/// Histogram buckets: `SUBS` per power of two up to 2^40 µs.
+const BUCKETS: usize = SUBS * 40;
 
 fn bucket_of(micros: u64) -> usize {
-    if micros < 4 {
+    if micros < SUBS as u64 {
         return micros as usize;
     }
-    let log = 63 - micros.leading_zeros() as usize;
-    let quarter = ((micros >> (log - 2)) & 3) as usize;
-    (log * 4 + quarter).min(BUCKETS - 1)
+    let log = 63 - micros.leading_zeros();
+    let sub = ((micros >> (log - SUB_BITS)) as usize) & (SUBS - 1);
+    (log as usize * SUBS + sub).min(BUCKETS - 1)
 }
 
 /// The upper bound, in microseconds, of a bucket.
 fn bucket_ceiling(bucket: usize) -> u64 {
-    if bucket < 4 {
+    if bucket < SUBS {
         return bucket as u64;
     }
-    let (log, quarter) = (bucket / 4, (bucket % 4) as u64);
-    (1u64 << log) + ((quarter + 1) << (log - 2)) - 1
+    let log = (bucket / SUBS) as u32;
+    let sub = (bucket % SUBS) as u64;
+    (1u64 << log) + ((sub + 1) << (log - SUB_BITS)) - 1
 }
 
 /// The controller; see the module documentation.
@@ -281,14 +290,26 @@ mod tests {
     }
 
     #[test]
-    fn buckets_bound_their_values_within_a_quarter() {
-        for micros in [0u64, 1, 3, 4, 5, 7, 8, 100, 1000, 4095, 123_456, 10_000_000] {
-            let ceiling = bucket_ceiling(bucket_of(micros));
-            assert!(ceiling >= micros, "{micros} → {ceiling}");
-            assert!(
-                ceiling as f64 <= micros as f64 * 1.25 + 1.0,
-                "{micros} → {ceiling}"
-            );
+    fn buckets_are_finer_than_the_margin() {
+        let mut previous = 0;
+        for micros in (0u64..100_000).chain([123_456, 10_000_000, u64::MAX]) {
+            let bucket = bucket_of(micros);
+            assert!(bucket >= previous, "buckets follow their values");
+            previous = bucket;
+            let ceiling = bucket_ceiling(bucket);
+            if micros < 1 << 39 {
+                assert!(ceiling >= micros, "{micros} → {ceiling}");
+                assert!(
+                    ceiling as f64 <= micros as f64 * (1.0 + 1.0 / SUBS as f64),
+                    "{micros} → {ceiling}"
+                );
+            }
+        }
+        // A p99 10 % above another lies at least one bucket higher, so the
+        // margin is judged on distinct buckets, not on a boundary.
+        for micros in [500u64, 1000, 2047, 2048, 5000, 7000, 40_000] {
+            let above = micros + micros / 10;
+            assert!(bucket_of(above) > bucket_of(micros), "{micros}");
         }
     }
 
