@@ -2,6 +2,7 @@
 # Shoal's engine and its peers through the same harness, phase by phase, in
 # one sitting; one JSON line per engine and phase on stdout (docs/bench.md).
 # Build first: cargo build --release -p shoal-bench; (cd bench/peers && cargo build --release [--features rocksdb])
+# (RocksDB: about 40 minutes on 2 cores; bindgen needs libclang: apt-get install libclang-dev)
 # ENGINES="shoal fjall rocksdb" N=1000000 scripts/bench-engines.sh
 set -u
 cd "$(dirname "$0")/.."
