@@ -46,8 +46,12 @@ mod tests {
         assert_eq!(describe(&error), "connection lost: timed out");
         let error = quinn::ReadError::ConnectionLost(quinn::ConnectionError::Reset);
         assert_eq!(describe(&error), "connection lost: reset by peer");
-        // A cause already in the text is not repeated.
         let error = quinn::ConnectionError::TimedOut;
         assert_eq!(describe(&error), "timed out");
+        // A cause already in the text ("read error: {0}") is not repeated.
+        let error = quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(
+            quinn::ConnectionError::TimedOut,
+        ));
+        assert_eq!(describe(&error), "read error: connection lost: timed out");
     }
 }
