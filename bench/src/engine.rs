@@ -102,6 +102,85 @@ fn fill_value(rng: &mut SmallRng, value: &mut [u8]) {
     }
 }
 
+/// What the calling thread has consumed so far: CPU time (which excludes
+/// time the hypervisor stole and time spent off the CPU), page faults and
+/// context switches. Taken around a slow operation, it tells work (CPU time
+/// near the wall time), waiting (switches) and a stolen CPU (neither) apart.
+#[derive(Debug, Clone, Copy, Default)]
+struct ThreadUsage {
+    /// CLOCK_MONOTONIC when taken, to find the moment in a trace
+    /// (`perf record -k CLOCK_MONOTONIC`).
+    monotonic_ns: u64,
+    cpu_ns: u64,
+    minor_faults: u64,
+    major_faults: u64,
+    voluntary_switches: u64,
+    involuntary_switches: u64,
+}
+
+impl ThreadUsage {
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    fn now() -> ThreadUsage {
+        let clock = |id: libc::clockid_t| {
+            let mut time = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime only writes into `time`, valid and
+            // owned here.
+            let result = unsafe { libc::clock_gettime(id, &mut time) };
+            if result == 0 {
+                time.tv_sec as u64 * 1_000_000_000 + time.tv_nsec as u64
+            } else {
+                0
+            }
+        };
+        let monotonic_ns = clock(libc::CLOCK_MONOTONIC);
+        let cpu_ns = clock(libc::CLOCK_THREAD_CPUTIME_ID);
+        // SAFETY: getrusage only writes into `usage`, valid and owned here;
+        // RUSAGE_THREAD concerns the calling thread alone.
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            let result = libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+            (result == 0).then_some(usage)
+        };
+        let usage = usage.map_or(ThreadUsage::default(), |usage| ThreadUsage {
+            minor_faults: usage.ru_minflt as u64,
+            major_faults: usage.ru_majflt as u64,
+            voluntary_switches: usage.ru_nvcsw as u64,
+            involuntary_switches: usage.ru_nivcsw as u64,
+            ..ThreadUsage::default()
+        });
+        ThreadUsage {
+            monotonic_ns,
+            cpu_ns,
+            ..usage
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn now() -> ThreadUsage {
+        ThreadUsage::default()
+    }
+
+    /// A readable difference: `cpu 12 us, 3 faults (0 major), 0+1 switches
+    /// (voluntary+involuntary), monotonic 1234.567890 s`.
+    fn since(&self, before: &ThreadUsage) -> String {
+        format!(
+            "cpu {} us, {} faults ({} major), {}+{} switches (voluntary+involuntary), monotonic {:.6} s",
+            self.cpu_ns.saturating_sub(before.cpu_ns) / 1000,
+            self.minor_faults.saturating_sub(before.minor_faults),
+            self.major_faults.saturating_sub(before.major_faults),
+            self.voluntary_switches
+                .saturating_sub(before.voluntary_switches),
+            self.involuntary_switches
+                .saturating_sub(before.involuntary_switches),
+            before.monotonic_ns as f64 / 1e9,
+        )
+    }
+}
+
 /// The figures of a run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
@@ -167,7 +246,8 @@ pub fn run(engine: &dyn Engine, parameters: &Parameters) -> Result<Report, Strin
                     let mut value = vec![0u8; parameters.value_size];
                     let first = thread as u64 * per_thread;
                     // Diagnosis: `SHOAL_BENCH_LOG_SLOW_US=N` prints every
-                    // operation slower than N µs, with when it started.
+                    // operation slower than N µs, with when it started and
+                    // what the thread did meanwhile (`ThreadUsage`).
                     let log_slow_us = std::env::var("SHOAL_BENCH_LOG_SLOW_US")
                         .ok()
                         .and_then(|value| value.parse::<u128>().ok());
@@ -194,6 +274,7 @@ pub fn run(engine: &dyn Engine, parameters: &Parameters) -> Result<Report, Strin
                             _ => rng.random_range(0..parameters.num),
                         };
                         let mut key = key_of(index);
+                        let usage_before = log_slow_us.map(|_| ThreadUsage::now());
                         let start = Instant::now();
                         match parameters.workload {
                             Workload::Fillseq | Workload::Fillrandom | Workload::Overwrite => {
@@ -213,10 +294,13 @@ pub fn run(engine: &dyn Engine, parameters: &Parameters) -> Result<Report, Strin
                         }
                         let micros = start.elapsed().as_nanos().div_ceil(1000).max(1);
                         let _ = histogram.record(micros as u64);
-                        if log_slow_us.is_some_and(|limit| micros > limit) {
+                        if let (Some(limit), Some(before)) = (log_slow_us, usage_before)
+                            && micros > limit
+                        {
                             eprintln!(
-                                "slow: thread {thread} op {offset} took {micros} us, started at {:.3} s",
-                                start.duration_since(started).as_secs_f64()
+                                "slow: thread {thread} op {offset} took {micros} us, started at {:.3} s; {}",
+                                start.duration_since(started).as_secs_f64(),
+                                ThreadUsage::now().since(&before)
                             );
                         }
                         if offset % 1024 == 0 {
