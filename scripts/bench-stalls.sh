@@ -11,6 +11,8 @@
 # The first two are the engine's doing; the last two are the machine's.
 # Build as for scripts/bench-engines.sh, then, for instance:
 # ENGINES="shoal rocksdb" ROUNDS=10 scripts/bench-stalls.sh
+# PHASES picks among fillseq, fillrandom, fillrandom-2threads and
+# fillrandom-sync (all four by default).
 set -u
 cd "$(dirname "$0")/.."
 S=${SHOAL_BENCH:-target/release/shoal-bench}
@@ -20,6 +22,7 @@ N=${N:-1000000}
 ROUNDS=${ROUNDS:-5}
 LIMIT_US=${LIMIT_US:-1000}
 ENGINES=${ENGINES:-"shoal fjall"}
+PHASES=${PHASES:-"fillseq fillrandom fillrandom-2threads fillrandom-sync"}
 mkdir -p "$DIR"
 run() { # engine, args...: the report's JSON line, then the slow lines
     local engine=$1; shift
@@ -56,13 +59,21 @@ classify() { # engine phase round
             printf "\n"
         }'
 }
+flags() { # phase
+    case $1 in
+        fillseq) echo "--workload fillseq --num $N --fresh" ;;
+        fillrandom) echo "--workload fillrandom --num $N --fresh" ;;
+        fillrandom-2threads) echo "--workload fillrandom --num $N --threads 2 --fresh" ;;
+        fillrandom-sync) echo "--workload fillrandom --num 5000 --sync --fresh" ;;
+        *) echo "unknown phase $1" >&2; exit 1 ;;
+    esac
+}
+for phase in $PHASES; do flags "$phase" >/dev/null || exit 1; done
 for round in $(seq 1 "$ROUNDS"); do
-    for phase in "fillseq:--workload fillseq --num $N --fresh" \
-                 "fillrandom:--workload fillrandom --num $N --fresh" \
-                 "fillrandom-sync:--workload fillrandom --num 5000 --sync --fresh"; do
+    for phase in $PHASES; do
         for engine in $ENGINES; do
-            # shellcheck disable=SC2086 # the phase's flags are split on purpose
-            run "$engine" ${phase#*:} | classify "$engine" "${phase%%:*}" "$round"
+            # shellcheck disable=SC2046 # the phase's flags are split on purpose
+            run "$engine" $(flags "$phase") | classify "$engine" "$phase" "$round"
         done
     done
 done
