@@ -2,7 +2,7 @@
 # Where the worst writes come from: each engine's write phases, ROUNDS times,
 # interleaved, with every put slower than LIMIT_US µs logged together with
 # what the writing thread did meanwhile (bench/src/engine.rs, ThreadUsage).
-# Each slow put is put in one class:
+# Each slow put is put in one class (ThreadUsage::class):
 #   waited     the thread blocked (a voluntary switch: a lock, a condvar, I/O);
 #   worked     it was on the CPU for at least half the time;
 #   preempted  another task took its CPU (an involuntary switch only);
@@ -41,13 +41,8 @@ classify() { # engine phase round
         /^slow:/ {
             for (i = 1; i <= NF; i++) {
                 if ($i == "took") wall = $(i + 1)
-                if ($i == "cpu") cpu = $(i + 1)
-                if ($i == "switches") { split($(i - 1), s, "+"); voluntary = s[1]; involuntary = s[2] }
+                if ($i == "class") class = $(i + 1)
             }
-            if (voluntary > 0) class = "waited"
-            else if (cpu * 2 >= wall) class = "worked"
-            else if (involuntary > 0) class = "preempted"
-            else class = "lost"
             count[class]++
             if (wall > worst[class]) worst[class] = wall
         }

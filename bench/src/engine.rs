@@ -164,6 +164,25 @@ impl ThreadUsage {
         ThreadUsage::default()
     }
 
+    /// Why an operation that took `wall_us` from `before` to `self` was
+    /// slow: `waited` (the thread blocked: a voluntary switch — a lock, a
+    /// condvar, I/O), `worked` (on the CPU at least half the time): the
+    /// code's doing; `preempted` (another task took the CPU: an involuntary
+    /// switch only) or `lost` (it never left the CPU yet got under half of
+    /// it: the hypervisor stole it, or interrupts took it): the machine's.
+    fn class(&self, before: &ThreadUsage, wall_us: u128) -> &'static str {
+        let cpu_us = u128::from(self.cpu_ns.saturating_sub(before.cpu_ns) / 1000);
+        if self.voluntary_switches > before.voluntary_switches {
+            "waited"
+        } else if cpu_us * 2 >= wall_us {
+            "worked"
+        } else if self.involuntary_switches > before.involuntary_switches {
+            "preempted"
+        } else {
+            "lost"
+        }
+    }
+
     /// A readable difference: `cpu 12 us, 3 faults (0 major), 0+1 switches
     /// (voluntary+involuntary), monotonic 1234.567890 s`.
     fn since(&self, before: &ThreadUsage) -> String {
@@ -297,10 +316,12 @@ pub fn run(engine: &dyn Engine, parameters: &Parameters) -> Result<Report, Strin
                         if let (Some(limit), Some(before)) = (log_slow_us, usage_before)
                             && micros > limit
                         {
+                            let after = ThreadUsage::now();
                             eprintln!(
-                                "slow: thread {thread} op {offset} took {micros} us, started at {:.3} s; {}",
+                                "slow: thread {thread} op {offset} took {micros} us, started at {:.3} s; {}; class {}",
                                 start.duration_since(started).as_secs_f64(),
-                                ThreadUsage::now().since(&before)
+                                after.since(&before),
+                                after.class(&before, micros)
                             );
                         }
                         if offset % 1024 == 0 {
@@ -378,4 +399,55 @@ pub fn print_report(engine_name: &str, report: &Report) {
         object.insert("engine".into(), engine_name.into());
     }
     println!("{json}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(cpu_us: u64, voluntary: u64, involuntary: u64) -> ThreadUsage {
+        ThreadUsage {
+            cpu_ns: cpu_us * 1000,
+            voluntary_switches: voluntary,
+            involuntary_switches: involuntary,
+            ..ThreadUsage::default()
+        }
+    }
+
+    #[test]
+    fn a_slow_operation_is_put_in_the_class_its_thread_usage_shows() {
+        let before = usage(1_000, 5, 5);
+        // Blocked, whatever else happened.
+        assert_eq!(usage(3_000, 6, 7).class(&before, 2_000), "waited");
+        // On the CPU for at least half the time.
+        assert_eq!(usage(2_000, 5, 6).class(&before, 2_000), "worked");
+        assert_eq!(usage(1_900, 5, 5).class(&before, 1_800), "worked");
+        // Off the CPU after an involuntary switch.
+        assert_eq!(usage(1_040, 5, 6).class(&before, 2_000), "preempted");
+        // Never switched out, and still little CPU.
+        assert_eq!(usage(1_040, 5, 5).class(&before, 2_000), "lost");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn thread_usage_sees_sleeping_and_working() {
+        let before = ThreadUsage::now();
+        std::thread::sleep(Duration::from_millis(5));
+        let slept = ThreadUsage::now();
+        assert!(
+            slept.voluntary_switches > before.voluntary_switches,
+            "{before:?} {slept:?}"
+        );
+        assert!(slept.monotonic_ns >= before.monotonic_ns + 5_000_000);
+        // Spin until the thread has had 2 ms of CPU; bounded in wall time,
+        // since a stolen CPU slows it.
+        let started = Instant::now();
+        let mut spun = slept;
+        while spun.cpu_ns < slept.cpu_ns + 2_000_000 {
+            assert!(started.elapsed() < Duration::from_secs(30), "{spun:?}");
+            std::hint::black_box((0..1000u64).sum::<u64>());
+            spun = ThreadUsage::now();
+        }
+        assert!(spun.monotonic_ns - slept.monotonic_ns >= 2_000_000);
+    }
 }
