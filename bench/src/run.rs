@@ -103,6 +103,15 @@ pub struct RunParameters {
     pub seed: u64,
 }
 
+/// A seed no earlier run is likely to have used: the clock's nanoseconds
+/// and the process id, mixed.
+pub fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64);
+    scramble(nanos ^ (u64::from(std::process::id()) << 32), u64::MAX)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
     Read,
@@ -629,6 +638,7 @@ pub async fn run(parameters: RunParameters) -> anyhow::Result<()> {
         "durable": parameters.durable,
         "rate": parameters.rate,
         "load_ops_per_sec": load_ops_per_sec.map(|rate| rate.round()),
+        "seed": parameters.seed,
     });
     println!(
         "workload {:?}: {done} ops in {elapsed:.2} s = {ops_per_sec:.0} ops/s, {errors} errors",
@@ -820,6 +830,17 @@ fn html_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fresh_seeds_differ_from_run_to_run() {
+        let seeds: std::collections::HashSet<u64> = (0..100)
+            .map(|_| {
+                std::thread::sleep(std::time::Duration::from_micros(10));
+                fresh_seed()
+            })
+            .collect();
+        assert_eq!(seeds.len(), 100);
+    }
 
     #[test]
     fn zipfian_is_skewed_and_stays_in_range() {

@@ -319,6 +319,8 @@ fn a_run_ends_when_its_stop_file_appears() {
         "too few operations: {summary}"
     );
     assert_eq!(summary["errors"], 0, "{summary}");
+    // A fresh seed, given so that the run can be repeated (`--seed`).
+    assert!(summary["seed"].as_u64().is_some(), "{summary}");
 }
 
 /// `shoal-bench run --alternate-background`: every member's background work
