@@ -73,6 +73,13 @@ pub struct Metrics {
     pub quorum_failures: u64,
     /// Writes refused because they would leave too many siblings.
     pub sibling_limit_rejections: u64,
+    /// Siblings returned by the gets coordinated here that reached their
+    /// quorum, summed: over `gets_coordinated`, the mean a read returns.
+    /// Growing siblings (blind writes that nobody resolves) show here
+    /// before they show in latency.
+    pub read_siblings: u64,
+    /// Gets that returned more than one sibling.
+    pub reads_with_siblings: u64,
     /// Requests refused as busy.
     pub busy_rejections: u64,
     /// Requests refused as invalid.
@@ -1521,6 +1528,11 @@ impl Node {
                 QuorumOutcome::Reached => {
                     operation.responded = true;
                     let response = operation.success();
+                    if let Response::Value(result) = &response {
+                        let siblings = result.siblings.len() as u64;
+                        self.metrics.read_siblings += siblings;
+                        self.metrics.reads_with_siblings += u64::from(siblings > 1);
+                    }
                     self.respond(operation.origin, response);
                 }
                 QuorumOutcome::Failed => {

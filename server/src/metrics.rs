@@ -142,6 +142,16 @@ impl MetricsBoard {
             node.invalid_requests,
         );
         counter(
+            "read_siblings_total",
+            "Siblings returned by successful gets coordinated here, summed.",
+            node.read_siblings,
+        );
+        counter(
+            "reads_with_siblings_total",
+            "Successful gets coordinated here that returned more than one sibling.",
+            node.reads_with_siblings,
+        );
+        counter(
             "read_repairs_total",
             "Read repairs sent.",
             node.read_repairs,

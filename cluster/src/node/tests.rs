@@ -450,6 +450,14 @@ fn write_over_the_sibling_limit_is_refused_and_counted() {
             .sibling_limit_rejections,
         1
     );
+    // A read returns the two siblings, and says so in the counters.
+    let request = cluster.request(coordinator, get("k", Quorum::All));
+    assert!(matches!(
+        cluster.response(request),
+        Response::Value(result) if result.siblings.len() == 2
+    ));
+    let metrics = cluster.nodes[coordinator].metrics();
+    assert_eq!((metrics.read_siblings, metrics.reads_with_siblings), (2, 1));
 }
 
 #[test]

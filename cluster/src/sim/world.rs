@@ -529,6 +529,8 @@ fn add_metrics(total: &mut Metrics, each: &Metrics) {
     total.writes_coordinated += each.writes_coordinated;
     total.quorum_failures += each.quorum_failures;
     total.sibling_limit_rejections += each.sibling_limit_rejections;
+    total.read_siblings += each.read_siblings;
+    total.reads_with_siblings += each.reads_with_siblings;
     total.busy_rejections += each.busy_rejections;
     total.invalid_requests += each.invalid_requests;
     total.read_repairs += each.read_repairs;
