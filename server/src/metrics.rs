@@ -142,6 +142,16 @@ impl MetricsBoard {
             node.invalid_requests,
         );
         counter(
+            "gets_coordinated_total",
+            "Gets coordinated here.",
+            node.gets_coordinated,
+        );
+        counter(
+            "writes_coordinated_total",
+            "Puts and deletes coordinated here.",
+            node.writes_coordinated,
+        );
+        counter(
             "read_siblings_total",
             "Siblings returned by successful gets coordinated here, summed.",
             node.read_siblings,
@@ -518,6 +528,36 @@ pub async fn serve(address: SocketAddr, board: Arc<MetricsBoard>) -> std::io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cores_counters_are_published() {
+        let board = MetricsBoard::default();
+        let node = NodeMetrics {
+            gets_coordinated: 10,
+            read_siblings: 14,
+            reads_with_siblings: 3,
+            ..NodeMetrics::default()
+        };
+        board.publish_cores(
+            &node,
+            &Default::default(),
+            3,
+            0,
+            0,
+            0,
+            &LoopStats::default(),
+            &DbStats::default(),
+            &Default::default(),
+        );
+        let text = board.render();
+        for line in [
+            "shoal_gets_coordinated_total 10",
+            "shoal_read_siblings_total 14",
+            "shoal_reads_with_siblings_total 3",
+        ] {
+            assert!(text.lines().any(|found| found == line), "{line}: {text}");
+        }
+    }
 
     #[test]
     fn recorded_requests_appear_in_counters_and_cumulative_buckets() {
