@@ -164,38 +164,56 @@ impl ThreadUsage {
         ThreadUsage::default()
     }
 
-    /// Why an operation that took `wall_us` from `before` to `self` was
-    /// slow: `waited` (the thread blocked: a voluntary switch — a lock, a
-    /// condvar, I/O), `worked` (on the CPU at least half the time): the
-    /// code's doing; `preempted` (another task took the CPU: an involuntary
-    /// switch only) or `lost` (it never left the CPU yet got under half of
-    /// it: the hypervisor stole it, or interrupts took it): the machine's.
-    fn class(&self, before: &ThreadUsage, wall_us: u128) -> &'static str {
-        let cpu_us = u128::from(self.cpu_ns.saturating_sub(before.cpu_ns) / 1000);
-        if self.voluntary_switches > before.voluntary_switches {
+    /// What the thread consumed from `before` to `self`; `monotonic_ns`
+    /// stays `before`'s, the moment the operation started.
+    fn since(&self, before: &ThreadUsage) -> ThreadUsage {
+        ThreadUsage {
+            monotonic_ns: before.monotonic_ns,
+            cpu_ns: self.cpu_ns.saturating_sub(before.cpu_ns),
+            minor_faults: self.minor_faults.saturating_sub(before.minor_faults),
+            major_faults: self.major_faults.saturating_sub(before.major_faults),
+            voluntary_switches: self
+                .voluntary_switches
+                .saturating_sub(before.voluntary_switches),
+            involuntary_switches: self
+                .involuntary_switches
+                .saturating_sub(before.involuntary_switches),
+        }
+    }
+
+    /// Why an operation that took `wall_us` and consumed this (a difference
+    /// from [`ThreadUsage::since`]) was slow: `waited` (the thread blocked:
+    /// a voluntary switch — a lock, a condvar, I/O), `worked` (on the CPU at
+    /// least half the time): the code's doing; `preempted` (another task
+    /// took the CPU: an involuntary switch only) or `lost` (it never left
+    /// the CPU yet got under half of it: the hypervisor stole it, or
+    /// interrupts took it): the machine's.
+    fn class(&self, wall_us: u128) -> &'static str {
+        if self.voluntary_switches > 0 {
             "waited"
-        } else if cpu_us * 2 >= wall_us {
+        } else if u128::from(self.cpu_ns / 1000) * 2 >= wall_us {
             "worked"
-        } else if self.involuntary_switches > before.involuntary_switches {
+        } else if self.involuntary_switches > 0 {
             "preempted"
         } else {
             "lost"
         }
     }
+}
 
-    /// A readable difference: `cpu 12 us, 3 faults (0 major), 0+1 switches
-    /// (voluntary+involuntary), monotonic 1234.567890 s`.
-    fn since(&self, before: &ThreadUsage) -> String {
-        format!(
+/// A difference from [`ThreadUsage::since`]: `cpu 12 us, 3 faults (0
+/// major), 0+1 switches (voluntary+involuntary), monotonic 1234.567890 s`.
+impl std::fmt::Display for ThreadUsage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
             "cpu {} us, {} faults ({} major), {}+{} switches (voluntary+involuntary), monotonic {:.6} s",
-            self.cpu_ns.saturating_sub(before.cpu_ns) / 1000,
-            self.minor_faults.saturating_sub(before.minor_faults),
-            self.major_faults.saturating_sub(before.major_faults),
-            self.voluntary_switches
-                .saturating_sub(before.voluntary_switches),
-            self.involuntary_switches
-                .saturating_sub(before.involuntary_switches),
-            before.monotonic_ns as f64 / 1e9,
+            self.cpu_ns / 1000,
+            self.minor_faults,
+            self.major_faults,
+            self.voluntary_switches,
+            self.involuntary_switches,
+            self.monotonic_ns as f64 / 1e9,
         )
     }
 }
@@ -316,12 +334,11 @@ pub fn run(engine: &dyn Engine, parameters: &Parameters) -> Result<Report, Strin
                         if let (Some(limit), Some(before)) = (log_slow_us, usage_before)
                             && micros > limit
                         {
-                            let after = ThreadUsage::now();
+                            let used = ThreadUsage::now().since(&before);
                             eprintln!(
-                                "slow: thread {thread} op {offset} took {micros} us, started at {:.3} s; {}; class {}",
+                                "slow: thread {thread} op {offset} took {micros} us, started at {:.3} s; {used}; class {}",
                                 start.duration_since(started).as_secs_f64(),
-                                after.since(&before),
-                                after.class(&before, micros)
+                                used.class(micros)
                             );
                         }
                         if offset % 1024 == 0 {
@@ -418,14 +435,14 @@ mod tests {
     fn a_slow_operation_is_put_in_the_class_its_thread_usage_shows() {
         let before = usage(1_000, 5, 5);
         // Blocked, whatever else happened.
-        assert_eq!(usage(3_000, 6, 7).class(&before, 2_000), "waited");
+        assert_eq!(usage(3_000, 6, 7).since(&before).class(2_000), "waited");
         // On the CPU for at least half the time.
-        assert_eq!(usage(2_000, 5, 6).class(&before, 2_000), "worked");
-        assert_eq!(usage(1_900, 5, 5).class(&before, 1_800), "worked");
+        assert_eq!(usage(2_000, 5, 6).since(&before).class(2_000), "worked");
+        assert_eq!(usage(1_900, 5, 5).since(&before).class(1_800), "worked");
         // Off the CPU after an involuntary switch.
-        assert_eq!(usage(1_040, 5, 6).class(&before, 2_000), "preempted");
+        assert_eq!(usage(1_040, 5, 6).since(&before).class(2_000), "preempted");
         // Never switched out, and still little CPU.
-        assert_eq!(usage(1_040, 5, 5).class(&before, 2_000), "lost");
+        assert_eq!(usage(1_040, 5, 5).since(&before).class(2_000), "lost");
     }
 
     #[cfg(target_os = "linux")]
