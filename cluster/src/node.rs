@@ -123,6 +123,9 @@ pub struct Metrics {
     pub move_keys_received: u64,
     /// Bytes of key states received by pulls.
     pub move_bytes_received: u64,
+    /// Bytes of background work done (states read to scan or compare,
+    /// sent, or merged), as charged to the budget.
+    pub background_bytes_spent: u64,
     /// The background byte rate admission control allows now.
     pub background_bytes_per_second: u64,
     /// Times admission control halved the background rate.

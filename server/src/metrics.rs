@@ -217,6 +217,11 @@ impl MetricsBoard {
             node.move_bytes_received,
         );
         counter(
+            "background_bytes_total",
+            "Bytes of background work done (states read, sent or merged), as charged to its budget.",
+            node.background_bytes_spent,
+        );
+        counter(
             "move_asks_deferred_total",
             "Pull asks left unanswered because the background budget was spent or paused.",
             node.move_asks_deferred,
@@ -536,6 +541,7 @@ mod tests {
             gets_coordinated: 10,
             read_siblings: 14,
             reads_with_siblings: 3,
+            background_bytes_spent: 4096,
             ..NodeMetrics::default()
         };
         board.publish_cores(
@@ -554,6 +560,7 @@ mod tests {
             "shoal_gets_coordinated_total 10",
             "shoal_read_siblings_total 14",
             "shoal_reads_with_siblings_total 3",
+            "shoal_background_bytes_total 4096",
         ] {
             assert!(text.lines().any(|found| found == line), "{line}: {text}");
         }

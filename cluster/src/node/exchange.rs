@@ -25,6 +25,9 @@
 //!
 //! Every step that sends states or digests waits for the byte budget that
 //! admission control sets; steps waiting are bounded ([`AE_DEFERRED_MAX`]).
+//! A step is charged for the work it does, not for what crosses the wire:
+//! the states it read (digests cost what was scanned to make them) and the
+//! states it merged ([`Node::spend_background`]; pulls are charged alike).
 //! A step dropped past the bound ends the exchange at this node (the peer's
 //! side ends when idle), and a later exchange finds the difference again.
 
@@ -282,6 +285,16 @@ impl Node {
         self.ae_budget_at = Some(now);
     }
 
+    /// Background work of `bytes` was done (read, sent or merged): spent
+    /// from the budget and told to admission control.
+    pub(super) fn spend_background(&mut self, bytes: usize) {
+        self.metrics.background_bytes_spent += bytes as u64;
+        if self.config.anti_entropy_bytes_per_second > 0 {
+            self.ae_budget -= bytes as f64;
+        }
+        self.admission.spent(bytes as f64);
+    }
+
     /// Whether anti-entropy may send now (always, without a rate, unless
     /// background work holds still: paused, or admission control probing).
     pub(super) fn ae_may_send(&mut self, now: Instant) -> bool {
@@ -535,6 +548,10 @@ impl Node {
                 self.metrics.store_failures += 1;
             }
         }
+        // Merging is work too (a read and a write per state), charged here
+        // as pulls charge theirs: a refilling replica's budget slows the
+        // exchanges it takes part in.
+        self.spend_background(states_bytes(&states));
         if !answer {
             self.ae_exchange_touch(partition, peer, now);
             return;
@@ -771,9 +788,6 @@ impl Node {
                 spent
             }
         };
-        if self.config.anti_entropy_bytes_per_second > 0 {
-            self.ae_budget -= spent as f64;
-        }
-        self.admission.spent(spent as f64);
+        self.spend_background(spent);
     }
 }

@@ -8,8 +8,11 @@
 //! departing one if there is one — and then, from each of the others, only
 //! the key states that differ: the source sends digests of its states, and
 //! the new owner asks for the keys whose digest differs from its own. So a
-//! move costs about one copy of the partition plus a digest per key and
-//! source, not one copy per source.
+//! move sends about one copy of the partition plus a digest per key and
+//! source, not one copy per source. It still reads every source's copy, and
+//! the new owner reads its own to compare: each step is charged to the
+//! background budget for the states it read or merged, not for the digests
+//! that crossed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -58,6 +61,20 @@ pub(super) struct Pull {
     /// With digests: the keys asked for after a range's digests, and where
     /// that range ends.
     asked_keys: Option<(Vec<Bytes>, Option<Bytes>)>,
+}
+
+#[cfg(test)]
+impl Pull {
+    /// A digest pull from the partition's start, asked just now.
+    pub(super) fn digests_asked(now: Instant) -> Pull {
+        Pull {
+            digests: true,
+            cursor: Bytes::new(),
+            done: false,
+            asked_at: Some(now),
+            asked_keys: None,
+        }
+    }
 }
 
 impl Node {
@@ -290,14 +307,6 @@ impl Node {
         true
     }
 
-    /// A pull's answer of `bytes` leaves this node: spent from its budget.
-    pub(super) fn spend_served(&mut self, bytes: usize) {
-        if self.config.anti_entropy_bytes_per_second > 0 {
-            self.ae_budget -= bytes as f64;
-        }
-        self.admission.spent(bytes as f64);
-    }
-
     /// A new owner asks for this node's states (or their digests) of a
     /// moving partition from a key on.
     pub(super) fn serve_pull(
@@ -336,6 +345,11 @@ impl Node {
             }
         };
         self.metrics.move_keys_sent += found.states.len() as u64;
+        // Charged for the states read, whether they or their digests are
+        // sent: the scan is the work (as for exchanges' digests). Digests
+        // priced at their own size, ~30 times less, let the digest steps
+        // of a move scan its other sources at thirty times the rate.
+        let read = states_bytes(&found.states);
         let states = found
             .states
             .into_iter()
@@ -348,7 +362,7 @@ impl Node {
                 (Bytes::from(key), value)
             })
             .collect::<Vec<(Bytes, Bytes)>>();
-        self.spend_served(states_bytes(&states));
+        self.spend_background(read);
         self.send(
             from,
             Message::PullReply {
@@ -393,7 +407,7 @@ impl Node {
             return;
         };
         self.metrics.move_keys_sent += states.len() as u64;
-        self.spend_served(states_bytes(&states));
+        self.spend_background(states_bytes(&states));
         self.send(
             from,
             Message::PullKeysReply {
@@ -483,8 +497,10 @@ impl Node {
             self.advance_pull(now, (partition, source), next);
             return;
         }
-        // Digests: ask for the keys whose state here differs.
+        // Digests: ask for the keys whose state here differs. The states
+        // read to compare are charged too (see `serve_pull`).
         let mut differing = Vec::new();
+        let mut read = 0;
         for (key, digest) in &states {
             if !self.key_is_valid(key)
                 || self.partitioner.partition_of(key) != partition
@@ -503,6 +519,7 @@ impl Node {
                     return;
                 }
             };
+            read += key.len() + ours.as_ref().map_or(0, Vec::len);
             let same = ours.is_some_and(|ours| {
                 anti_entropy::digest(key, &ours).to_be_bytes()[..] == digest[..]
             });
@@ -510,6 +527,7 @@ impl Node {
                 differing.push(key.clone());
             }
         }
+        self.spend_background(read);
         if differing.is_empty() {
             self.advance_pull(now, (partition, source), next);
             return;
@@ -561,10 +579,7 @@ impl Node {
 
     fn spend_pulled(&mut self, bytes: usize) {
         self.metrics.move_bytes_received += bytes as u64;
-        if self.config.anti_entropy_bytes_per_second > 0 {
-            self.ae_budget -= bytes as f64;
-        }
-        self.admission.spent(bytes as f64);
+        self.spend_background(bytes);
     }
 
     /// The step was not taken (a store failure): it is asked again.

@@ -161,7 +161,7 @@ impl Node {
                 }
             }
         }
-        self.spend_served(read_bytes);
+        self.spend_background(read_bytes);
         if sweep.partition < self.config.partition_count {
             self.clear_later(now, sweep);
             return;

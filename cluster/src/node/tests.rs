@@ -1124,3 +1124,78 @@ fn paused_background_work_refills_nothing_until_resumed() {
     }
     assert_eq!(held(&mut cluster), keys.len());
 }
+
+/// A step of a pull costs the states it read, on both sides, whether they
+/// or only their digests cross: the scan and the comparison are the work.
+/// Priced at the digests' size, the digest steps of a move read its other
+/// sources some thirty times faster than the budget allowed.
+#[test]
+fn a_pull_step_costs_what_it_read_even_as_digests() {
+    let (mut cluster, keys) = three_replicas_holding(400, 100);
+    let partition = cluster.nodes[0].partition_of(&keys[0]);
+    let version = cluster.nodes[0].pulls_version.0;
+    let spent = |cluster: &Cluster, member: usize| -> u64 {
+        cluster.nodes[member].metrics().background_bytes_spent
+    };
+    // Node 0 answers node 1's ask for a step from the partition's start.
+    let answer = |cluster: &mut Cluster, digests: bool| -> (u64, Message) {
+        let (now, before) = (cluster.now, spent(cluster, 0));
+        cluster.nodes[0].serve_pull(
+            now,
+            id(1),
+            (partition.0, version),
+            Bytes::new(),
+            digests,
+            &mut cluster.stores[0],
+        );
+        let mut replies = Vec::new();
+        while let Some(output) = cluster.nodes[0].poll_output() {
+            if let Output::Send { message, .. } = output {
+                replies.push(message);
+            }
+        }
+        assert_eq!(replies.len(), 1, "one answer per ask");
+        (spent(cluster, 0) - before, replies.remove(0))
+    };
+    let states_of = |message: &Message| -> Vec<(Bytes, Bytes)> {
+        match message {
+            Message::PullReply { states, .. } => states.clone(),
+            other => panic!("not a pull's answer: {other:?}"),
+        }
+    };
+    let keys_of = |states: &[(Bytes, Bytes)]| -> Vec<Bytes> {
+        states.iter().map(|(key, _)| key.clone()).collect()
+    };
+
+    let (whole_cost, whole) = answer(&mut cluster, false);
+    let whole = states_of(&whole);
+    // Let the budget refill between the two asks.
+    cluster.advance(Duration::from_secs(1));
+    let (digests_cost, reply) = answer(&mut cluster, true);
+    let digests = states_of(&reply);
+    assert!(whole.len() > 1, "the step covers several keys");
+    assert_eq!(
+        keys_of(&whole),
+        keys_of(&digests),
+        "both steps cover one range"
+    );
+    let whole_bytes = states_bytes(&whole) as u64;
+    assert!(states_bytes(&digests) as u64 * 4 < whole_bytes);
+    assert_eq!(whole_cost, whole_bytes);
+    assert_eq!(digests_cost, whole_cost, "the source pays what it read");
+
+    // Node 1, pulling digests from node 0, compares them with its own
+    // states (the same) and pays for reading them as well as for the
+    // digests it received.
+    let now = cluster.now;
+    cluster.nodes[1]
+        .pulls
+        .insert((partition, id(0)), moves::Pull::digests_asked(now));
+    let before = spent(&cluster, 1);
+    cluster.nodes[1].handle_message(now, id(0), reply, &mut cluster.stores[1]);
+    assert_eq!(
+        spent(&cluster, 1) - before,
+        whole_bytes + states_bytes(&digests) as u64,
+        "the puller pays what it compared"
+    );
+}
