@@ -149,48 +149,75 @@ impl Trees {
         self.trees.get(&partition).filter(|tree| tree.is_built())
     }
 
-    /// Advances the partition's build by at most `keys_max` keys; true once
-    /// the tree is built.
+    /// Advances the partition's build by at most `keys_max` keys and about
+    /// `bytes_max` bytes of states (sized as [`states_in_range`] sizes its
+    /// scans): a step is one bounded turn of the node's loop, not 4,096
+    /// states of whatever size.
     pub fn build_step(
         &mut self,
         partition: Partition,
         store: &mut impl Store,
         keys_max: usize,
-    ) -> Result<bool, StoreError> {
+        bytes_max: usize,
+    ) -> Result<BuildStep, StoreError> {
         let tree = self
             .trees
             .entry(partition)
             .or_insert_with(PartitionTree::new);
-        let last = match &tree.build {
-            Build::Built => return Ok(true),
+        let mut last = match &tree.build {
+            Build::Built => {
+                return Ok(BuildStep {
+                    done: true,
+                    read: 0,
+                });
+            }
             Build::Scanning { last } => last.clone(),
         };
-        let start = match &last {
-            // Just after `last`: the same key with a zero byte appended.
-            Some(last) => {
-                let mut start = data_key(partition, last);
-                start.push(0);
-                start
-            }
-            None => data_key(partition, &[]),
-        };
+        let keys_max = keys_max.max(1);
         let end = partition_end(partition);
-        let entries = store.scan(&start, &end, keys_max.max(1))?;
-        let done = entries.len() < keys_max.max(1);
-        let mut newest = last;
-        for (stored, value) in &entries {
-            if let Some((_, key)) = parse_data_key(stored) {
-                tree.toggle(key, value);
-                newest = Some(key.to_vec());
+        let mut chunk = SCAN_FIRST.min(keys_max);
+        let (mut read, mut scanned) = (0, 0);
+        loop {
+            let start = match &last {
+                // Just after `last`: the same key with a zero byte appended.
+                Some(last) => {
+                    let mut start = data_key(partition, last);
+                    start.push(0);
+                    start
+                }
+                None => data_key(partition, &[]),
+            };
+            let entries = store.scan(&start, &end, chunk)?;
+            let done = entries.len() < chunk;
+            scanned += entries.len();
+            for (stored, value) in &entries {
+                read += stored.len() + value.len();
+                if let Some((_, key)) = parse_data_key(stored) {
+                    tree.toggle(key, value);
+                    last = Some(key.to_vec());
+                }
             }
+            if done {
+                tree.build = Build::Built;
+                return Ok(BuildStep { done, read });
+            }
+            if read >= bytes_max || scanned >= keys_max {
+                tree.build = Build::Scanning { last };
+                return Ok(BuildStep { done, read });
+            }
+            chunk = (bytes_max.saturating_sub(read).saturating_mul(scanned) / read.max(1) + 1)
+                .clamp(1, keys_max - scanned);
         }
-        tree.build = if done {
-            Build::Built
-        } else {
-            Build::Scanning { last: newest }
-        };
-        Ok(done)
     }
+}
+
+/// One step of a tree's build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildStep {
+    /// The tree is built.
+    pub done: bool,
+    /// Bytes of states read by the step.
+    pub read: usize,
 }
 
 /// The first stored key after every data key of `partition`.
@@ -209,6 +236,10 @@ pub struct RangeStates {
     /// Where the range really ended: the first user key not looked at, when
     /// the size limit cut it short; else the requested end.
     pub until: Option<Vec<u8>>,
+    /// Bytes of every state read over the range, in the buckets wanted or
+    /// not: the work the step did, which is what background work is
+    /// charged for.
+    pub read: usize,
 }
 
 /// Entries the first scan of a range reads; later scans are sized from what
@@ -216,12 +247,16 @@ pub struct RangeStates {
 const SCAN_FIRST: usize = 32;
 
 /// The partition's stored states (user key, encoded state) whose keys fall
-/// in `buckets` and lie in `[from, until)`, until about `bytes_max` bytes.
+/// in `buckets` and lie in `[from, until)`, until about `bytes_max` bytes
+/// were read. The cut counts every state read, wanted or not: a step that
+/// wants one bucket of 256 reads `bytes_max`, not the whole partition in
+/// search of `bytes_max` of matches (at 1 GB a node, 4 MB per partition,
+/// in one turn of the node's loop, charged a 256th of it).
 /// The partition is scanned in chunks of at most `scan_chunk` keys, each
-/// sized to what the range still wants at the rate wanted bytes came so
-/// far: a step of 256 KiB reads about 256 KiB, not `scan_chunk` states
-/// (4,096 of 1 KB each, 16 times what it sends, as it once did on every
-/// step of a move).
+/// sized to what the range still allows at the size states came so far: a
+/// step of 256 KiB reads about 256 KiB, not `scan_chunk` states (4,096 of
+/// 1 KB each, 16 times what it sends, as it once did on every step of a
+/// move).
 pub fn states_in_range(
     store: &mut impl Store,
     partition: Partition,
@@ -245,7 +280,7 @@ pub fn states_in_range(
     let mut chunk = SCAN_FIRST.min(scan_chunk);
     let mut start = data_key(partition, from);
     let mut states = Vec::new();
-    let (mut bytes, mut scanned) = (0, 0);
+    let (mut read, mut scanned) = (0, 0);
     while start < end {
         let entries: Entries = store.scan(&start, &end, chunk)?;
         let finished = entries.len() < chunk;
@@ -254,15 +289,16 @@ pub fn states_in_range(
             let Some((_, key)) = parse_data_key(&stored) else {
                 continue;
             };
-            if bytes >= bytes_max {
+            if read >= bytes_max {
                 // Full: the range ends before this key.
                 return Ok(RangeStates {
                     states,
                     until: Some(key.to_vec()),
+                    read,
                 });
             }
+            read += key.len() + value.len();
             if wanted[bucket_of(key) as usize] {
-                bytes += key.len() + value.len();
                 states.push((key.to_vec(), value));
             }
             start = stored;
@@ -271,16 +307,14 @@ pub fn states_in_range(
         if finished {
             break;
         }
-        // One entry past the budget shows where the range ends.
-        chunk = match bytes {
-            0 => chunk.saturating_mul(2),
-            _ => bytes_max.saturating_sub(bytes).saturating_mul(scanned) / bytes + 1,
-        }
-        .clamp(SCAN_FIRST.min(scan_chunk), scan_chunk);
+        // One entry past the limit shows where the range ends.
+        chunk = (bytes_max.saturating_sub(read).saturating_mul(scanned) / read.max(1) + 1)
+            .clamp(SCAN_FIRST.min(scan_chunk), scan_chunk);
     }
     Ok(RangeStates {
         states,
         until: until.map(<[u8]>::to_vec),
+        read,
     })
 }
 
@@ -383,7 +417,11 @@ mod tests {
         // Build in small steps, writing between the steps: keys before and
         // after the scan's position, overwrites and deletes.
         let mut step = 0;
-        while !tracked_trees.build_step(partition, &mut store, 7).unwrap() {
+        while !tracked_trees
+            .build_step(partition, &mut store, 7, usize::MAX)
+            .unwrap()
+            .done
+        {
             let mut tracked = Tracked::new(&mut store, &mut tracked_trees);
             let key = format!("a{}", (step * 13) % 60);
             put(
@@ -408,7 +446,11 @@ mod tests {
             put(&mut tracked, partition, format!("b{i}").as_bytes(), b"late");
         }
         let mut fresh = Trees::new();
-        while !fresh.build_step(partition, &mut store, 1000).unwrap() {}
+        while !fresh
+            .build_step(partition, &mut store, 1000, usize::MAX)
+            .unwrap()
+            .done
+        {}
         let kept = tracked_trees.built(partition).unwrap();
         let built = fresh.built(partition).unwrap();
         assert_eq!(kept.leaves(), built.leaves());
@@ -497,14 +539,33 @@ mod tests {
             read <= returned + 40,
             "read {read} entries to return {returned}"
         );
-        // Wanting a few buckets only, the scans grow until they find them.
+        let bytes = |states: &Entries| -> usize {
+            states
+                .iter()
+                .map(|(key, value)| key.len() + value.len())
+                .sum()
+        };
+        assert_eq!(found.read, bytes(&found.states));
+        // Wanting a few buckets only, a step still reads about its limit,
+        // not the partition in search of its limit's worth of matches, and
+        // says how much it read.
         let few: Vec<u16> = (0..8).collect();
         let mut counting = Counting(&mut store, 0);
         let found =
-            states_in_range(&mut counting, partition, &few, &[], None, 2_000, 4096).unwrap();
+            states_in_range(&mut counting, partition, &few, &[], None, 11_000, 4096).unwrap();
         assert!(!found.states.is_empty());
         assert!(found.states.iter().all(|(key, _)| bucket_of(key) < 8));
-        assert!(found.until.is_some(), "2,000 bytes cannot hold every match");
+        assert!(
+            found.until.is_some(),
+            "11,000 bytes cannot hold the partition"
+        );
+        let read = counting.1;
+        assert!(
+            (90..=110 + 40).contains(&read),
+            "read {read} entries for a limit of about 100"
+        );
+        assert!((11_000..11_200).contains(&found.read), "{}", found.read);
+        assert!(bytes(&found.states) * 4 < found.read);
     }
 
     #[test]
@@ -521,8 +582,8 @@ mod tests {
         put(&mut b, partition, b"only-b", b"x");
         let mut trees_a = Trees::new();
         let mut trees_b = Trees::new();
-        while !trees_a.build_step(partition, &mut a, 16).unwrap() {}
-        while !trees_b.build_step(partition, &mut b, 16).unwrap() {}
+        while !trees_a.build_step(partition, &mut a, 16, 64).unwrap().done {}
+        while !trees_b.build_step(partition, &mut b, 16, 64).unwrap().done {}
         let leaves_a = trees_a.built(partition).unwrap().leaves();
         let leaves_b = trees_b.built(partition).unwrap().leaves();
         let mut expected = vec![bucket_of(b"k7"), bucket_of(b"only-b")];

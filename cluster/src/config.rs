@@ -94,7 +94,8 @@ pub struct Config {
     /// read from the store for one step). Each such message is merged in one
     /// turn of the node's loop, which every request behind it waits for.
     pub anti_entropy_bytes_max: usize,
-    /// Most keys scanned per step when building a partition's tree.
+    /// Most keys scanned per step when building a partition's tree (which
+    /// also stops after `anti_entropy_bytes_max` bytes of states).
     pub anti_entropy_build_keys_max: usize,
 }
 

@@ -146,19 +146,36 @@ impl Node {
         Some(Partition(partition))
     }
 
-    /// Builds the partition's tree a bounded step further; the tree when built.
+    /// The partition's tree when built; else, if the budget allows, its
+    /// build a bounded step further (building is background work: it reads
+    /// the partition, so it waits for the budget and is charged for what
+    /// it read, whichever message asked for the tree).
     pub(super) fn ae_tree<S: Store>(
         &mut self,
+        now: Instant,
         partition: Partition,
         store: &mut Tracked<'_, S>,
     ) -> Option<(u64, Vec<u64>)> {
-        let keys_max = self.config.anti_entropy_build_keys_max;
+        let (_, trees) = store.parts();
+        if let Some(tree) = trees.built(partition) {
+            return Some((tree.root(), tree.leaves().to_vec()));
+        }
+        if !self.ae_may_send(now) {
+            return None;
+        }
+        let (keys_max, bytes_max) = (
+            self.config.anti_entropy_build_keys_max,
+            self.config.anti_entropy_bytes_max,
+        );
         let (inner, trees) = store.parts();
-        match trees.build_step(partition, inner, keys_max) {
-            Ok(true) => trees
-                .built(partition)
-                .map(|tree| (tree.root(), tree.leaves().to_vec())),
-            Ok(false) => None,
+        match trees.build_step(partition, inner, keys_max, bytes_max) {
+            Ok(step) => {
+                self.spend_background(step.read);
+                let (_, trees) = store.parts();
+                trees
+                    .built(partition)
+                    .map(|tree| (tree.root(), tree.leaves().to_vec()))
+            }
             Err(_) => {
                 self.metrics.store_failures += 1;
                 None
@@ -208,7 +225,7 @@ impl Node {
             }
             // Successive cycles over the partitions take successive peers.
             let peer = peers[((cursor / count) % peers.len() as u64) as usize];
-            match self.ae_tree(partition, store) {
+            match self.ae_tree(now, partition, store) {
                 Some((root, _)) => {
                     sent += 1;
                     self.metrics.anti_entropy_rounds += 1;
@@ -247,7 +264,7 @@ impl Node {
             return;
         }
         // An unbuilt tree cannot answer yet; the peer asks again later.
-        let Some((ours, leaves)) = self.ae_tree(partition, store) else {
+        let Some((ours, leaves)) = self.ae_tree(now, partition, store) else {
             return;
         };
         if ours != root {
@@ -411,7 +428,7 @@ impl Node {
         if crossed && self.ae_exchange_busy(partition, None, now) && self.id > from {
             return;
         }
-        let Some((_, ours)) = self.ae_tree(partition, store) else {
+        let Some((_, ours)) = self.ae_tree(now, partition, store) else {
             return;
         };
         let differing = anti_entropy::differing_buckets(&ours, &leaves);
@@ -686,7 +703,7 @@ impl Node {
                 // scan is the work, and digests priced at their own size
                 // let exchanges walk ~30 times faster than the budget meant
                 // (foreground p99 during membership changes went 10 -> 57 ms).
-                let spent = states_bytes(&found.states);
+                let spent = found.read;
                 let digests: Vec<(Bytes, u64)> = found
                     .states
                     .into_iter()
@@ -723,7 +740,7 @@ impl Node {
                 // covers; the initiator goes on from there.
                 let end = found.until.map(Bytes::from);
                 // Charged for the states read (see the digests step).
-                let scanned = states_bytes(&found.states);
+                let scanned = found.read;
                 let mut ours = BTreeMap::new();
                 let mut states = Vec::new();
                 for (key, state) in found.states {

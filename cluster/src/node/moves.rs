@@ -349,7 +349,7 @@ impl Node {
         // sent: the scan is the work (as for exchanges' digests). Digests
         // priced at their own size, ~30 times less, let the digest steps
         // of a move scan its other sources at thirty times the rate.
-        let read = states_bytes(&found.states);
+        let read = found.read;
         let states = found
             .states
             .into_iter()

@@ -1005,12 +1005,21 @@ fn a_grace_not_above_the_hint_age_is_refused() {
 /// Three replicas of 16 partitions with small anti-entropy ranges, holding
 /// `count` keys of `value_bytes` each, written to all three.
 fn three_replicas_holding(count: usize, value_bytes: usize) -> (Cluster, Vec<Bytes>) {
+    three_replicas_holding_with(count, value_bytes, Config::default())
+}
+
+/// The same, from `config` otherwise.
+fn three_replicas_holding_with(
+    count: usize,
+    value_bytes: usize,
+    config: Config,
+) -> (Cluster, Vec<Bytes>) {
     let config = Config {
         partition_count: 16,
         // Small ranges, so that every partition takes several steps.
         anti_entropy_bytes_max: 2048,
         hint_replay_interval: Duration::from_secs(3600),
-        ..Config::default()
+        ..config
     };
     let mut cluster = Cluster::new(3, config);
     let keys: Vec<Bytes> = (0..count)
@@ -1197,5 +1206,49 @@ fn a_pull_step_costs_what_it_read_even_as_digests() {
         spent(&cluster, 1) - before,
         whole_bytes + states_bytes(&digests) as u64,
         "the puller pays what it compared"
+    );
+}
+
+/// Building a restarted replica's trees reads all its data: background work,
+/// charged and paced by the budget like the rest, whether its own rounds or
+/// its peers' roots ask for the trees. Unpaced, every root a peer sent for
+/// an unbuilt tree took a build step at once.
+#[test]
+fn a_restarted_replica_builds_its_trees_at_the_budgets_pace() {
+    let rate = 2048;
+    let config = Config {
+        anti_entropy_bytes_per_second: rate,
+        admission_control: false,
+        ..Config::default()
+    };
+    let (mut cluster, keys) = three_replicas_holding_with(400, 100, config);
+    // Every replica's trees are built, and the same.
+    cluster.advance(Duration::from_secs(120));
+    cluster.crash(1, false);
+    cluster.restart(1);
+    let spent = |cluster: &Cluster| cluster.nodes[1].metrics().background_bytes_spent;
+    let started = spent(&cluster);
+    let seconds = 5;
+    cluster.advance(Duration::from_secs(seconds));
+    let early = spent(&cluster) - started;
+    // The budget holds two steps' worth at the start; a step may end one
+    // state past its limit.
+    let allowed = rate * seconds + 2 * 2048 + 2048 + 200;
+    assert!(early > 0, "nothing built");
+    assert!(
+        early <= allowed,
+        "{early} bytes read in {seconds} s at {rate} B/s"
+    );
+    // In time every tree is built: the data was read about once.
+    cluster.advance(Duration::from_secs(120));
+    let data: u64 = keys.len() as u64 * 100;
+    let total = spent(&cluster) - started;
+    assert!(
+        total >= data,
+        "{total} bytes read to build trees over {data} bytes of values"
+    );
+    assert!(
+        (0..16).all(|partition| cluster.nodes[1].trees.built(Partition(partition)).is_some()),
+        "every tree is built"
     );
 }
