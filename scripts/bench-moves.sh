@@ -23,7 +23,9 @@
 #   RECORDS=200000 VALUE=1000 RATE=3000 scripts/bench-moves.sh
 #   ALTERNATE=10 RECORDS=200000 VALUE=1000 RATE=3000 scripts/bench-moves.sh
 # STEPS picks the changes (default "add:4 add:5 decommission_1:4"; "_"
-# stands for a space): STEPS=add:4 measures the first join alone.
+# stands for a space): STEPS=add:4 measures the first join alone. The step
+# "idle:3" changes nothing for IDLE s: with ALTERNATE, the null experiment
+# (what background work costs with nothing to move).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v jq >/dev/null || { echo "bench-moves.sh needs jq (apt-get install jq)" >&2; exit 1; }
@@ -35,6 +37,7 @@ VALUE=${VALUE:-1000}
 RATE=${RATE:-3000}
 BASELINE=${BASELINE:-30}
 DURING=${DURING:-900}
+IDLE=${IDLE:-300}
 SETTLED=${SETTLED:-60}
 POLL=${POLL:-0.5}
 QUIET=${QUIET:-5}
@@ -162,9 +165,14 @@ for step in $STEPS; do
     stop_observer
     before=$(pulled)
     started=$(date +%s.%N)
-    # shellcheck disable=SC2086
-    scripts/cluster.sh $step --dir "$DIR" >/dev/null
-    moves=$(settled 2 "$active")
+    if [ "$step" = idle ]; then
+        sleep "$IDLE"
+        moves=0
+    else
+        # shellcheck disable=SC2086
+        scripts/cluster.sh $step --dir "$DIR" >/dev/null
+        moves=$(settled 2 "$active")
+    fi
     ended=$(date +%s.%N)
     after=$(pulled)
     start_observer
