@@ -2,7 +2,8 @@
 //! once it is older than `tombstone_grace`, no partition moves, and every
 //! primary holds exactly the same tombstone.
 //!
-//! The first primary of a partition sweeps its keys in bounded steps. For a
+//! The first primary of a partition sweeps its keys in bounded steps, as
+//! background work (paced by the budget, held still with the rest). For a
 //! tombstone old enough it asks the other primaries whether they hold the
 //! same state (`ReapQuery` with the state's digest). When every one says yes
 //! it sends `Reap` and deletes its own copy; each primary deletes only a
@@ -61,6 +62,11 @@ impl Node {
         if self.moving() || self.config.tombstone_grace.is_zero() || !self.ring.everyone_cleared() {
             return;
         }
+        // The sweep reads the store: background work, which waits for the
+        // budget (and holds still with the rest) and is charged.
+        if !self.ae_may_send(now) {
+            return;
+        }
         let grace = u64::try_from(self.config.tombstone_grace.as_micros()).unwrap_or(u64::MAX);
         let Some(horizon) = self.wall_micros(now).checked_sub(grace) else {
             return;
@@ -79,6 +85,12 @@ impl Node {
                 return;
             }
         };
+        self.spend_background(
+            entries
+                .iter()
+                .map(|(key, value)| key.len() + value.len())
+                .sum(),
+        );
         // The next step starts after the last key; a short step wraps.
         self.reap_cursor = match entries.last() {
             Some((last, _)) if entries.len() >= limit => {

@@ -925,6 +925,31 @@ fn a_tombstone_every_primary_holds_is_reaped_after_the_grace_period() {
     assert!(read(cluster.response(request)).siblings.is_empty());
 }
 
+/// Reaping sweeps the store: background work, which holds still while an
+/// operator pauses it and is charged to the budget.
+#[test]
+fn reaping_holds_still_while_background_work_is_paused() {
+    let mut cluster = Cluster::new(3, reaping_config());
+    put_then_delete(&mut cluster);
+    for node in &mut cluster.nodes {
+        node.set_background_paused(true);
+    }
+    cluster.advance(Duration::from_secs(30));
+    assert!((0..3).all(|member| stored(&mut cluster, member)));
+    let spent = |cluster: &Cluster| -> u64 {
+        (0..3)
+            .map(|member| cluster.nodes[member].metrics().background_bytes_spent)
+            .sum()
+    };
+    assert_eq!(spent(&cluster), 0);
+    for node in &mut cluster.nodes {
+        node.set_background_paused(false);
+    }
+    cluster.advance(Duration::from_secs(5));
+    assert!((0..3).all(|member| !stored(&mut cluster, member)));
+    assert!(spent(&cluster) > 0, "the sweep was not charged");
+}
+
 #[test]
 fn a_tombstone_one_primary_lacks_is_kept() {
     let mut cluster = Cluster::new(3, reaping_config());
