@@ -18,7 +18,10 @@
 # member's background work in turns of T s (shoal-bench run
 # --alternate-background) and the script prints, per change, the read p99
 # of its running turns against its paused turns: a paired control, taken in
-# the same minutes on the same members. Pausing stretches the changes.
+# the same minutes on the same members, pooled and turn by turn (each
+# running turn's read p99 over the paused turns beside it: median and
+# quartiles, of all such triples and of those the host's steal left
+# alone). Pausing stretches the changes.
 #   cargo build --release --workspace --bins
 #   RECORDS=200000 VALUE=1000 RATE=3000 scripts/bench-moves.sh
 #   ALTERNATE=10 RECORDS=200000 VALUE=1000 RATE=3000 scripts/bench-moves.sh
@@ -210,6 +213,9 @@ if [ -n "$ALTERNATE" ]; then
                running_reads: $s.background_running.read.count,
                paused_reads: $s.background_paused.read.count,
                ratio: (($s.background_running.read.p99_us / $s.background_paused.read.p99_us)
-                       * 100 | round / 100)}' "$DIR/change.$index"
+                       * 100 | round / 100),
+               by_turn: $s.background_by_turn.read_p99_ratio,
+               by_turn_steal_under_5: $s.background_by_turn.read_p99_ratio_steal_under_5}' \
+            "$DIR/change.$index"
     done
 fi

@@ -127,6 +127,9 @@ paused = summary["background_paused"]["read"]["p99_us"]
 print(json.dumps({"running_read_p99_us": running, "paused_read_p99_us": paused,
                   "turns": summary["background_turns"],
                   "toggle_failures": summary["background_toggle_failures"],
-                  "ratio": round(running / paused, 2)}))
+                  "ratio": round(running / paused, 2),
+                  "by_turn": summary["background_by_turn"]["read_p99_ratio"],
+                  "by_turn_steal_under_5":
+                      summary["background_by_turn"]["read_p99_ratio_steal_under_5"]}))
 PY
 fi

@@ -9,6 +9,7 @@ mod check;
 mod engine;
 mod floor;
 mod run;
+mod turns;
 
 /// jemalloc, as in `shoald` (why: `server/src/main.rs`).
 #[cfg(target_os = "linux")]

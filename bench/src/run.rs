@@ -19,12 +19,15 @@
 //! of histograms, by the turn each operation started in: the cost of
 //! background work against a control taken in the same minutes, on the
 //! same members (a machine's speed drifts more than that cost within a
-//! quarter of an hour on a shared VM; docs/bench.md).
+//! quarter of an hour on a shared VM; docs/bench.md). It also keeps each
+//! turn's reads apart and reports each running turn's read p99 against
+//! the paused turns beside it, median and quartiles (`crate::turns`):
+//! pooled tails are at the mercy of a few minutes the host took.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +36,8 @@ use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use shoal_client::{Client, ClientConfig, Context, Error, ReadOptions, WriteOptions};
 use shoal_cluster::message::Quorum;
+
+use crate::turns::{self, TurnLog};
 
 /// YCSB core workloads plus W (all updates).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -213,10 +218,13 @@ struct Shared {
     value: Vec<u8>,
     /// Set when the stop file appears: no new operation starts.
     stopped: AtomicBool,
-    /// The turn of `--alternate-background` now: `TURN_*`.
-    turn: AtomicU8,
+    /// The turn of `--alternate-background` now: `TURN_*` and its index in
+    /// `turn_log`, packed by `turns::encode`.
+    turn: AtomicU64,
     /// Latencies by the turn their operation started in: running, paused.
     turn_histograms: Mutex<[HashMap<Kind, Histogram<u64>>; 2]>,
+    /// Reads' latencies turn by turn.
+    turn_log: Mutex<TurnLog>,
     /// Turns begun, and pauses or resumes a member did not acknowledge.
     turns: AtomicU64,
     toggle_failures: AtomicU64,
@@ -330,8 +338,10 @@ impl Shared {
         Ok(())
     }
 
-    /// Records an operation of `kind` begun in `turn` (`TURN_*`).
-    fn record(&self, kind: Kind, latency: Duration, result: Result<(), Error>, turn: u8) {
+    /// Records an operation of `kind` begun in `turn` (packed `TURN_*` and
+    /// index).
+    fn record(&self, kind: Kind, latency: Duration, result: Result<(), Error>, turn: u64) {
+        let (turn, index) = turns::decode(turn);
         match result {
             Ok(()) => {
                 let micros = (latency.as_micros() as u64).max(1);
@@ -347,6 +357,9 @@ impl Shared {
                     if let Some(histogram) = turns[index].get_mut(&kind) {
                         histogram.saturating_record(micros);
                     }
+                }
+                if let (Kind::Read, Some(index)) = (kind, index) {
+                    lock(&self.turn_log).record_read(index, micros);
                 }
             }
             Err(error) => {
@@ -543,8 +556,9 @@ pub async fn run(parameters: RunParameters) -> anyhow::Result<()> {
         done: AtomicU64::new(0),
         slowest_micros: AtomicU64::new(0),
         stopped: AtomicBool::new(false),
-        turn: AtomicU8::new(TURN_NONE),
+        turn: AtomicU64::new(turns::encode(TURN_NONE, None)),
         turn_histograms: Mutex::new([new_histograms()?, new_histograms()?]),
+        turn_log: Mutex::new(TurnLog::default()),
         turns: AtomicU64::new(0),
         toggle_failures: AtomicU64::new(0),
         per_second: Mutex::new(Vec::new()),
@@ -692,6 +706,12 @@ pub async fn run(parameters: RunParameters) -> anyhow::Result<()> {
             summary[*name] = rows.into();
         }
         summary["background_turns"] = shared.turns.load(Ordering::Relaxed).into();
+        let by_turn = turns::summary(&lock(&shared.turn_log));
+        println!(
+            "read p99, each running turn over the paused turns beside it: {} (all triples), {} (host steal under 5 %)",
+            by_turn["read_p99_ratio"], by_turn["read_p99_ratio_steal_under_5"]
+        );
+        summary["background_by_turn"] = by_turn;
         summary["background_toggle_failures"] =
             shared.toggle_failures.load(Ordering::Relaxed).into();
     }
@@ -727,13 +747,25 @@ fn latency_row(histogram: &Histogram<u64>) -> serde_json::Value {
 async fn alternate(shared: Arc<Shared>, turn: Duration) {
     let mut paused = false;
     loop {
-        shared.turn.store(TURN_NONE, Ordering::Relaxed);
+        shared
+            .turn
+            .store(turns::encode(TURN_NONE, None), Ordering::Relaxed);
         set_background_everywhere(&shared, paused).await;
         shared.turns.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(TURN_SETTLE).await;
         let counted = if paused { TURN_PAUSED } else { TURN_RUNNING };
-        shared.turn.store(counted, Ordering::Relaxed);
+        let index = lock(&shared.turn_log).begin(paused);
+        let cpu_before = turns::host_cpu();
+        shared
+            .turn
+            .store(turns::encode(counted, index), Ordering::Relaxed);
         tokio::time::sleep(turn.saturating_sub(TURN_SETTLE)).await;
+        if let Some(index) = index {
+            let steal = cpu_before
+                .zip(turns::host_cpu())
+                .and_then(|(before, after)| turns::steal_between(before, after));
+            lock(&shared.turn_log).end(index, steal);
+        }
         paused = !paused;
     }
 }

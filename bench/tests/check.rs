@@ -391,5 +391,26 @@ fn alternating_turns_pause_every_member_and_leave_them_running() {
         let reads = summary[turn]["read"]["count"].as_u64().unwrap_or(0);
         assert!(reads > 100, "{turn}: {reads} reads: {summary}");
     }
+    // Turn by turn, running first, each read in the turn it began in.
+    let by_turn = summary["background_by_turn"]["turns"].as_array().unwrap();
+    assert!(by_turn.len() >= 2, "{summary}");
+    assert_eq!(by_turn[0][0], "running", "{summary}");
+    assert_eq!(by_turn[1][0], "paused", "{summary}");
+    for kind in ["running", "paused"] {
+        let reads: u64 = by_turn
+            .iter()
+            .filter(|turn| turn[0] == kind)
+            .map(|turn| turn[1].as_u64().unwrap())
+            .sum();
+        let pooled = summary[format!("background_{kind}")]["read"]["count"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(reads, pooled, "{kind} reads turn by turn: {summary}");
+    }
+    // Too few turns for a running turn between two paused ones.
+    assert_eq!(
+        summary["background_by_turn"]["read_p99_ratio"]["triples"], 0,
+        "{summary}"
+    );
     assert_eq!(summary["errors"], 0, "{summary}");
 }
