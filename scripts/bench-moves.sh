@@ -169,7 +169,8 @@ for step in $STEPS; do
     before=$(pulled)
     started=$(date +%s.%N)
     if [ "$step" = idle ]; then
-        sleep "$IDLE"
+        # The observer looks as `settled` would during a change.
+        with_observer sleep "$IDLE"
         moves=0
     else
         # shellcheck disable=SC2086

@@ -1,8 +1,11 @@
 //! Admission control for background work (Dynamo §6.5: background tasks get
 //! the slices that foreground latency leaves them).
 //!
-//! The node's background work — anti-entropy exchanges and the pulls of
-//! moving partitions — spends a byte budget refilled at a rate. This
+//! The node's background work — anti-entropy exchanges and tree builds,
+//! the pulls of moving partitions and the answers to them, the sweeps of
+//! stale copies and of tombstones — spends a byte budget refilled at a
+//! rate, each step charged for the states it read or merged (not for the
+//! bytes it sent: a digest costs the state read to make it). This
 //! controller sets that rate from the latency of the foreground requests the
 //! node serves, measured by its shell: each interval it takes the 99th
 //! percentile of the interval's requests. The *baseline* is the median p99
