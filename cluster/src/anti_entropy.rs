@@ -205,8 +205,7 @@ impl Trees {
                 tree.build = Build::Scanning { last };
                 return Ok(BuildStep { done, read });
             }
-            chunk = (bytes_max.saturating_sub(read).saturating_mul(scanned) / read.max(1) + 1)
-                .clamp(1, keys_max - scanned);
+            chunk = entries_for(bytes_max, read, scanned).clamp(1, keys_max - scanned);
         }
     }
 }
@@ -245,6 +244,13 @@ pub struct RangeStates {
 /// Entries the first scan of a range reads; later scans are sized from what
 /// it found.
 const SCAN_FIRST: usize = 32;
+
+/// How many more entries a scan that read `read` bytes in `scanned`
+/// entries should read to reach `bytes_max`, plus one past it that shows
+/// where the range ends.
+fn entries_for(bytes_max: usize, read: usize, scanned: usize) -> usize {
+    bytes_max.saturating_sub(read).saturating_mul(scanned) / read.max(1) + 1
+}
 
 /// The partition's stored states (user key, encoded state) whose keys fall
 /// in `buckets` and lie in `[from, until)`, until about `bytes_max` bytes
@@ -307,9 +313,7 @@ pub fn states_in_range(
         if finished {
             break;
         }
-        // One entry past the limit shows where the range ends.
-        chunk = (bytes_max.saturating_sub(read).saturating_mul(scanned) / read.max(1) + 1)
-            .clamp(SCAN_FIRST.min(scan_chunk), scan_chunk);
+        chunk = entries_for(bytes_max, read, scanned).clamp(SCAN_FIRST.min(scan_chunk), scan_chunk);
     }
     Ok(RangeStates {
         states,
