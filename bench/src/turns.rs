@@ -135,8 +135,8 @@ pub fn neighbour_ratios(turns: &[TurnP99], steal_max: f64) -> Vec<(f64, bool)> {
         .collect()
 }
 
-/// The median and quartiles of `values` (linear between ranks), with their
-/// count; `None` when empty.
+/// The first quartile, median and third quartile of `values` (linear
+/// between ranks); `None` when empty.
 pub fn quartiles(values: &[f64]) -> Option<(f64, f64, f64)> {
     if values.is_empty() {
         return None;
