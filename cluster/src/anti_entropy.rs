@@ -10,6 +10,12 @@
 //! leaves sent, and only for differing leaves are key states sent — merged
 //! with the same `sync` as read repair.
 //!
+//! A leaf's keys lie together in the store (the data layout in
+//! [`crate::replica`] puts the bucket before the user key), so the states of
+//! a few differing leaves are read alone: an exchange whose partition
+//! differs in one leaf reads that leaf, not the partition, and an exchange
+//! cut short and started again skips the leaves it already made equal.
+//!
 //! Trees are not persisted: after a start each one is built by scanning its
 //! partition in bounded steps, the first time an exchange needs it. While a
 //! build is under way, writes to keys the scan has passed update the tree
@@ -24,7 +30,9 @@ use std::collections::BTreeMap;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use crate::id::Partition;
-use crate::replica::{DATA_PREFIX, data_key, parse_data_key};
+use crate::replica::{
+    bucket_start, data_key, parse_data_key, partition_end, partition_start, range_key,
+};
 use crate::store::{Durability, Entries, Store, StoreError};
 
 /// Leaves per partition tree.
@@ -36,6 +44,31 @@ const BUCKET_SEED: u64 = 0xae;
 /// The leaf a user key falls in.
 pub fn bucket_of(key: &[u8]) -> u16 {
     (xxh3_64_with_seed(key, BUCKET_SEED) % BUCKETS as u64) as u16
+}
+
+/// Where a user key lies in its partition's stored order: its bucket, then
+/// the key. Ranges within a partition (`[from, until)` of an exchange or a
+/// pull) run in this order. The empty key, which no user key is, stands
+/// for the partition's start.
+pub fn position(key: &[u8]) -> (u16, &[u8]) {
+    if key.is_empty() {
+        (0, key)
+    } else {
+        (bucket_of(key), key)
+    }
+}
+
+/// Whether `key` lies in `[from, until)` of its partition's stored order
+/// (`until: None`: to the end).
+pub fn in_range(key: &[u8], from: &[u8], until: Option<&[u8]>) -> bool {
+    let at = position(key);
+    at >= position(from) && until.is_none_or(|until| at < position(until))
+}
+
+/// Whether a range's end `until` lies after its start `from`: the range
+/// moved on.
+pub fn is_after(until: &[u8], from: &[u8]) -> bool {
+    position(until) > position(from)
 }
 
 /// The digest of one stored key state: its key and its encoded bytes.
@@ -103,7 +136,9 @@ impl PartitionTree {
     fn covers(&self, key: &[u8]) -> bool {
         match &self.build {
             Build::Built => true,
-            Build::Scanning { last } => last.as_deref().is_some_and(|last| key <= last),
+            Build::Scanning { last } => last
+                .as_deref()
+                .is_some_and(|last| position(key) <= position(last)),
         }
     }
 
@@ -185,7 +220,7 @@ impl Trees {
                     start.push(0);
                     start
                 }
-                None => data_key(partition, &[]),
+                None => partition_start(partition),
             };
             let entries = store.scan(&start, &end, chunk)?;
             let done = entries.len() < chunk;
@@ -219,14 +254,6 @@ pub struct BuildStep {
     pub read: usize,
 }
 
-/// The first stored key after every data key of `partition`.
-fn partition_end(partition: Partition) -> Vec<u8> {
-    match partition.0.checked_add(1) {
-        Some(next) => data_key(Partition(next), &[]),
-        None => vec![DATA_PREFIX + 1],
-    }
-}
-
 /// What [`states_in_range`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RangeStates {
@@ -254,11 +281,13 @@ fn entries_for(bytes_max: usize, read: usize, scanned: usize) -> usize {
 
 /// The partition's stored states (user key, encoded state) whose keys fall
 /// in `buckets` and lie in `[from, until)`, until about `bytes_max` bytes
-/// were read. The cut counts every state read, wanted or not: a step that
-/// wants one bucket of 256 reads `bytes_max`, not the whole partition in
-/// search of `bytes_max` of matches (at 1 GB a node, 4 MB per partition,
-/// in one turn of the node's loop, charged a 256th of it).
-/// The partition is scanned in chunks of at most `scan_chunk` keys, each
+/// were read. Only the wanted buckets are read: each bucket's keys lie
+/// together in the store, and each run of consecutive wanted buckets is
+/// one stretch of it. (When buckets were spread over the partition, a step
+/// that wanted one bucket of 256 read 256 times what it found, and an
+/// exchange started again re-read the part of the partition it had already
+/// made equal.)
+/// Each stretch is scanned in chunks of at most `scan_chunk` keys, each
 /// sized to what the range still allows at the size states came so far: a
 /// step of 256 KiB reads about 256 KiB, not `scan_chunk` states (4,096 of
 /// 1 KB each, 16 times what it sends, as it once did on every step of a
@@ -278,42 +307,54 @@ pub fn states_in_range(
             *slot = true;
         }
     }
-    let end = match until {
-        Some(until) => data_key(partition, until),
+    let range_start = range_key(partition, from);
+    let range_end = match until {
+        Some(until) => range_key(partition, until),
         None => partition_end(partition),
     };
     let scan_chunk = scan_chunk.max(1);
     let mut chunk = SCAN_FIRST.min(scan_chunk);
-    let mut start = data_key(partition, from);
     let mut states = Vec::new();
     let (mut read, mut scanned) = (0, 0);
-    while start < end {
-        let entries: Entries = store.scan(&start, &end, chunk)?;
-        let finished = entries.len() < chunk;
-        scanned += entries.len();
-        for (stored, value) in entries {
-            let Some((_, key)) = parse_data_key(&stored) else {
-                continue;
-            };
-            if read >= bytes_max {
-                // Full: the range ends before this key.
-                return Ok(RangeStates {
-                    states,
-                    until: Some(key.to_vec()),
-                    read,
-                });
-            }
-            read += key.len() + value.len();
-            if wanted[bucket_of(key) as usize] {
+    let mut bucket = 0;
+    while bucket < BUCKETS {
+        if !wanted[bucket] {
+            bucket += 1;
+            continue;
+        }
+        let run_end = (bucket..BUCKETS)
+            .find(|next| !wanted[*next])
+            .unwrap_or(BUCKETS);
+        let mut start = bucket_start(partition, bucket as u16).max(range_start.clone());
+        let end = bucket_start(partition, run_end as u16).min(range_end.clone());
+        bucket = run_end;
+        while start < end {
+            let entries: Entries = store.scan(&start, &end, chunk)?;
+            let finished = entries.len() < chunk;
+            scanned += entries.len();
+            for (stored, value) in entries {
+                start.clone_from(&stored);
+                start.push(0);
+                let Some((_, key)) = parse_data_key(&stored) else {
+                    continue;
+                };
+                if read >= bytes_max {
+                    // Full: the range ends before this key.
+                    return Ok(RangeStates {
+                        states,
+                        until: Some(key.to_vec()),
+                        read,
+                    });
+                }
+                read += key.len() + value.len();
                 states.push((key.to_vec(), value));
             }
-            start = stored;
-            start.push(0);
+            if finished {
+                break;
+            }
+            chunk =
+                entries_for(bytes_max, read, scanned).clamp(SCAN_FIRST.min(scan_chunk), scan_chunk);
         }
-        if finished {
-            break;
-        }
-        chunk = entries_for(bytes_max, read, scanned).clamp(SCAN_FIRST.min(scan_chunk), scan_chunk);
     }
     Ok(RangeStates {
         states,
@@ -462,46 +503,80 @@ mod tests {
         assert_ne!(kept.root(), PartitionTree::new().root());
     }
 
+    /// The keys `key0000`… of [`fill`], in their partition's stored order.
+    fn in_stored_order(count: u32) -> Vec<Vec<u8>> {
+        let mut keys: Vec<Vec<u8>> = (0..count)
+            .map(|i| format!("key{i:04}").into_bytes())
+            .collect();
+        keys.sort_by(|a, b| position(a).cmp(&position(b)));
+        keys
+    }
+
     #[test]
     fn ranges_cut_by_size_walk_every_state_exactly_once() {
         let partition = Partition(9);
         let mut store = MemStore::new();
         fill(&mut store, partition, 500, &[1u8; 40]);
         put(&mut store, Partition(10), b"key0000", b"other partition");
+        put(&mut store, Partition(8), b"key0000", b"other partition");
         let all: Vec<u16> = (0..BUCKETS as u16).collect();
-        let mut from = Vec::new();
-        let mut seen = Vec::new();
-        let mut steps = 0;
-        loop {
-            let found = states_in_range(&mut store, partition, &all, &from, None, 1000, 7).unwrap();
-            seen.extend(found.states.into_iter().map(|(key, _)| key));
-            steps += 1;
-            match found.until {
-                Some(until) => {
-                    assert!(until > from, "a range must make progress");
-                    from = until;
+        // Some buckets only, in runs and alone, first and last among them.
+        let some: Vec<u16> = [0, 1, 2, 9, 40, 41, 200, 255].to_vec();
+        for buckets in [&all, &some] {
+            let mut from = Vec::new();
+            let mut seen = Vec::new();
+            let mut steps = 0;
+            loop {
+                let found =
+                    states_in_range(&mut store, partition, buckets, &from, None, 1000, 7).unwrap();
+                assert_eq!(
+                    found.read,
+                    found
+                        .states
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+                );
+                seen.extend(found.states.into_iter().map(|(key, _)| key));
+                steps += 1;
+                match found.until {
+                    Some(until) => {
+                        assert!(is_after(&until, &from), "a range must make progress");
+                        from = until;
+                    }
+                    None => break,
                 }
-                None => break,
             }
+            let expected: Vec<Vec<u8>> = in_stored_order(500)
+                .into_iter()
+                .filter(|key| buckets.contains(&bucket_of(key)))
+                .collect();
+            assert!(steps > expected.len() / 25, "{steps} steps");
+            assert_eq!(seen, expected);
         }
-        assert!(steps > 10, "{steps} steps");
-        let expected: Vec<Vec<u8>> = (0..500u32)
-            .map(|i| format!("key{i:04}").into_bytes())
-            .collect();
-        assert_eq!(seen, expected);
         // A bounded range stops at its end.
+        let keys = in_stored_order(500);
         let bounded = states_in_range(
             &mut store,
             partition,
             &all,
-            b"key0100",
-            Some(b"key0110"),
+            &keys[100],
+            Some(&keys[110]),
             usize::MAX,
             3,
         )
         .unwrap();
-        assert_eq!(bounded.states.len(), 10);
-        assert_eq!(bounded.until.as_deref(), Some(&b"key0110"[..]));
+        let found: Vec<Vec<u8>> = bounded.states.into_iter().map(|(key, _)| key).collect();
+        assert_eq!(found, keys[100..110]);
+        assert_eq!(bounded.until.as_deref(), Some(&keys[110][..]));
+        assert!(
+            keys[100..110]
+                .iter()
+                .all(|key| in_range(key, &keys[100], Some(&keys[110])))
+        );
+        assert!(!in_range(&keys[110], &keys[100], Some(&keys[110])));
+        assert!(!in_range(&keys[99], &keys[100], None));
+        assert!(in_range(&keys[0], b"", None));
     }
 
     /// Counts the entries scans return.
@@ -550,26 +625,41 @@ mod tests {
                 .sum()
         };
         assert_eq!(found.read, bytes(&found.states));
-        // Wanting a few buckets only, a step still reads about its limit,
-        // not the partition in search of its limit's worth of matches, and
-        // says how much it read.
-        let few: Vec<u16> = (0..8).collect();
+        // Wanting a few buckets, a step reads those buckets only: each
+        // bucket's keys lie together, so nothing else is scanned.
+        let few: Vec<u16> = vec![3, 100, 101, 200];
         let mut counting = Counting(&mut store, 0);
         let found =
-            states_in_range(&mut counting, partition, &few, &[], None, 11_000, 4096).unwrap();
-        assert!(!found.states.is_empty());
-        assert!(found.states.iter().all(|(key, _)| bucket_of(key) < 8));
+            states_in_range(&mut counting, partition, &few, &[], None, 1 << 30, 4096).unwrap();
+        assert_eq!(found.until, None);
+        let in_few = (0..5000u32)
+            .filter(|i| few.contains(&bucket_of(format!("key{i:04}").as_bytes())))
+            .count();
+        assert!(in_few > 40, "{in_few}");
+        assert_eq!(found.states.len(), in_few);
+        assert!(
+            found
+                .states
+                .iter()
+                .all(|(key, _)| few.contains(&bucket_of(key)))
+        );
+        assert_eq!(counting.1, in_few, "entries scanned");
+        assert_eq!(found.read, bytes(&found.states));
+        // And a step cut by its limit read about the limit, all of it wanted.
+        let mut counting = Counting(&mut store, 0);
+        let found =
+            states_in_range(&mut counting, partition, &few, &[], None, 2_000, 4096).unwrap();
         assert!(
             found.until.is_some(),
-            "11,000 bytes cannot hold the partition"
+            "2,000 bytes cannot hold {in_few} states"
         );
-        let read = counting.1;
+        assert!((2_000..2_200).contains(&found.read), "{}", found.read);
+        assert_eq!(found.read, bytes(&found.states));
         assert!(
-            (90..=110 + 40).contains(&read),
-            "read {read} entries for a limit of about 100"
+            counting.1 <= found.states.len() + 32,
+            "{} entries",
+            counting.1
         );
-        assert!((11_000..11_200).contains(&found.read), "{}", found.read);
-        assert!(bytes(&found.states) * 4 < found.read);
     }
 
     #[test]

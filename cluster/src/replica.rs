@@ -3,9 +3,16 @@
 //! the dotted version vectors of design.md §3).
 //!
 //! Stored layout (one ordered key space shared with hints and metadata):
-//! - data: `0x00 ‖ partition u32 BE ‖ user key` → `KeyState::encode()`,
+//! - data: `0x00 ‖ partition u32 BE ‖ bucket u16 BE ‖ user key` →
+//!   `KeyState::encode()`, where the bucket is the key's leaf in its
+//!   partition's hash tree ([`anti_entropy::bucket_of`]). So each leaf's
+//!   keys lie together, and an exchange that finds a few leaves differing
+//!   reads those leaves only, not the whole partition in search of them.
+//!   Ranges within a partition therefore run in this order — bucket, then
+//!   key — which [`anti_entropy::position`] gives,
 //! - hints: `0x01 ‖ …` (see `hinted_handoff`),
-//! - metadata: `0x02 ‖ name`; the epoch is `0x02 ‖ "epoch"` → u32 BE.
+//! - metadata: `0x02 ‖ name`; the epoch is `0x02 ‖ "epoch"` → u32 BE; the
+//!   layout's version is `0x02 ‖ "layout"` → u32 BE ([`check_layout`]).
 //!
 //! Invariants: a state read back is checked (the envelope's checksum) and a
 //! corrupt one is an error, never a panic; a coordinated write that would
@@ -14,6 +21,7 @@
 //! the epoch is written durably before any dot of that epoch is issued, and
 //! every start takes a new one (so a dot is never issued twice, KV679).
 
+use crate::anti_entropy;
 use crate::id::{Actor, NodeId, Partition};
 use crate::siblings::{ConflictPolicy, KeyState, SiblingValue};
 use crate::store::{Durability, Store, StoreError};
@@ -66,9 +74,7 @@ pub struct ReplicaLimits {
 
 /// The stored key of a user key's data in `partition`.
 pub fn data_key(partition: Partition, key: &[u8]) -> Vec<u8> {
-    let mut stored = Vec::with_capacity(5 + key.len());
-    stored.push(DATA_PREFIX);
-    stored.extend_from_slice(&partition.0.to_be_bytes());
+    let mut stored = bucket_start(partition, anti_entropy::bucket_of(key));
     stored.extend_from_slice(key);
     stored
 }
@@ -76,12 +82,102 @@ pub fn data_key(partition: Partition, key: &[u8]) -> Vec<u8> {
 /// The user key and partition of a data key, or `None` when it is not one.
 pub fn parse_data_key(stored: &[u8]) -> Option<(Partition, &[u8])> {
     let (&prefix, rest) = stored.split_first()?;
-    if prefix != DATA_PREFIX || rest.len() < 4 {
+    if prefix != DATA_PREFIX || rest.len() < 6 {
         return None;
     }
-    let (partition, key) = rest.split_at(4);
+    let (partition, rest) = rest.split_at(4);
     let partition = u32::from_be_bytes(partition.try_into().ok()?);
-    Some((Partition(partition), key))
+    Some((Partition(partition), &rest[2..]))
+}
+
+/// The first stored key of `bucket` in `partition`; with `bucket` equal to
+/// [`anti_entropy::BUCKETS`], the first after the partition's data.
+pub fn bucket_start(partition: Partition, bucket: u16) -> Vec<u8> {
+    let mut stored = Vec::with_capacity(7 + 32);
+    stored.push(DATA_PREFIX);
+    stored.extend_from_slice(&partition.0.to_be_bytes());
+    stored.extend_from_slice(&bucket.to_be_bytes());
+    stored
+}
+
+/// The first stored key of `partition`'s data.
+pub fn partition_start(partition: Partition) -> Vec<u8> {
+    bucket_start(partition, 0)
+}
+
+/// The first stored key after every data key of `partition`.
+pub fn partition_end(partition: Partition) -> Vec<u8> {
+    bucket_start(partition, anti_entropy::BUCKETS as u16)
+}
+
+/// The stored key where a range of `partition` that starts at the user key
+/// `from` starts: the empty key, which no user key is, is the partition's
+/// start (as [`anti_entropy::position`] orders it).
+pub fn range_key(partition: Partition, from: &[u8]) -> Vec<u8> {
+    if from.is_empty() {
+        partition_start(partition)
+    } else {
+        data_key(partition, from)
+    }
+}
+
+/// The version of the stored layout this build reads and writes: 2 put the
+/// bucket in data keys.
+pub const LAYOUT: u32 = 2;
+
+/// The stored key of the layout's version.
+pub fn layout_key() -> Vec<u8> {
+    let mut key = vec![METADATA_PREFIX];
+    key.extend_from_slice(b"layout");
+    key
+}
+
+/// Why a store's data cannot be read by this build.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The data was written in another layout.
+    #[error(
+        "the data directory holds data in stored layout {found}, and this build reads layout \
+         {LAYOUT}: start it with the build that wrote it, or empty it and let the node \
+         refill from its peers"
+    )]
+    Other {
+        /// The layout found (1: before versions were recorded).
+        found: u32,
+    },
+}
+
+/// Checks, when a node opens its store, that the data in it is in this
+/// build's layout, and records the layout in a store that holds no data
+/// yet (durably). A store with data but no record was written before
+/// layouts were recorded: layout 1, keys without their bucket.
+pub fn check_layout(store: &mut impl Store) -> Result<(), LayoutError> {
+    let found = match store.read(&layout_key())? {
+        Some(bytes) => match <[u8; 4]>::try_from(bytes.as_slice()) {
+            Ok(bytes) => u32::from_be_bytes(bytes),
+            Err(_) => return Err(LayoutError::Other { found: 0 }),
+        },
+        None => {
+            let data = store.scan(&[DATA_PREFIX], &[DATA_PREFIX + 1], 1)?;
+            if !data.is_empty() {
+                return Err(LayoutError::Other { found: 1 });
+            }
+            store.write(
+                &layout_key(),
+                Some(&LAYOUT.to_be_bytes()),
+                Durability::Durable,
+            )?;
+            LAYOUT
+        }
+    };
+    if found == LAYOUT {
+        Ok(())
+    } else {
+        Err(LayoutError::Other { found })
+    }
 }
 
 /// The stored key of the node's epoch.
@@ -253,15 +349,82 @@ mod tests {
     }
 
     #[test]
-    fn data_key_is_prefix_partition_and_user_key() {
+    fn data_key_is_prefix_partition_bucket_and_user_key() {
         let stored = data_key(Partition(0x0102_0304), b"k");
-        assert_eq!(stored, vec![0x00, 1, 2, 3, 4, b'k']);
+        let [high, low] = anti_entropy::bucket_of(b"k").to_be_bytes();
+        assert_eq!(stored, vec![0x00, 1, 2, 3, 4, high, low, b'k']);
         assert_eq!(
             parse_data_key(&stored),
             Some((Partition(0x0102_0304), &b"k"[..]))
         );
-        assert_eq!(parse_data_key(&[0x01, 0, 0, 0, 0]), None);
-        assert_eq!(parse_data_key(&[0x00, 0, 0]), None);
+        assert_eq!(parse_data_key(&[0x01, 0, 0, 0, 0, 0, 0]), None);
+        assert_eq!(parse_data_key(&[0x00, 0, 0, 0, 0, 0]), None);
+        // A bucket's keys lie together, between its start and the next's.
+        let partition = Partition(7);
+        for key in [&b"a"[..], b"b", b"key0001", &[0xff; 40]] {
+            let bucket = anti_entropy::bucket_of(key);
+            let stored = data_key(partition, key);
+            assert!(bucket_start(partition, bucket) < stored);
+            assert!(stored < bucket_start(partition, bucket + 1));
+            assert!(partition_start(partition) < stored);
+            assert!(stored < partition_end(partition));
+            assert!(partition_end(partition) <= partition_start(Partition(8)));
+        }
+        assert_eq!(range_key(partition, b""), partition_start(partition));
+        assert_eq!(range_key(partition, b"a"), data_key(partition, b"a"));
+    }
+
+    #[test]
+    fn a_store_in_another_layout_is_refused_and_a_new_one_recorded() {
+        // A new store: recorded, durably, and accepted from then on.
+        let mut store = MemStore::new();
+        check_layout(&mut store).unwrap();
+        store.crash_machine();
+        assert_eq!(
+            store.read(&layout_key()).unwrap(),
+            Some(LAYOUT.to_be_bytes().to_vec())
+        );
+        store
+            .write(
+                &data_key(Partition(1), b"k"),
+                Some(b"state"),
+                Durability::Buffered,
+            )
+            .unwrap();
+        check_layout(&mut store).unwrap();
+        // Data without a record: written before layouts were recorded.
+        let mut old = MemStore::new();
+        old.write(
+            &[DATA_PREFIX, 0, 0, 0, 1, b'k'],
+            Some(b"state"),
+            Durability::Buffered,
+        )
+        .unwrap();
+        let error = check_layout(&mut old).unwrap_err();
+        assert_eq!(error, LayoutError::Other { found: 1 });
+        assert!(error.to_string().contains("layout 1"), "{error}");
+        assert_eq!(old.read(&layout_key()).unwrap(), None);
+        // A later layout, or a garbled record.
+        let mut later = MemStore::new();
+        later
+            .write(
+                &layout_key(),
+                Some(&3u32.to_be_bytes()),
+                Durability::Buffered,
+            )
+            .unwrap();
+        assert_eq!(
+            check_layout(&mut later),
+            Err(LayoutError::Other { found: 3 })
+        );
+        later
+            .write(&layout_key(), Some(b"xy"), Durability::Buffered)
+            .unwrap();
+        assert!(check_layout(&mut later).is_err());
+        // Metadata alone (an epoch, a ring) is no data: recorded.
+        let mut epoch_only = MemStore::new();
+        start_epoch(&mut epoch_only, 0).unwrap();
+        check_layout(&mut epoch_only).unwrap();
     }
 
     #[test]

@@ -56,7 +56,10 @@ pub fn run(config: NodeConfig, options: RunOptions) -> anyhow::Result<()> {
     let db_path = config.data_dir.join("db");
     let db = shoal_storage::Db::open(&db_path, storage_options)
         .with_context(|| format!("opening the store at {}", db_path.display()))?;
-    let store = DbStore::new(db);
+    let mut store = DbStore::new(db);
+    shoal_cluster::replica::check_layout(&mut store)
+        .and_then(|()| store.flush().map_err(Into::into))
+        .with_context(|| format!("checking the store at {}", db_path.display()))?;
 
     // One thread drives all QUIC IO and the event loop: on few cores a
     // current-thread runtime serves about twice the requests of a

@@ -5,7 +5,8 @@
 //! An exchange of a partition between an initiator I and a responder R:
 //! 1. I sends `AeRoot`; R answers `AeLeaves` when the roots differ.
 //! 2. I sends `AeDigests`: the digests of its states of the differing
-//!    buckets over a range `[from, until)`, cut after
+//!    buckets over a range `[from, until)` (in the stored order, bucket
+//!    then key: [`anti_entropy::position`]), cut after
 //!    `anti_entropy_bytes_max` bytes of states.
 //! 3. R answers `AeStates` (`answer: true`) over `[from, until')`, where
 //!    `until' <= until` also stops at R's own size limit: R's states that I
@@ -109,11 +110,6 @@ impl AeStep {
             } => (*peer, *partition),
         }
     }
-}
-
-/// Whether `key` lies in `[from, until)` (`until: None`: to the end).
-fn in_range(key: &[u8], from: &[u8], until: Option<&[u8]>) -> bool {
-    key >= from && until.is_none_or(|until| key < until)
 }
 
 impl Node {
@@ -486,7 +482,7 @@ impl Node {
         let in_place = self.key_is_valid(key)
             && self.partitioner.partition_of(key) == partition
             && buckets.contains(&anti_entropy::bucket_of(key))
-            && in_range(key, from, until);
+            && anti_entropy::in_range(key, from, until);
         if !in_place {
             self.metrics.malformed_messages += 1;
         }
@@ -587,7 +583,9 @@ impl Node {
             .into_iter()
             .filter(|key| self.ae_key_in_place(partition, &buckets, range, key))
             .collect();
-        let next = until.clone().filter(|next| *next > from);
+        let next = until
+            .clone()
+            .filter(|next| anti_entropy::is_after(next, &from));
         if !keys.is_empty() {
             let push = AeStep::Push {
                 peer,
@@ -754,7 +752,9 @@ impl Node {
                 let wanted: Vec<Bytes> = digests
                     .into_iter()
                     .filter(|(key, digest)| {
-                        end.as_ref().is_none_or(|end| key < end) && ours.get(key) != Some(digest)
+                        end.as_ref()
+                            .is_none_or(|end| anti_entropy::is_after(end, key))
+                            && ours.get(key) != Some(digest)
                     })
                     .map(|(key, _)| key)
                     .collect();

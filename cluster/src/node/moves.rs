@@ -480,12 +480,12 @@ impl Node {
             self.metrics.malformed_messages += 1;
             return;
         }
-        let in_range = |key: &[u8]| {
-            key >= &range_from[..] && until.as_ref().is_none_or(|until| key < &until[..])
-        };
+        let in_range = |key: &[u8]| anti_entropy::in_range(key, &range_from, until.as_deref());
         let received = states_bytes(&states);
         self.spend_pulled(received);
-        let next = until.clone().filter(|next| *next > range_from);
+        let next = until
+            .clone()
+            .filter(|next| anti_entropy::is_after(next, &range_from));
         if !digests {
             if self
                 .merge_pulled(partition, &states, in_range, store)

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use super::Node;
 use crate::anti_entropy::{self, Tracked};
 use crate::id::Partition;
-use crate::replica::{self, DATA_PREFIX};
+use crate::replica;
 use crate::store::{Durability, Store};
 
 /// How often a clearing step runs while one is needed.
@@ -114,7 +114,7 @@ impl Node {
                 .layout
                 .as_ref()
                 .is_some_and(|layout| layout.current().primaries(partition).contains(&self.id));
-            let end = partition_end(partition);
+            let end = replica::partition_end(partition);
             let entries = if owned {
                 Vec::new()
             } else {
@@ -200,16 +200,8 @@ impl Node {
         ClearSweep {
             version,
             partition: 0,
-            from: replica::data_key(Partition(0), &[]),
+            from: replica::partition_start(Partition(0)),
             unowned_writes: self.unowned_writes,
         }
-    }
-}
-
-/// The first stored key after every data key of `partition`.
-fn partition_end(partition: Partition) -> Vec<u8> {
-    match partition.0.checked_add(1) {
-        Some(next) => replica::data_key(Partition(next), &[]),
-        None => vec![DATA_PREFIX + 1],
     }
 }

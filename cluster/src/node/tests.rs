@@ -1277,3 +1277,74 @@ fn a_restarted_replica_builds_its_trees_at_the_budgets_pace() {
         "every tree is built"
     );
 }
+
+/// Replicas that differ in one key sync it by reading about the key's
+/// bucket, not the partition: each bucket's keys lie together in the store.
+#[test]
+fn one_differing_key_costs_its_bucket_not_its_partition() {
+    let config = Config {
+        anti_entropy_bytes_per_second: 64 << 20,
+        admission_control: false,
+        ..Config::default()
+    };
+    // 16 partitions of about 500 keys: two in a bucket, 55 KB a partition.
+    let (mut cluster, keys) = three_replicas_holding_with(8000, 100, config);
+    cluster.advance(Duration::from_secs(120));
+    // Every tree is built and every replica equal: exchanges compare roots.
+    let spent = |cluster: &Cluster| -> u64 {
+        cluster
+            .nodes
+            .iter()
+            .map(|node| node.metrics().background_bytes_spent)
+            .sum()
+    };
+    let before = spent(&cluster);
+    cluster.advance(Duration::from_secs(10));
+    assert_eq!(spent(&cluster), before, "equal replicas read nothing");
+    // Node 1 misses one write.
+    let key = keys[4321].clone();
+    assert_eq!(&key[..], b"key4321");
+    cluster.silent[1] = true;
+    let request = cluster.request(
+        0,
+        put(
+            "key4321",
+            "newer",
+            VersionVector::default(),
+            Quorum::Count(2),
+            false,
+        ),
+    );
+    written(cluster.response(request));
+    cluster.silent[1] = false;
+    let newest = cluster.local_state(0, &key);
+    assert_ne!(cluster.local_state(1, &key), newest);
+    let before = spent(&cluster);
+    for _ in 0..300 {
+        if cluster.local_state(1, &key) == newest {
+            break;
+        }
+        cluster.advance(Duration::from_millis(100));
+    }
+    assert_eq!(cluster.local_state(1, &key), newest, "node 1 converged");
+    cluster.advance(Duration::from_secs(10));
+    let cost = spent(&cluster) - before;
+    let partition = cluster.nodes[0].partition_of(&key);
+    let partition_bytes: usize = cluster.stores[0]
+        .scan(
+            &replica::partition_start(partition),
+            &replica::partition_end(partition),
+            usize::MAX,
+        )
+        .unwrap()
+        .iter()
+        .map(|(key, value)| key.len() + value.len())
+        .sum();
+    assert!(partition_bytes > 40_000, "{partition_bytes}");
+    // Both sides read the bucket (a few states), the responder sends one
+    // state and node 1 merges it; a partition's read would be 55 KB a side.
+    assert!(
+        cost * 20 < partition_bytes as u64,
+        "{cost} bytes charged to sync one key of a {partition_bytes}-byte partition"
+    );
+}
