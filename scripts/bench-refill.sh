@@ -11,7 +11,8 @@
 # resumes every node's background work in turns of T s (shoal-bench run
 # --alternate-background); its summary has the read p99 of the running and
 # the paused turns side by side, and the script prints their ratio. The
-# refill then waits out the pauses: QUIET is at least 2 T + 1.
+# refill then waits out the pauses: QUIET is at least 2 T + 1. The load
+# during the refill stops after LOAD_MAX s (3600) if the refill has not.
 #   cargo build --release --workspace --bins
 #   RECORDS=1000000 VALUE=1000 RATE=3000 scripts/bench-refill.sh
 #   ALTERNATE=10 RECORDS=1000000 VALUE=1000 RATE=3000 scripts/bench-refill.sh
@@ -28,6 +29,8 @@ QUIET=${QUIET:-15}
 SAMPLE=${SAMPLE:-200}
 BASE_PORT=${BASE_PORT:-7400}
 ALTERNATE=${ALTERNATE:-}
+# Longest the load during the refill runs, in seconds.
+LOAD_MAX=${LOAD_MAX:-3600}
 if [ -n "$ALTERNATE" ]; then
     QUIET=$(python3 -c "print(max($QUIET, int(2 * $ALTERNATE + 1)))")
 fi
@@ -61,7 +64,7 @@ rm -f "$DIR/stop" "$DIR/during.jsonl"
 start_load() {
     if [ -n "$ALTERNATE" ]; then
         # One run, in turns of background work running and paused.
-        load --duration 3600 --stop-file "$DIR/stop" --alternate-background "$ALTERNATE" \
+        load --duration "$LOAD_MAX" --stop-file "$DIR/stop" --alternate-background "$ALTERNATE" \
             2>/dev/null | tail -1 > "$DIR/during.jsonl" &
     else
         # The load during the refill runs in 20 s pieces, one summary line each.

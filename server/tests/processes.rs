@@ -667,3 +667,66 @@ async fn a_wiped_node_converges_through_anti_entropy_alone() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// A data directory written in another stored layout (here layout 1, data
+/// keys without their bucket) is refused at start with an error that says
+/// so, and left as it was: the node does not read it as its own.
+#[test]
+fn a_store_in_an_older_layout_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    certificates::make_ca(&certs).unwrap();
+    certificates::make_leaf(&certs, "node-1", Kind::Node, &[]).unwrap();
+    let data_dir = dir.path().join("node-1");
+    let db_path = data_dir.join("db");
+    // Layout 1: 0x00 ‖ partition ‖ user key, and no layout record.
+    let old_key = [0x00, 0, 0, 0, 5, b'k', b'e', b'y'];
+    {
+        let db = shoal_storage::Db::open(&db_path, shoal_storage::Options::default()).unwrap();
+        db.put(
+            &old_key,
+            b"a state",
+            &shoal_storage::WriteOptions::default(),
+        )
+        .unwrap();
+        db.close().unwrap();
+    }
+    let config = dir.path().join("node-1.toml");
+    let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    write_config(
+        &config,
+        1,
+        address,
+        &data_dir,
+        &[address],
+        &certs,
+        "node-1",
+        1,
+    );
+    let mut node = Node {
+        id: 1,
+        address,
+        data_dir: data_dir.clone(),
+        config,
+        process: None,
+    };
+    node.start();
+    let mut child = node.process.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shoald ran on a store it cannot read"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(data_dir.with_extension("log")).unwrap();
+    assert!(log.contains("stored layout 1"), "{log}");
+    // The data is still there, untouched.
+    let db = shoal_storage::Db::open(&db_path, shoal_storage::Options::default()).unwrap();
+    assert_eq!(db.get(&old_key).unwrap().as_deref(), Some(&b"a state"[..]));
+}
