@@ -305,8 +305,11 @@ pub enum Message {
     },
     /// Anti-entropy, from the exchange's initiator: the digests of its
     /// stored states of the differing buckets whose user keys lie in
-    /// `[from, until)` (`until: None`: to the partition's end). The exchange
-    /// walks the partition in such ranges, each within the configured size.
+    /// `[from, until)` (`until: None`: to the partition's end). Ranges run in
+    /// the partition's stored order, bucket then key
+    /// ([`crate::anti_entropy::position`]; the empty key is the partition's
+    /// start). The exchange walks the differing buckets in such ranges, each
+    /// within the configured size.
     AeDigests {
         /// The partition.
         partition: u32,
@@ -354,7 +357,8 @@ pub enum Message {
         digests: bool,
     },
     /// The answer: the states of `[from, until)` (`until: None`: to the
-    /// partition's end), cut where the configured size says.
+    /// partition's end; in the stored order, as for
+    /// [`Message::AeDigests`]), cut where the configured size says.
     PullReply {
         /// The partition.
         partition: u32,
