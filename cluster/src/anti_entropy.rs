@@ -275,8 +275,8 @@ const SCAN_FIRST: usize = 32;
 /// How many more entries a scan that read `read` bytes in `scanned`
 /// entries should read to reach `bytes_max`, plus one past it that shows
 /// where the range ends.
-fn entries_for(bytes_max: usize, read: usize, scanned: usize) -> usize {
-    bytes_max.saturating_sub(read).saturating_mul(scanned) / read.max(1) + 1
+pub(crate) fn entries_for(bytes_max: usize, read: usize, scanned: usize) -> usize {
+    (bytes_max.saturating_sub(read).saturating_mul(scanned) / read.max(1)).saturating_add(1)
 }
 
 /// The partition's stored states (user key, encoded state) whose keys fall

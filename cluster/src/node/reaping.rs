@@ -30,10 +30,23 @@ use crate::id::{NodeId, Partition};
 use crate::message::Message;
 use crate::replica::{self, DATA_PREFIX};
 use crate::siblings::KeyState;
-use crate::store::{Durability, Store};
+use crate::store::{Durability, Entries, Store};
 
 /// How often a sweep step runs.
 pub(super) const REAP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The share of the background rate the sweep may read. It reads every
+/// stored state to find the few tombstones, so at a low rate it must leave
+/// the rest to exchanges and moves: reading 256 keys a second (256 KB of
+/// 1 KB values) it took all of admission control's 128 KiB/s floor, and a
+/// refill under that control crawled (docs/bench.md, session 16). At an
+/// eighth of the floor, a pass over 1 GB takes about 17 hours, within the
+/// day of `tombstone_grace` by default.
+const REAP_SHARE: f64 = 1.0 / 8.0;
+
+/// States the sweep's first scan of a step reads; later scans are sized
+/// from them.
+const REAP_SCAN_FIRST: usize = 8;
 
 /// Most reaps waiting for answers at once.
 const REAPS_PENDING_MAX: usize = 256;
@@ -76,14 +89,9 @@ impl Node {
         } else {
             self.reap_cursor.clone()
         };
-        let limit = self.config.tombstone_reap_keys_per_round;
-        let (inner, _) = store.parts();
-        let entries = match inner.scan(&start, &[DATA_PREFIX + 1], limit) {
-            Ok(entries) => entries,
-            Err(_) => {
-                self.metrics.store_failures += 1;
-                return;
-            }
+        let Some((entries, wrapped)) = self.reap_scan(start, store) else {
+            self.metrics.store_failures += 1;
+            return;
         };
         self.spend_background(
             entries
@@ -91,9 +99,10 @@ impl Node {
                 .map(|(key, value)| key.len() + value.len())
                 .sum(),
         );
-        // The next step starts after the last key; a short step wraps.
+        // The next step starts after the last key; a sweep that reached the
+        // end of the data starts again from the beginning.
         self.reap_cursor = match entries.last() {
-            Some((last, _)) if entries.len() >= limit => {
+            Some((last, _)) if !wrapped => {
                 let mut next = last.clone();
                 next.push(0);
                 next
@@ -159,6 +168,42 @@ impl Node {
                     asked_at: now,
                 },
             );
+        }
+    }
+
+    /// The next keys of the sweep from `start`: at most
+    /// `tombstone_reap_keys_per_round`, and about [`REAP_SHARE`] of a
+    /// second of the background rate in bytes. Also whether the data ended.
+    /// `None` when the store failed.
+    fn reap_scan<S: Store>(
+        &self,
+        start: Vec<u8>,
+        store: &mut Tracked<'_, S>,
+    ) -> Option<(Entries, bool)> {
+        let limit = self.config.tombstone_reap_keys_per_round.max(1);
+        let allowance = if self.config.anti_entropy_bytes_per_second == 0 {
+            usize::MAX
+        } else {
+            (self.admission.rate() * REAP_SHARE * REAP_INTERVAL.as_secs_f64()) as usize
+        };
+        let (inner, _) = store.parts();
+        let mut entries: Entries = Vec::new();
+        let (mut read, mut cursor) = (0, start);
+        let mut chunk = REAP_SCAN_FIRST.min(limit);
+        loop {
+            let found = inner.scan(&cursor, &[DATA_PREFIX + 1], chunk).ok()?;
+            let ended = found.len() < chunk;
+            for (key, value) in found {
+                read += key.len() + value.len();
+                cursor.clone_from(&key);
+                cursor.push(0);
+                entries.push((key, value));
+            }
+            let left = limit - entries.len();
+            if ended || left == 0 || read >= allowance {
+                return Some((entries, ended));
+            }
+            chunk = anti_entropy::entries_for(allowance, read, entries.len()).clamp(1, left);
         }
     }
 

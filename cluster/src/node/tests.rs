@@ -1348,3 +1348,28 @@ fn one_differing_key_costs_its_bucket_not_its_partition() {
         "{cost} bytes charged to sync one key of a {partition_bytes}-byte partition"
     );
 }
+
+/// The tombstone sweep reads every stored state to find the few
+/// tombstones; it takes an eighth of the background rate, not all of it.
+#[test]
+fn the_tombstone_sweep_reads_an_eighth_of_the_background_rate() {
+    let rate = 64 << 10;
+    let config = Config {
+        anti_entropy_bytes_per_second: rate,
+        admission_control: false,
+        ..reaping_config()
+    };
+    let (mut cluster, _) = three_replicas_holding_with(2000, 1000, config);
+    let spent = |cluster: &Cluster| cluster.nodes[0].metrics().background_bytes_spent;
+    let before = spent(&cluster);
+    let seconds = 30;
+    cluster.advance(Duration::from_secs(seconds));
+    let swept = spent(&cluster) - before;
+    // 2 MB of states: the sweep has more to read than it may.
+    let share = rate / 8 * seconds;
+    assert!(swept >= share / 2, "{swept} bytes swept in {seconds} s");
+    assert!(
+        swept <= share + seconds * 8 * 1100,
+        "{swept} bytes swept in {seconds} s at an eighth of {rate} B/s"
+    );
+}
