@@ -208,40 +208,37 @@ impl Trees {
             }
             Build::Scanning { last } => last.clone(),
         };
-        let keys_max = keys_max.max(1);
-        let end = partition_end(partition);
-        let mut chunk = SCAN_FIRST.min(keys_max);
-        let (mut read, mut scanned) = (0, 0);
-        loop {
-            let start = match &last {
-                // Just after `last`: the same key with a zero byte appended.
-                Some(last) => {
-                    let mut start = data_key(partition, last);
-                    start.push(0);
-                    start
-                }
-                None => partition_start(partition),
-            };
-            let entries = store.scan(&start, &end, chunk)?;
-            let done = entries.len() < chunk;
-            scanned += entries.len();
-            for (stored, value) in &entries {
-                read += stored.len() + value.len();
-                if let Some((_, key)) = parse_data_key(stored) {
-                    tree.toggle(key, value);
-                    last = Some(key.to_vec());
-                }
+        // Just after `last`: the same key with a zero byte appended.
+        let start = match &last {
+            Some(last) => {
+                let mut start = data_key(partition, last);
+                start.push(0);
+                start
             }
-            if done {
-                tree.build = Build::Built;
-                return Ok(BuildStep { done, read });
+            None => partition_start(partition),
+        };
+        let scan = scan_bounded(
+            store,
+            start,
+            &partition_end(partition),
+            (keys_max, bytes_max),
+            SCAN_FIRST,
+        )?;
+        for (stored, value) in &scan.entries {
+            if let Some((_, key)) = parse_data_key(stored) {
+                tree.toggle(key, value);
+                last = Some(key.to_vec());
             }
-            if read >= bytes_max || scanned >= keys_max {
-                tree.build = Build::Scanning { last };
-                return Ok(BuildStep { done, read });
-            }
-            chunk = entries_for(bytes_max, read, scanned).clamp(1, keys_max - scanned);
         }
+        tree.build = if scan.ended {
+            Build::Built
+        } else {
+            Build::Scanning { last }
+        };
+        Ok(BuildStep {
+            done: scan.ended,
+            read: scan.read,
+        })
     }
 }
 
@@ -275,8 +272,56 @@ const SCAN_FIRST: usize = 32;
 /// How many more entries a scan that read `read` bytes in `scanned`
 /// entries should read to reach `bytes_max`, plus one past it that shows
 /// where the range ends.
-pub(crate) fn entries_for(bytes_max: usize, read: usize, scanned: usize) -> usize {
+fn entries_for(bytes_max: usize, read: usize, scanned: usize) -> usize {
     (bytes_max.saturating_sub(read).saturating_mul(scanned) / read.max(1)).saturating_add(1)
+}
+
+/// What [`scan_bounded`] read.
+#[derive(Debug)]
+pub(crate) struct BoundedScan {
+    /// Stored key and value, in order.
+    pub(crate) entries: Entries,
+    /// The scan reached the end of its range.
+    pub(crate) ended: bool,
+    /// Bytes of stored keys and values read.
+    pub(crate) read: usize,
+}
+
+/// The stored entries in `[start, end)`, scanned in chunks until the range
+/// ends or `limits` — at most `.0` entries and about `.1` bytes — are
+/// reached: the first chunk is `first` entries, later ones sized from what
+/// came so far ([`entries_for`]). Shared by tree builds and the tombstone
+/// sweep.
+pub(crate) fn scan_bounded(
+    store: &mut impl Store,
+    start: Vec<u8>,
+    end: &[u8],
+    (keys_max, bytes_max): (usize, usize),
+    first: usize,
+) -> Result<BoundedScan, StoreError> {
+    let keys_max = keys_max.max(1);
+    let mut entries: Entries = Vec::new();
+    let (mut read, mut cursor) = (0, start);
+    let mut chunk = first.clamp(1, keys_max);
+    loop {
+        let found = store.scan(&cursor, end, chunk)?;
+        let ended = found.len() < chunk;
+        for (key, value) in found {
+            read += key.len() + value.len();
+            cursor.clone_from(&key);
+            cursor.push(0);
+            entries.push((key, value));
+        }
+        let left = keys_max - entries.len();
+        if ended || left == 0 || read >= bytes_max {
+            return Ok(BoundedScan {
+                entries,
+                ended,
+                read,
+            });
+        }
+        chunk = entries_for(bytes_max, read, entries.len()).clamp(1, left);
+    }
 }
 
 /// The partition's stored states (user key, encoded state) whose keys fall

@@ -30,7 +30,7 @@ use crate::id::{NodeId, Partition};
 use crate::message::Message;
 use crate::replica::{self, DATA_PREFIX};
 use crate::siblings::KeyState;
-use crate::store::{Durability, Entries, Store};
+use crate::store::{Durability, Store};
 
 /// How often a sweep step runs.
 pub(super) const REAP_INTERVAL: Duration = Duration::from_secs(1);
@@ -89,27 +89,22 @@ impl Node {
         } else {
             self.reap_cursor.clone()
         };
-        let Some((entries, wrapped)) = self.reap_scan(start, store) else {
+        let Some(scan) = self.reap_scan(start, store) else {
             self.metrics.store_failures += 1;
             return;
         };
-        self.spend_background(
-            entries
-                .iter()
-                .map(|(key, value)| key.len() + value.len())
-                .sum(),
-        );
+        self.spend_background(scan.read);
         // The next step starts after the last key; a sweep that reached the
         // end of the data starts again from the beginning.
-        self.reap_cursor = match entries.last() {
-            Some((last, _)) if !wrapped => {
+        self.reap_cursor = match scan.entries.last() {
+            Some((last, _)) if !scan.ended => {
                 let mut next = last.clone();
                 next.push(0);
                 next
             }
             _ => Vec::new(),
         };
-        for (stored_key, encoded) in entries {
+        for (stored_key, encoded) in scan.entries {
             if self.reaps.len() >= REAPS_PENDING_MAX {
                 break;
             }
@@ -173,38 +168,27 @@ impl Node {
 
     /// The next keys of the sweep from `start`: at most
     /// `tombstone_reap_keys_per_round`, and about [`REAP_SHARE`] of a
-    /// second of the background rate in bytes. Also whether the data ended.
-    /// `None` when the store failed.
+    /// second of the background rate in bytes. `None` when the store
+    /// failed.
     fn reap_scan<S: Store>(
         &self,
         start: Vec<u8>,
         store: &mut Tracked<'_, S>,
-    ) -> Option<(Entries, bool)> {
-        let limit = self.config.tombstone_reap_keys_per_round.max(1);
+    ) -> Option<anti_entropy::BoundedScan> {
         let allowance = if self.config.anti_entropy_bytes_per_second == 0 {
             usize::MAX
         } else {
             (self.admission.rate() * REAP_SHARE * REAP_INTERVAL.as_secs_f64()) as usize
         };
         let (inner, _) = store.parts();
-        let mut entries: Entries = Vec::new();
-        let (mut read, mut cursor) = (0, start);
-        let mut chunk = REAP_SCAN_FIRST.min(limit);
-        loop {
-            let found = inner.scan(&cursor, &[DATA_PREFIX + 1], chunk).ok()?;
-            let ended = found.len() < chunk;
-            for (key, value) in found {
-                read += key.len() + value.len();
-                cursor.clone_from(&key);
-                cursor.push(0);
-                entries.push((key, value));
-            }
-            let left = limit - entries.len();
-            if ended || left == 0 || read >= allowance {
-                return Some((entries, ended));
-            }
-            chunk = anti_entropy::entries_for(allowance, read, entries.len()).clamp(1, left);
-        }
+        anti_entropy::scan_bounded(
+            inner,
+            start,
+            &[DATA_PREFIX + 1],
+            (self.config.tombstone_reap_keys_per_round, allowance),
+            REAP_SCAN_FIRST,
+        )
+        .ok()
     }
 
     /// Whether any partition moves (reaping waits until none does).
