@@ -179,6 +179,24 @@ impl Trees {
         *leaf ^= old.unwrap_or(0) ^ new.unwrap_or(0);
     }
 
+    /// Starts the partition's tree before its first write, when no build
+    /// has: built at once if the partition holds no key yet (one seek,
+    /// nothing read), else left for [`Trees::build_step`] to scan. So a
+    /// node that starts empty — a new cluster, a wiped replica — keeps
+    /// every tree from its first write and never scans to build one.
+    fn start(&mut self, partition: Partition, store: &mut impl Store) -> Result<(), StoreError> {
+        if self.trees.contains_key(&partition) {
+            return Ok(());
+        }
+        let first = store.scan(&partition_start(partition), &partition_end(partition), 1)?;
+        let mut tree = PartitionTree::new();
+        if first.is_empty() {
+            tree.build = Build::Built;
+        }
+        self.trees.insert(partition, tree);
+        Ok(())
+    }
+
     /// The partition's tree when it is built.
     pub fn built(&self, partition: Partition) -> Option<&PartitionTree> {
         self.trees.get(&partition).filter(|tree| tree.is_built())
@@ -464,6 +482,7 @@ impl<S: Store> Store for Tracked<'_, S> {
             Some((read_key, old)) if read_key == key => old,
             _ => self.store.read(key)?.map(|value| digest(user_key, &value)),
         };
+        self.trees.start(partition, self.store)?;
         self.store.write(key, value, durability)?;
         let new = value.map(|value| digest(user_key, value));
         self.trees.on_write(partition, user_key, old, new);

@@ -57,6 +57,64 @@ pub enum Liveness {
     Dead,
 }
 
+/// The kinds of background work, each charged to the one byte budget
+/// (`Metrics::background_bytes_by_work` says where the budget went).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackgroundWork {
+    /// Reading a partition to build its anti-entropy tree.
+    TreeBuild,
+    /// An exchange's initiator scanning its states to send their digests.
+    AeDigests,
+    /// An exchange's responder scanning its states to answer digests.
+    AeAnswer,
+    /// An exchange's initiator reading the states the responder wanted.
+    AePush,
+    /// Merging the states an exchange received.
+    AeMerge,
+    /// A move's source reading the states or digests a new owner pulls.
+    MoveServe,
+    /// A move's new owner reading its own states to compare with digests.
+    MoveCompare,
+    /// A move's new owner merging the states it pulled.
+    MoveMerge,
+    /// The sweep deleting copies of partitions that moved away.
+    StaleSweep,
+    /// The sweep looking for tombstones to reap.
+    TombstoneSweep,
+}
+
+impl BackgroundWork {
+    /// Every kind, in the order of `Metrics::background_bytes_by_work`.
+    pub const ALL: [BackgroundWork; 10] = [
+        BackgroundWork::TreeBuild,
+        BackgroundWork::AeDigests,
+        BackgroundWork::AeAnswer,
+        BackgroundWork::AePush,
+        BackgroundWork::AeMerge,
+        BackgroundWork::MoveServe,
+        BackgroundWork::MoveCompare,
+        BackgroundWork::MoveMerge,
+        BackgroundWork::StaleSweep,
+        BackgroundWork::TombstoneSweep,
+    ];
+
+    /// The kind's name, as the `work` label of the exported counter.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackgroundWork::TreeBuild => "tree_build",
+            BackgroundWork::AeDigests => "ae_digests",
+            BackgroundWork::AeAnswer => "ae_answer",
+            BackgroundWork::AePush => "ae_push",
+            BackgroundWork::AeMerge => "ae_merge",
+            BackgroundWork::MoveServe => "move_serve",
+            BackgroundWork::MoveCompare => "move_compare",
+            BackgroundWork::MoveMerge => "move_merge",
+            BackgroundWork::StaleSweep => "stale_sweep",
+            BackgroundWork::TombstoneSweep => "tombstone_sweep",
+        }
+    }
+}
+
 /// Counters a shell exports (Prometheus) and the simulator checks. Plain
 /// fields, only ever incremented.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -126,6 +184,8 @@ pub struct Metrics {
     /// Bytes of background work done (states read to scan or compare,
     /// sent, or merged), as charged to the budget.
     pub background_bytes_spent: u64,
+    /// The same, by kind of work (indexed as [`BackgroundWork::ALL`]).
+    pub background_bytes_by_work: [u64; BackgroundWork::ALL.len()],
     /// The background byte rate admission control allows now.
     pub background_bytes_per_second: u64,
     /// Times admission control halved the background rate.

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_cluster::membership;
-use shoal_cluster::node::Metrics as NodeMetrics;
+use shoal_cluster::node::{BackgroundWork, Metrics as NodeMetrics};
 use shoal_cluster::transport::endpoint::EndpointStats;
 use shoal_storage::DbStats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -353,6 +353,19 @@ impl MetricsBoard {
             storage.write_slowdowns,
         );
         counter("storage_wal_syncs_total", "Log fsyncs.", storage.wal_syncs);
+        let _ = writeln!(
+            text,
+            "# HELP shoal_background_work_bytes_total Bytes charged to the background budget, by kind of work."
+        );
+        let _ = writeln!(text, "# TYPE shoal_background_work_bytes_total counter");
+        for work in BackgroundWork::ALL {
+            let _ = writeln!(
+                text,
+                "shoal_background_work_bytes_total{{work=\"{}\"}} {}",
+                work.name(),
+                node.background_bytes_by_work[work as usize]
+            );
+        }
         let mut gauge = |name: &str, help: &str, value: u64| {
             let _ = writeln!(text, "# HELP shoal_{name} {help}");
             let _ = writeln!(text, "# TYPE shoal_{name} gauge");
@@ -542,6 +555,12 @@ mod tests {
             read_siblings: 14,
             reads_with_siblings: 3,
             background_bytes_spent: 4096,
+            background_bytes_by_work: {
+                let mut by_work = [0; BackgroundWork::ALL.len()];
+                by_work[BackgroundWork::AeMerge as usize] = 4000;
+                by_work[BackgroundWork::TreeBuild as usize] = 96;
+                by_work
+            },
             ..NodeMetrics::default()
         };
         board.publish_cores(
@@ -561,6 +580,9 @@ mod tests {
             "shoal_read_siblings_total 14",
             "shoal_reads_with_siblings_total 3",
             "shoal_background_bytes_total 4096",
+            "shoal_background_work_bytes_total{work=\"ae_merge\"} 4000",
+            "shoal_background_work_bytes_total{work=\"tree_build\"} 96",
+            "shoal_background_work_bytes_total{work=\"tombstone_sweep\"} 0",
         ] {
             assert!(text.lines().any(|found| found == line), "{line}: {text}");
         }

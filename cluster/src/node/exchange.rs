@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rand::Rng;
 
-use super::{Node, states_bytes};
+use super::{BackgroundWork, Node, states_bytes};
 use crate::anti_entropy::{self, BUCKETS, Tracked};
 use crate::id::{NodeId, Partition};
 use crate::message::Message;
@@ -56,8 +56,13 @@ const PAUSED_RECHECK: Duration = Duration::from_millis(250);
 /// gone); its partition is free for another.
 pub(super) const EXCHANGE_IDLE: Duration = Duration::from_secs(10);
 
+/// How long an initiator's kept digests ([`Ahead`]) stay usable: long
+/// enough for an answer at the budget's pace, short enough that few went
+/// stale.
+const AHEAD_FRESH: Duration = Duration::from_secs(10);
+
 /// The exchange a partition is in at this node.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Exchange {
     /// The other side.
     pub(super) peer: NodeId,
@@ -65,6 +70,30 @@ pub(super) struct Exchange {
     pub(super) initiator: bool,
     /// The last step.
     pub(super) at: Instant,
+    /// The initiator's last digests, kept for the part of their range the
+    /// answer did not cover.
+    pub(super) ahead: Option<Ahead>,
+}
+
+/// Keys and the digests of their states, in the stored order.
+type Digests = Vec<(Bytes, u64)>;
+
+/// Digests an initiator computed over `[from, until)` of `buckets`. The
+/// responder answers only as far as its own size limit reaches, and where
+/// the initiator's states are sparser than the responder's (a replica
+/// being refilled) that is a small part of what the initiator scanned: the
+/// next step reuses these digests instead of scanning the rest again.
+/// (Rescanned, the refilling replica's digest scans read as much as it
+/// merged.) A digest gone stale by a later local write only makes the
+/// responder send a state or ask for one it did not need: merges are
+/// joins, so nothing is lost.
+#[derive(Debug, Clone)]
+pub(super) struct Ahead {
+    buckets: Vec<u16>,
+    from: Bytes,
+    until: Option<Bytes>,
+    digests: Digests,
+    at: Instant,
 }
 
 /// One step of an exchange, sent when the byte budget allows.
@@ -166,7 +195,7 @@ impl Node {
         let (inner, trees) = store.parts();
         match trees.build_step(partition, inner, keys_max, bytes_max) {
             Ok(step) => {
-                self.spend_background(step.read);
+                self.spend_background(BackgroundWork::TreeBuild, step.read);
                 let (_, trees) = store.parts();
                 trees
                     .built(partition)
@@ -274,6 +303,7 @@ impl Node {
                     peer: from,
                     initiator: false,
                     at: now,
+                    ahead: None,
                 });
             self.send(
                 from,
@@ -300,8 +330,9 @@ impl Node {
 
     /// Background work of `bytes` was done (read, sent or merged): spent
     /// from the budget and told to admission control.
-    pub(super) fn spend_background(&mut self, bytes: usize) {
+    pub(super) fn spend_background(&mut self, work: BackgroundWork, bytes: usize) {
         self.metrics.background_bytes_spent += bytes as u64;
+        self.metrics.background_bytes_by_work[work as usize] += bytes as u64;
         if self.config.anti_entropy_bytes_per_second > 0 {
             self.ae_budget -= bytes as f64;
         }
@@ -373,6 +404,54 @@ impl Node {
         live >= AE_DEFERRED_MAX / 2 || self.ae_deferred.len() >= AE_DEFERRED_MAX / 2
     }
 
+    /// The digests this node, leading the partition's exchange, kept from
+    /// its last scan, from `from` on, with the end of their range: when
+    /// they are fresh and cover `from` in the same buckets.
+    fn ae_ahead(
+        &self,
+        now: Instant,
+        partition: Partition,
+        buckets: &[u16],
+        from: &Bytes,
+    ) -> Option<(Digests, Option<Bytes>)> {
+        let ahead = self
+            .ae_exchanges
+            .get(&partition)
+            .filter(|exchange| exchange.initiator)?
+            .ahead
+            .as_ref()?;
+        let fresh = now.saturating_duration_since(ahead.at) < AHEAD_FRESH;
+        if !fresh
+            || ahead.buckets != buckets
+            || !anti_entropy::in_range(from, &ahead.from, ahead.until.as_deref())
+        {
+            return None;
+        }
+        let digests = ahead
+            .digests
+            .iter()
+            .filter(|(key, _)| !anti_entropy::is_after(from, key))
+            .cloned()
+            .collect();
+        Some((digests, ahead.until.clone()))
+    }
+
+    /// Keeps the digests of a scan for the exchange this node leads of
+    /// `partition`, after dropping those of exchanges gone idle: so at most
+    /// the live exchanges' (half of [`AE_DEFERRED_MAX`]) are held.
+    fn ae_keep_ahead(&mut self, now: Instant, partition: Partition, ahead: Ahead) {
+        for exchange in self.ae_exchanges.values_mut() {
+            if now.saturating_duration_since(exchange.at) >= EXCHANGE_IDLE {
+                exchange.ahead = None;
+            }
+        }
+        if let Some(exchange) = self.ae_exchanges.get_mut(&partition)
+            && exchange.initiator
+        {
+            exchange.ahead = Some(ahead);
+        }
+    }
+
     /// The exchange of `partition` with `peer` took a step.
     fn ae_exchange_touch(&mut self, partition: Partition, peer: NodeId, now: Instant) {
         if let Some(exchange) = self.ae_exchanges.get_mut(&partition)
@@ -438,6 +517,7 @@ impl Node {
                 peer: from,
                 initiator: true,
                 at: now,
+                ahead: None,
             },
         );
         let step = AeStep::Digests {
@@ -511,6 +591,7 @@ impl Node {
                 peer,
                 initiator: false,
                 at: now,
+                ahead: None,
             },
         );
         let mut checked = BTreeMap::new();
@@ -564,7 +645,7 @@ impl Node {
         // Merging is work too (a read and a write per state), charged here
         // as pulls charge theirs: a refilling replica's budget slows the
         // exchanges it takes part in.
-        self.spend_background(states_bytes(&states));
+        self.spend_background(BackgroundWork::AeMerge, states_bytes(&states));
         if !answer {
             self.ae_exchange_touch(partition, peer, now);
             return;
@@ -685,42 +766,64 @@ impl Node {
             return;
         }
         self.ae_exchange_touch(partition, peer, now);
-        let spent = match step {
+        let (work, spent) = match step {
             AeStep::Digests {
                 peer,
                 partition,
                 buckets,
                 from,
             } => {
-                let Some(found) =
-                    self.ae_states_in_range(partition, &buckets, (&from, None), store)
-                else {
-                    return;
+                let (digests, until, spent) = match self.ae_ahead(now, partition, &buckets, &from) {
+                    // Computed by the last step: no scan, only the digests.
+                    Some((digests, until)) => {
+                        let spent = digests.iter().map(|(key, _)| key.len() + 8).sum();
+                        (digests, until, spent)
+                    }
+                    None => {
+                        let Some(found) =
+                            self.ae_states_in_range(partition, &buckets, (&from, None), store)
+                        else {
+                            return;
+                        };
+                        // Charged for the states read, not the digests
+                        // sent: the scan is the work, and digests priced at
+                        // their own size let exchanges walk ~30 times
+                        // faster than the budget meant (foreground p99
+                        // during membership changes went 10 -> 57 ms).
+                        let digests: Digests = found
+                            .states
+                            .into_iter()
+                            .map(|(key, state)| {
+                                let digest = anti_entropy::digest(&key, &state);
+                                (Bytes::from(key), digest)
+                            })
+                            .collect();
+                        let until = found.until.map(Bytes::from);
+                        self.ae_keep_ahead(
+                            now,
+                            partition,
+                            Ahead {
+                                buckets: buckets.clone(),
+                                from: from.clone(),
+                                until: until.clone(),
+                                digests: digests.clone(),
+                                at: now,
+                            },
+                        );
+                        (digests, until, found.read)
+                    }
                 };
-                // Charged for the states read, not the digests sent: the
-                // scan is the work, and digests priced at their own size
-                // let exchanges walk ~30 times faster than the budget meant
-                // (foreground p99 during membership changes went 10 -> 57 ms).
-                let spent = found.read;
-                let digests: Vec<(Bytes, u64)> = found
-                    .states
-                    .into_iter()
-                    .map(|(key, state)| {
-                        let digest = anti_entropy::digest(&key, &state);
-                        (Bytes::from(key), digest)
-                    })
-                    .collect();
                 self.send(
                     peer,
                     Message::AeDigests {
                         partition: partition.0,
                         buckets,
                         from,
-                        until: found.until.map(Bytes::from),
+                        until,
                         digests,
                     },
                 );
-                spent
+                (BackgroundWork::AeDigests, spent)
             }
             AeStep::Answer {
                 peer,
@@ -776,7 +879,7 @@ impl Node {
                         answer: true,
                     },
                 );
-                spent
+                (BackgroundWork::AeAnswer, spent)
             }
             AeStep::Push {
                 peer,
@@ -802,9 +905,9 @@ impl Node {
                         answer: false,
                     },
                 );
-                spent
+                (BackgroundWork::AePush, spent)
             }
         };
-        self.spend_background(spent);
+        self.spend_background(work, spent);
     }
 }

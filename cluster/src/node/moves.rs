@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{Node, states_bytes};
+use super::{BackgroundWork, Node, states_bytes};
 use crate::anti_entropy::{self, BUCKETS, Tracked};
 use crate::id::{NodeId, Partition};
 use crate::message::{Message, Output};
@@ -362,7 +362,7 @@ impl Node {
                 (Bytes::from(key), value)
             })
             .collect::<Vec<(Bytes, Bytes)>>();
-        self.spend_background(read);
+        self.spend_background(BackgroundWork::MoveServe, read);
         self.send(
             from,
             Message::PullReply {
@@ -407,7 +407,7 @@ impl Node {
             return;
         };
         self.metrics.move_keys_sent += states.len() as u64;
-        self.spend_background(states_bytes(&states));
+        self.spend_background(BackgroundWork::MoveServe, states_bytes(&states));
         self.send(
             from,
             Message::PullKeysReply {
@@ -527,7 +527,7 @@ impl Node {
                 differing.push(key.clone());
             }
         }
-        self.spend_background(read);
+        self.spend_background(BackgroundWork::MoveCompare, read);
         if differing.is_empty() {
             self.advance_pull(now, (partition, source), next);
             return;
@@ -579,7 +579,7 @@ impl Node {
 
     fn spend_pulled(&mut self, bytes: usize) {
         self.metrics.move_bytes_received += bytes as u64;
-        self.spend_background(bytes);
+        self.spend_background(BackgroundWork::MoveMerge, bytes);
     }
 
     /// The step was not taken (a store failure): it is asked again.

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::Node;
+use super::{BackgroundWork, Node};
 use crate::anti_entropy::{self, Tracked};
 use crate::id::{NodeId, Partition};
 use crate::message::Message;
@@ -93,7 +93,7 @@ impl Node {
             self.metrics.store_failures += 1;
             return;
         };
-        self.spend_background(scan.read);
+        self.spend_background(BackgroundWork::TombstoneSweep, scan.read);
         // The next step starts after the last key; a sweep that reached the
         // end of the data starts again from the beginning.
         self.reap_cursor = match scan.entries.last() {

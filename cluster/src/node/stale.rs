@@ -27,7 +27,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::Node;
+use super::{BackgroundWork, Node};
 use crate::anti_entropy::{self, Tracked};
 use crate::id::Partition;
 use crate::replica;
@@ -161,7 +161,7 @@ impl Node {
                 }
             }
         }
-        self.spend_background(read_bytes);
+        self.spend_background(BackgroundWork::StaleSweep, read_bytes);
         if sweep.partition < self.config.partition_count {
             self.clear_later(now, sweep);
             return;
