@@ -287,6 +287,16 @@ pub struct Node {
     /// Tombstone reaping: where the sweep goes on, the reaps waiting for
     /// answers, and when the next sweep step runs.
     reap_cursor: Vec<u8>,
+    /// Data writes of this life that left a key deleted (only tombstones):
+    /// the sweep idles while none is written after a pass found none.
+    tombstones_written: u64,
+    /// The sweep's pass under way: whether it saw a tombstone, and
+    /// `tombstones_written` when it started.
+    reap_pass_found: bool,
+    reap_pass_written: u64,
+    /// The sweep idles: its last whole pass found no tombstone and none
+    /// was written during it; this is `tombstones_written` then.
+    reap_idle: Option<u64>,
     reaps: BTreeMap<Bytes, reaping::PendingReap>,
     next_reap: Option<Instant>,
     /// Clearing copies of partitions that moved away: the sweep under way
@@ -352,6 +362,10 @@ impl Node {
             admission,
             background_paused: false,
             reap_cursor: Vec::new(),
+            tombstones_written: 0,
+            reap_pass_found: false,
+            reap_pass_written: 0,
+            reap_idle: None,
             reaps: BTreeMap::new(),
             next_reap: None,
             clear_sweep: None,
@@ -989,7 +1003,11 @@ impl Node {
             self.unowned_writes += 1;
         }
         let limits = self.limits();
-        replica::apply_sync(store, partition, key, state, &limits, durability).map(|_| ())
+        let merged = replica::apply_sync(store, partition, key, state, &limits, durability)?;
+        if merged.is_deleted() {
+            self.tombstones_written += 1;
+        }
+        Ok(())
     }
 
     // ---- forwarding --------------------------------------------------------
@@ -1166,7 +1184,12 @@ impl Node {
         let (state, dot) = match replica::coordinate_write(
             store, partition, &key, actor, &context, value, timestamp, &limits, durability,
         ) {
-            Ok(written) => written,
+            Ok((state, dot)) => {
+                if state.is_deleted() {
+                    self.tombstones_written += 1;
+                }
+                (state, dot)
+            }
             Err(ReplicaError::TooManySiblings { count, max }) => {
                 self.metrics.sibling_limit_rejections += 1;
                 self.respond(

@@ -3,7 +3,11 @@
 //! primary holds exactly the same tombstone.
 //!
 //! The first primary of a partition sweeps its keys in bounded steps, as
-//! background work (paced by the budget, held still with the rest). For a
+//! background work (paced by the budget, held still with the rest). A
+//! node whose last whole pass found no tombstone, and that has written
+//! none since (a delete it coordinated, or a deleted state merged from a
+//! peer), idles instead of reading its data again: a store without
+//! deletes is read once per start, not forever at an eighth of the rate. For a
 //! tombstone old enough it asks the other primaries whether they hold the
 //! same state (`ReapQuery` with the state's digest). When every one says yes
 //! it sends `Reap` and deletes its own copy; each primary deletes only a
@@ -75,6 +79,18 @@ impl Node {
         if self.moving() || self.config.tombstone_grace.is_zero() || !self.ring.everyone_cleared() {
             return;
         }
+        // A node whose last whole pass found no tombstone, and that wrote
+        // none since, has none: it does not read its data again until one
+        // is written (a delete, or a tombstone merged from a peer).
+        if let Some(written) = self.reap_idle {
+            if written == self.tombstones_written {
+                return;
+            }
+            self.reap_idle = None;
+            self.reap_cursor.clear();
+            self.reap_pass_found = false;
+            self.reap_pass_written = self.tombstones_written;
+        }
         // The sweep reads the store: background work, which waits for the
         // budget (and holds still with the rest) and is charged.
         if !self.ae_may_send(now) {
@@ -96,6 +112,7 @@ impl Node {
         self.spend_background(BackgroundWork::TombstoneSweep, scan.read);
         // The next step starts after the last key; a sweep that reached the
         // end of the data starts again from the beginning.
+        let pass_ended = scan.ended;
         self.reap_cursor = match scan.entries.last() {
             Some((last, _)) if !scan.ended => {
                 let mut next = last.clone();
@@ -106,6 +123,8 @@ impl Node {
         };
         for (stored_key, encoded) in scan.entries {
             if self.reaps.len() >= REAPS_PENDING_MAX {
+                // The rest is left unlooked at: the next pass looks.
+                self.reap_pass_found = true;
                 break;
             }
             let Some((partition, key)) = replica::parse_data_key(&stored_key) else {
@@ -116,6 +135,9 @@ impl Node {
             else {
                 continue;
             };
+            if state.is_deleted() {
+                self.reap_pass_found = true;
+            }
             let newest = state.siblings.iter().map(|sibling| sibling.timestamp).max();
             let old_tombstone = state.is_deleted() && newest.is_none_or(|at| at < horizon);
             if !old_tombstone {
@@ -163,6 +185,13 @@ impl Node {
                     asked_at: now,
                 },
             );
+        }
+        if pass_ended {
+            if !self.reap_pass_found && self.reap_pass_written == self.tombstones_written {
+                self.reap_idle = Some(self.tombstones_written);
+            }
+            self.reap_pass_found = false;
+            self.reap_pass_written = self.tombstones_written;
         }
     }
 

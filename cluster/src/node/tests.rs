@@ -925,6 +925,45 @@ fn a_tombstone_every_primary_holds_is_reaped_after_the_grace_period() {
     assert!(read(cluster.response(request)).siblings.is_empty());
 }
 
+/// The tombstone sweep reads the whole store to find tombstones; once a
+/// whole pass found none and none was written since, it idles instead of
+/// reading the data again and again, and a delete wakes it.
+#[test]
+fn the_tombstone_sweep_idles_while_no_tombstone_exists() {
+    let (mut cluster, _) = three_replicas_holding_with(200, 100, reaping_config());
+    let swept = |cluster: &Cluster| -> Vec<u64> {
+        cluster
+            .nodes
+            .iter()
+            .map(|node| {
+                node.metrics().background_bytes_by_work[BackgroundWork::TombstoneSweep as usize]
+            })
+            .collect()
+    };
+    cluster.advance(Duration::from_secs(30));
+    let first = swept(&cluster);
+    assert!(
+        first.iter().all(|bytes| *bytes > 0),
+        "every node swept once: {first:?}"
+    );
+    cluster.advance(Duration::from_secs(30));
+    assert_eq!(swept(&cluster), first, "no tombstone: the sweep idles");
+    // A delete wakes it: the tombstone is found and reaped after the grace.
+    put_then_delete(&mut cluster);
+    cluster.advance(Duration::from_secs(15));
+    assert!((0..3).all(|member| !stored(&mut cluster, member)), "reaped");
+    let woken = swept(&cluster);
+    assert!(
+        woken.iter().zip(&first).all(|(now, before)| now > before),
+        "{woken:?}"
+    );
+    // Reaped, none is left: it idles again.
+    cluster.advance(Duration::from_secs(30));
+    let idle = swept(&cluster);
+    cluster.advance(Duration::from_secs(30));
+    assert_eq!(swept(&cluster), idle, "the sweep idles again");
+}
+
 /// Reaping sweeps the store: background work, which holds still while an
 /// operator pauses it and is charged to the budget.
 #[test]
