@@ -836,6 +836,17 @@ impl Node {
                 return false;
             }
         };
+        // A store without data holds no tombstone: the sweep starts idle,
+        // and only a tombstone written in this life wakes it.
+        match store.scan(&[replica::DATA_PREFIX], &[replica::DATA_PREFIX + 1], 1) {
+            Ok(data) if data.is_empty() => self.reap_idle = Some(self.tombstones_written),
+            Ok(_) => {}
+            Err(_) => {
+                self.metrics.store_failures += 1;
+                self.start_retry = retry;
+                return false;
+            }
+        }
         self.start_retry = None;
         if !hints.targets().is_empty() {
             self.next_replay = Some(now);

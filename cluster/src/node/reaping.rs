@@ -7,7 +7,8 @@
 //! node whose last whole pass found no tombstone, and that has written
 //! none since (a delete it coordinated, or a deleted state merged from a
 //! peer), idles instead of reading its data again: a store without
-//! deletes is read once per start, not forever at an eighth of the rate. For a
+//! deletes is read once per start, not forever at an eighth of the rate
+//! (and not at all when the node started without data). For a
 //! tombstone old enough it asks the other primaries whether they hold the
 //! same state (`ReapQuery` with the state's digest). When every one says yes
 //! it sends `Reap` and deletes its own copy; each primary deletes only a
