@@ -60,15 +60,16 @@ echo "loading $RECORDS keys of $VALUE bytes" >&2
 echo "baseline: YCSB b at $RATE ops/s for $BASELINE s" >&2
 load --duration "$BASELINE" | tail -1 | sed 's/^/{"run":"baseline","summary":/; s/$/}/'
 
-rm -f "$DIR/stop" "$DIR/during.jsonl"
+rm -f "$DIR/stop" "$DIR/during.jsonl" "$DIR/load.err"
 start_load() {
     if [ -n "$ALTERNATE" ]; then
         # One run, in turns of background work running and paused.
+        # Its progress and any failed requests' error samples: load.err.
         load --duration "$LOAD_MAX" --stop-file "$DIR/stop" --alternate-background "$ALTERNATE" \
-            2>/dev/null | tail -1 > "$DIR/during.jsonl" &
+            2>"$DIR/load.err" | tail -1 > "$DIR/during.jsonl" &
     else
         # The load during the refill runs in 20 s pieces, one summary line each.
-        ( while [ ! -f "$DIR/stop" ]; do load --duration 20 2>/dev/null | tail -1 >> "$DIR/during.jsonl"; done ) &
+        ( while [ ! -f "$DIR/stop" ]; do load --duration 20 2>>"$DIR/load.err" | tail -1 >> "$DIR/during.jsonl"; done ) &
     fi
     LOAD=$!
 }
