@@ -1116,6 +1116,16 @@ fn three_replicas_holding_with(
     (cluster, keys)
 }
 
+/// A fixed background budget far above what the tests move, so that only
+/// what is read or merged is looked at, not the pace.
+fn fast_fixed_budget() -> Config {
+    Config {
+        anti_entropy_bytes_per_second: 64 << 20,
+        admission_control: false,
+        ..Config::default()
+    }
+}
+
 /// Node 1 loses its store and restarts.
 fn wipe_replica_1(cluster: &mut Cluster) {
     cluster.stores[1] = MemStore::new();
@@ -1341,11 +1351,7 @@ fn a_restarted_replica_builds_its_trees_at_the_budgets_pace() {
 /// builds for minutes, through the refill that followed.)
 #[test]
 fn nodes_that_start_empty_never_scan_to_build_trees() {
-    let config = Config {
-        anti_entropy_bytes_per_second: 64 << 20,
-        admission_control: false,
-        ..Config::default()
-    };
+    let config = fast_fixed_budget();
     let (mut cluster, keys) = three_replicas_holding_with(2000, 100, config);
     cluster.advance(Duration::from_secs(30));
     let built = |cluster: &Cluster, node: usize| {
@@ -1406,11 +1412,7 @@ fn nodes_that_start_empty_never_scan_to_build_trees() {
 /// it scanned beyond are kept for the next step, not scanned again.
 #[test]
 fn a_sparse_initiator_scans_its_states_about_once_per_pass() {
-    let config = Config {
-        anti_entropy_bytes_per_second: 64 << 20,
-        admission_control: false,
-        ..Config::default()
-    };
+    let config = fast_fixed_budget();
     let (mut cluster, keys) = three_replicas_holding_with(4000, 500, config);
     // Node 1 keeps one key in four, as its peers hold them.
     let mut sparse = MemStore::new();
@@ -1451,11 +1453,7 @@ fn a_sparse_initiator_scans_its_states_about_once_per_pass() {
 /// bucket, not the partition: each bucket's keys lie together in the store.
 #[test]
 fn one_differing_key_costs_its_bucket_not_its_partition() {
-    let config = Config {
-        anti_entropy_bytes_per_second: 64 << 20,
-        admission_control: false,
-        ..Config::default()
-    };
+    let config = fast_fixed_budget();
     // 16 partitions of about 500 keys: two in a bucket, 55 KB a partition.
     let (mut cluster, keys) = three_replicas_holding_with(8000, 100, config);
     cluster.advance(Duration::from_secs(120));
