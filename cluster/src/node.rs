@@ -182,9 +182,9 @@ pub struct Metrics {
     /// Bytes of key states received by pulls.
     pub move_bytes_received: u64,
     /// Bytes of background work done (states read to scan or compare,
-    /// sent, or merged), as charged to the budget.
-    pub background_bytes_spent: u64,
-    /// The same, by kind of work (indexed as [`BackgroundWork::ALL`]).
+    /// sent, or merged), as charged to the budget, by kind of work
+    /// (indexed as [`BackgroundWork::ALL`]; summed by
+    /// [`Metrics::background_bytes_spent`]).
     pub background_bytes_by_work: [u64; BackgroundWork::ALL.len()],
     /// The background byte rate admission control allows now.
     pub background_bytes_per_second: u64,
@@ -210,6 +210,14 @@ pub struct Metrics {
     pub tombstones_reaped: u64,
     /// Keys deleted from copies of partitions that moved away.
     pub stale_keys_deleted: u64,
+}
+
+impl Metrics {
+    /// Bytes of background work done, of every kind, as charged to the
+    /// budget.
+    pub fn background_bytes_spent(&self) -> u64 {
+        self.background_bytes_by_work.iter().sum()
+    }
 }
 
 /// What exists only once the node has started on its store.
@@ -295,8 +303,9 @@ pub struct Node {
     reap_pass_found: bool,
     reap_pass_written: u64,
     /// The sweep idles: its last whole pass found no tombstone and none
-    /// was written during it; this is `tombstones_written` then.
-    reap_idle: Option<u64>,
+    /// was written during it (it wakes when `tombstones_written` moves
+    /// past `reap_pass_written`).
+    reap_idle: bool,
     reaps: BTreeMap<Bytes, reaping::PendingReap>,
     next_reap: Option<Instant>,
     /// Clearing copies of partitions that moved away: the sweep under way
@@ -365,7 +374,7 @@ impl Node {
             tombstones_written: 0,
             reap_pass_found: false,
             reap_pass_written: 0,
-            reap_idle: None,
+            reap_idle: false,
             reaps: BTreeMap::new(),
             next_reap: None,
             clear_sweep: None,
@@ -839,7 +848,10 @@ impl Node {
         // A store without data holds no tombstone: the sweep starts idle,
         // and only a tombstone written in this life wakes it.
         match store.scan(&[replica::DATA_PREFIX], &[replica::DATA_PREFIX + 1], 1) {
-            Ok(data) if data.is_empty() => self.reap_idle = Some(self.tombstones_written),
+            Ok(data) if data.is_empty() => {
+                self.reap_idle = true;
+                self.reap_pass_written = self.tombstones_written;
+            }
             Ok(_) => {}
             Err(_) => {
                 self.metrics.store_failures += 1;

@@ -219,7 +219,7 @@ impl MetricsBoard {
         counter(
             "background_bytes_total",
             "Bytes of background work done (states read, sent or merged), as charged to its budget.",
-            node.background_bytes_spent,
+            node.background_bytes_spent(),
         );
         counter(
             "move_asks_deferred_total",
@@ -554,7 +554,6 @@ mod tests {
             gets_coordinated: 10,
             read_siblings: 14,
             reads_with_siblings: 3,
-            background_bytes_spent: 4096,
             background_bytes_by_work: {
                 let mut by_work = [0; BackgroundWork::ALL.len()];
                 by_work[BackgroundWork::AeMerge as usize] = 4000;

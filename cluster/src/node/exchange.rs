@@ -331,7 +331,6 @@ impl Node {
     /// Background work of `bytes` was done (read, sent or merged): spent
     /// from the budget and told to admission control.
     pub(super) fn spend_background(&mut self, work: BackgroundWork, bytes: usize) {
-        self.metrics.background_bytes_spent += bytes as u64;
         self.metrics.background_bytes_by_work[work as usize] += bytes as u64;
         if self.config.anti_entropy_bytes_per_second > 0 {
             self.ae_budget -= bytes as f64;

@@ -83,11 +83,11 @@ impl Node {
         // A node whose last whole pass found no tombstone, and that wrote
         // none since, has none: it does not read its data again until one
         // is written (a delete, or a tombstone merged from a peer).
-        if let Some(written) = self.reap_idle {
-            if written == self.tombstones_written {
+        if self.reap_idle {
+            if self.reap_pass_written == self.tombstones_written {
                 return;
             }
-            self.reap_idle = None;
+            self.reap_idle = false;
             self.reap_cursor.clear();
             self.reap_pass_found = false;
             self.reap_pass_written = self.tombstones_written;
@@ -188,9 +188,8 @@ impl Node {
             );
         }
         if pass_ended {
-            if !self.reap_pass_found && self.reap_pass_written == self.tombstones_written {
-                self.reap_idle = Some(self.tombstones_written);
-            }
+            self.reap_idle =
+                !self.reap_pass_found && self.reap_pass_written == self.tombstones_written;
             self.reap_pass_found = false;
             self.reap_pass_written = self.tombstones_written;
         }

@@ -984,7 +984,7 @@ fn reaping_holds_still_while_background_work_is_paused() {
     assert!((0..3).all(|member| stored(&mut cluster, member)));
     let spent = |cluster: &Cluster| -> u64 {
         (0..3)
-            .map(|member| cluster.nodes[member].metrics().background_bytes_spent)
+            .map(|member| cluster.nodes[member].metrics().background_bytes_spent())
             .sum()
     };
     assert_eq!(spent(&cluster), 0);
@@ -1225,7 +1225,7 @@ fn a_pull_step_costs_what_it_read_even_as_digests() {
     let partition = cluster.nodes[0].partition_of(&keys[0]);
     let version = cluster.nodes[0].pulls_version.0;
     let spent = |cluster: &Cluster, member: usize| -> u64 {
-        cluster.nodes[member].metrics().background_bytes_spent
+        cluster.nodes[member].metrics().background_bytes_spent()
     };
     // Node 0 answers node 1's ask for a step from the partition's start.
     let answer = |cluster: &mut Cluster, digests: bool| -> (u64, Message) {
@@ -1307,7 +1307,7 @@ fn a_restarted_replica_builds_its_trees_at_the_budgets_pace() {
     cluster.advance(Duration::from_secs(120));
     cluster.crash(1, false);
     cluster.restart(1);
-    let spent = |cluster: &Cluster| cluster.nodes[1].metrics().background_bytes_spent;
+    let spent = |cluster: &Cluster| cluster.nodes[1].metrics().background_bytes_spent();
     let started = spent(&cluster);
     let seconds = 5;
     for _ in 0..50 {
@@ -1462,7 +1462,7 @@ fn one_differing_key_costs_its_bucket_not_its_partition() {
         cluster
             .nodes
             .iter()
-            .map(|node| node.metrics().background_bytes_spent)
+            .map(|node| node.metrics().background_bytes_spent())
             .sum()
     };
     let before = spent(&cluster);
@@ -1531,7 +1531,7 @@ fn the_tombstone_sweep_reads_an_eighth_of_the_background_rate() {
     // (started empty, it would not sweep at all): it sweeps.
     cluster.crash(0, false);
     cluster.restart(0);
-    let spent = |cluster: &Cluster| cluster.nodes[0].metrics().background_bytes_spent;
+    let spent = |cluster: &Cluster| cluster.nodes[0].metrics().background_bytes_spent();
     let before = spent(&cluster);
     let seconds = 30;
     cluster.advance(Duration::from_secs(seconds));

@@ -552,7 +552,13 @@ fn add_metrics(total: &mut Metrics, each: &Metrics) {
     total.move_keys_received += each.move_keys_received;
     total.move_bytes_received += each.move_bytes_received;
     total.move_keys_sent += each.move_keys_sent;
-    total.background_bytes_spent += each.background_bytes_spent;
+    for (total, each) in total
+        .background_bytes_by_work
+        .iter_mut()
+        .zip(each.background_bytes_by_work)
+    {
+        *total += each;
+    }
     total.tombstones_reaped += each.tombstones_reaped;
     total.stale_keys_deleted += each.stale_keys_deleted;
 }
