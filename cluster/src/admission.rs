@@ -7,46 +7,32 @@
 //! rate, each step charged for the states it read or merged (not for the
 //! bytes it sent: a digest costs the state read to make it). This
 //! controller sets that rate from the latency of the foreground requests the
-//! node serves, measured by its shell, one interval (a second) at a time.
+//! node serves, measured by its shell: each interval it takes the 99th
+//! percentile of the interval's requests. The *baseline* is the median p99
+//! of the last `QUIET_KEPT` intervals without background work; the *judged*
+//! p99 the median of the last `BUSY_KEPT` intervals with it. Medians, because
+//! one interval's p99 is noisy (a few hundred requests, and a flush or a
+//! compaction lands in one interval or the next): judged one interval at a
+//! time, noise alone read as harm so often that the rate sank to the floor
+//! (docs/bench.md, session 12).
 //!
-//! Intervals are *quiet* (no background work ran, or a probe held it) or
-//! *busy*. The *baseline* is the p99 of the requests of the last
-//! `QUIET_KEPT` quiet intervals pooled together; the *judged* p99 that of
-//! the busy intervals since the last judgement, pooled. Pooled, because one
-//! interval's p99 is the tenth slowest of a thousand requests, and a flush,
-//! a compaction or the host taking the CPU lands in one interval or the
-//! next: judged one interval at a time (session 12), or by the medians of
-//! a few (sessions 13–17), noise alone read as harm so often that the rate
-//! sat at its floor through whole refills (docs/bench.md, session 18).
-//!
-//! - **Slow judgement, small harm.** Every `JUDGED_BUSY` busy intervals the
-//!   pooled p99 is judged: more than `TARGET` above the baseline, the rate
-//!   steps down by `STEP_FRACTION` of itself (down to a floor, so
-//!   background work always progresses); otherwise it steps up as much.
-//!   Twenty seconds of requests hold twenty times the samples of one. And
-//!   steps of one size up and down hold the rate where the judged p99
-//!   exceeds the target as often as not, that is where the harm is the
-//!   target, however noisy the judgement: noise only makes the rate
-//!   wander about that point. Under the earlier rule (halve on harm, an
-//!   eighth up otherwise) the rate held only where harm was judged in
-//!   fewer than one judgement in seven, so noise that alone crossed the
-//!   margin more often than that drove harmless work to the floor.
-//! - **Fast judgement, large harm.** After every busy interval, once
-//!   `FAST_BUSY` have been pooled, a p99 more than `FAST_MARGIN` above the
-//!   baseline halves the rate at once: a rate far too high (a join starting
-//!   at the ceiling) is not left running for twenty seconds.
-//! - Every judgement that moves the rate forgets the busy intervals
-//!   pooled, so the next judgement is of the new rate.
+//! - When the judged p99 exceeds the baseline by more than the margin, the
+//!   rate halves (down to a floor, so background work always progresses)
+//!   and the busy intervals are forgotten, so the next judgement is of the
+//!   new rate. Otherwise each busy interval raises the rate by an eighth of
+//!   itself (multiplicative increase, multiplicative decrease): a rate found
+//!   harmful is approached again over about six intervals wherever it lies,
+//!   where an additive step of a tenth of the ceiling crossed a low harmful
+//!   rate within one or two.
 //! - The baseline must be learnt while background work runs for minutes (a
 //!   join) or from the moment a node starts (a joining node has nothing
 //!   else to learn from). So one interval in `PROBE_EVERY` is a *probe*,
 //!   while the node has requests to measure: background work holds still
-//!   for that interval, and it counts as quiet. Probes are the intervals
-//!   whose number (whole seconds of the clock the node is given) is a
-//!   multiple of `PROBE_EVERY`, so that members whose clocks agree probe
-//!   together: a coordinator's latency includes its replicas', whose
-//!   background work a lone probe would still see. No judgement is made
-//!   before `QUIET_MIN` quiet intervals were seen.
+//!   for that interval, and its p99 goes to the baseline. Probes are the
+//!   intervals whose number (whole seconds of the clock the node is given)
+//!   is a multiple of `PROBE_EVERY`, so that members whose clocks agree
+//!   probe together: a coordinator's latency includes its
+//!   replicas', whose background work a lone probe would still see.
 //!
 //! Pure: fed latencies, bytes and instants.
 
@@ -56,47 +42,33 @@ use std::time::{Duration, Instant};
 /// How long one measurement interval lasts.
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
-/// Fewest requests in an interval for it to count.
+/// Fewest requests in an interval for its p99 to count.
 pub const SAMPLES_MIN: u32 = 200;
 
-/// The bound on harm: how far above the baseline a p99 may move.
+/// How far above the baseline p99 counts as harm.
 pub const MARGIN: f64 = 0.10;
-
-/// Where the slow judgement holds the pooled p99: half the margin above
-/// the baseline, so that the rate's wander about it stays within the
-/// margin.
-pub const TARGET: f64 = MARGIN / 2.0;
-
-/// Busy intervals pooled for the slow judgement.
-pub const JUDGED_BUSY: u32 = 20;
-
-/// A slow judgement moves the rate up or down by this fraction of itself.
-pub const STEP_FRACTION: f64 = 1.0 / 4.0;
-
-/// How far above the baseline the pooled p99 of at least `FAST_BUSY` busy
-/// intervals counts as harm at once: the rate halves.
-pub const FAST_MARGIN: f64 = 0.50;
-
-/// Fewest busy intervals pooled for the fast judgement.
-pub const FAST_BUSY: u32 = 3;
 
 /// The floor, as a fraction of the ceiling.
 pub const FLOOR_FRACTION: f64 = 1.0 / 64.0;
 
+/// A harmless interval of background work raises the rate by this fraction
+/// of itself.
+pub const RAISE_FRACTION: f64 = 1.0 / 8.0;
+
 /// One interval in this many is a probe: background work holds still.
 pub const PROBE_EVERY: u64 = 10;
 
-/// Quiet (or probe) intervals pooled for the baseline.
-pub const QUIET_KEPT: usize = 30;
+/// Quiet (or probe) intervals whose median p99 is the baseline.
+pub const QUIET_KEPT: usize = 5;
 
-/// Fewest quiet intervals seen before any judgement.
-pub const QUIET_MIN: usize = 3;
+/// Busy intervals whose median p99 is judged against the baseline.
+pub const BUSY_KEPT: usize = 3;
 
 /// Histogram buckets per power of two of microseconds, as a power of two:
 /// sixteen, so a bucket spans at most 1/16 of its values — finer than the
 /// margin it judges. With four a bucket spanned 14–25 %, so any move of
-/// the p99 across a bucket boundary read as more than the 10 % margin, and
-/// noise at a boundary halved the rate.
+/// the median p99 across a bucket boundary read as more than the 10 %
+/// margin, and noise at a boundary halved the rate.
 const SUB_BITS: u32 = 4;
 const SUBS: usize = 1 << SUB_BITS;
 
@@ -122,80 +94,21 @@ fn bucket_ceiling(bucket: usize) -> u64 {
     (1u64 << log) + ((sub + 1) << (log - SUB_BITS)) - 1
 }
 
-/// Latencies counted by bucket, several intervals' worth.
-#[derive(Debug, Clone)]
-struct Pool {
-    counts: Vec<u64>,
-    samples: u64,
-}
-
-impl Pool {
-    fn new() -> Pool {
-        Pool {
-            counts: vec![0; BUCKETS],
-            samples: 0,
-        }
-    }
-
-    /// Adds (or, with `remove`, takes away) one interval's counts.
-    fn add(&mut self, interval: &[(u16, u32)], remove: bool) {
-        for &(bucket, count) in interval {
-            let slot = &mut self.counts[usize::from(bucket)];
-            if remove {
-                *slot -= u64::from(count);
-                self.samples -= u64::from(count);
-            } else {
-                *slot += u64::from(count);
-                self.samples += u64::from(count);
-            }
-        }
-    }
-
-    fn clear(&mut self) {
-        self.counts.iter_mut().for_each(|count| *count = 0);
-        self.samples = 0;
-    }
-
-    /// The `quantile` of the pooled latencies (a bucket's upper bound).
-    fn percentile(&self, quantile: f64) -> u64 {
-        percentile(self.counts.iter().copied(), self.samples, quantile)
-    }
-}
-
-/// The `quantile` of `samples` latencies counted by bucket.
-fn percentile(counts: impl Iterator<Item = u64>, samples: u64, quantile: f64) -> u64 {
-    let wanted = (samples as f64 * quantile).ceil() as u64;
-    let mut seen = 0u64;
-    for (bucket, count) in counts.enumerate() {
-        seen += count;
-        if seen >= wanted {
-            return bucket_ceiling(bucket);
-        }
-    }
-    bucket_ceiling(BUCKETS - 1)
-}
-
 /// The controller; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct Admission {
     ceiling: f64,
     rate: f64,
-    /// The interval under way: its latencies by bucket, and how many.
     histogram: Vec<u32>,
     samples: u32,
     background_bytes: f64,
-    /// The last quiet intervals' latencies (non-empty buckets), newest last,
-    /// and their pool.
-    quiet: VecDeque<Vec<(u16, u32)>>,
-    quiet_pool: Pool,
-    /// The pool's p99, kept because the node reads it after every request.
+    /// The p99s of the last quiet intervals, newest last.
+    quiet_p99s: VecDeque<u64>,
+    /// Their median, kept because the node reads it after every request.
     baseline_micros: Option<u64>,
-    /// The busy intervals since the last judgement that changed the rate
-    /// or ended a slow judgement.
-    busy_pool: Pool,
-    busy_intervals: u32,
+    /// The p99s of the busy intervals since the last halving, newest last.
+    busy_p99s: VecDeque<u64>,
     last_p99_micros: Option<u64>,
-    judged_p99_micros: Option<u64>,
     interval_ends: Option<Instant>,
     /// The number of the interval under way: whole seconds of the wall
     /// clock once [`Admission::align`] was called, else counted from the
@@ -217,13 +130,10 @@ impl Admission {
             histogram: vec![0; BUCKETS],
             samples: 0,
             background_bytes: 0.0,
-            quiet: VecDeque::with_capacity(QUIET_KEPT + 1),
-            quiet_pool: Pool::new(),
+            quiet_p99s: VecDeque::with_capacity(QUIET_KEPT + 1),
             baseline_micros: None,
-            busy_pool: Pool::new(),
-            busy_intervals: 0,
+            busy_p99s: VecDeque::with_capacity(BUSY_KEPT + 1),
             last_p99_micros: None,
-            judged_p99_micros: None,
             interval_ends: None,
             interval: 1,
             measuring: false,
@@ -264,12 +174,6 @@ impl Admission {
         self.last_p99_micros
     }
 
-    /// The pooled p99 of the last judgement (fast or slow), in
-    /// microseconds.
-    pub fn judged_p99_micros(&self) -> Option<u64> {
-        self.judged_p99_micros
-    }
-
     /// How often the rate was halved.
     pub fn throttles(&self) -> u64 {
         self.throttles
@@ -303,25 +207,28 @@ impl Admission {
         let probe = self.probing();
         self.measuring = self.samples >= SAMPLES_MIN;
         if self.measuring {
-            self.last_p99_micros = Some(percentile(
-                self.histogram.iter().map(|&count| u64::from(count)),
-                u64::from(self.samples),
-                0.99,
-            ));
-            let counts: Vec<(u16, u32)> = (0u16..)
-                .zip(&self.histogram)
-                .filter(|(_, count)| **count > 0)
-                .map(|(bucket, count)| (bucket, *count))
-                .collect();
+            let p99 = self.percentile(0.99);
+            self.last_p99_micros = Some(p99);
             if probe || self.background_bytes == 0.0 {
-                self.learn_quiet(counts);
+                // A probe, or quiet: the baseline.
+                keep(&mut self.quiet_p99s, p99, QUIET_KEPT);
+                self.baseline_micros = median(&self.quiet_p99s);
                 self.probes += u64::from(probe);
-            } else if self.quiet.len() >= QUIET_MIN {
-                self.busy_pool.add(&counts, false);
-                self.busy_intervals += 1;
-                self.judge();
+            } else if let Some(baseline) = self.baseline_micros() {
+                keep(&mut self.busy_p99s, p99, BUSY_KEPT);
+                if let Some(judged) =
+                    median(&self.busy_p99s).filter(|_| self.busy_p99s.len() == BUSY_KEPT)
+                {
+                    if judged as f64 > baseline as f64 * (1.0 + MARGIN) {
+                        self.rate = (self.rate / 2.0).max(self.ceiling * FLOOR_FRACTION);
+                        self.throttles += 1;
+                        self.busy_p99s.clear();
+                    } else {
+                        self.rate = (self.rate * (1.0 + RAISE_FRACTION)).min(self.ceiling);
+                    }
+                }
             }
-            // Before enough quiet intervals, busy ones wait for probes.
+            // Without a baseline yet, busy intervals wait for a probe.
         }
         self.histogram.iter_mut().for_each(|count| *count = 0);
         self.samples = 0;
@@ -338,84 +245,51 @@ impl Admission {
         self.interval_ends = Some(ends);
     }
 
-    /// A quiet interval joins the baseline's pool; the oldest leaves it.
-    fn learn_quiet(&mut self, counts: Vec<(u16, u32)>) {
-        self.quiet_pool.add(&counts, false);
-        self.quiet.push_back(counts);
-        if self.quiet.len() > QUIET_KEPT
-            && let Some(oldest) = self.quiet.pop_front()
-        {
-            self.quiet_pool.add(&oldest, true);
+    /// The `quantile` of the interval's latencies (a bucket's upper bound).
+    fn percentile(&self, quantile: f64) -> u64 {
+        let wanted = (f64::from(self.samples) * quantile).ceil() as u64;
+        let mut seen = 0u64;
+        for (bucket, count) in self.histogram.iter().enumerate() {
+            seen += u64::from(*count);
+            if seen >= wanted {
+                return bucket_ceiling(bucket);
+            }
         }
-        self.baseline_micros = Some(self.quiet_pool.percentile(0.99));
+        bucket_ceiling(BUCKETS - 1)
     }
+}
 
-    /// Judges the busy intervals pooled so far against the baseline.
-    fn judge(&mut self) {
-        let Some(baseline) = self.baseline_micros else {
-            return;
-        };
-        let slow = self.busy_intervals >= JUDGED_BUSY;
-        if !slow && self.busy_intervals < FAST_BUSY {
-            return;
-        }
-        let judged = self.busy_pool.percentile(0.99);
-        let ratio = judged as f64 / baseline.max(1) as f64;
-        let floor = self.ceiling * FLOOR_FRACTION;
-        if ratio > 1.0 + FAST_MARGIN {
-            self.rate = (self.rate / 2.0).max(floor);
-            self.throttles += 1;
-        } else if !slow {
-            return;
-        } else if ratio > 1.0 + TARGET {
-            self.rate = (self.rate / (1.0 + STEP_FRACTION)).max(floor);
-            self.throttles += 1;
-        } else {
-            self.rate = (self.rate * (1.0 + STEP_FRACTION)).min(self.ceiling);
-        }
-        self.judged_p99_micros = Some(judged);
-        self.busy_pool.clear();
-        self.busy_intervals = 0;
+/// Appends `value`, keeping the last `kept`.
+fn keep(values: &mut VecDeque<u64>, value: u64, kept: usize) {
+    values.push_back(value);
+    while values.len() > kept {
+        values.pop_front();
     }
+}
+
+/// The median (the upper one of an even count).
+fn median(values: &VecDeque<u64>) -> Option<u64> {
+    let mut sorted: Vec<u64> = values.iter().copied().collect();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 2).copied()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// One interval of 1,000 requests: at `busy_micros` while background
-    /// work runs (it spends bytes unless `background` is false or the
-    /// interval is a probe, when the node holds it), else at `quiet_micros`.
-    fn interval(
-        admission: &mut Admission,
-        at: &mut Instant,
-        busy_micros: u64,
-        quiet_micros: u64,
-        background: bool,
-    ) {
-        let busy = background && !admission.probing();
-        if busy {
+    /// One interval of 1,000 requests at `micros`, with background work
+    /// spending bytes unless `background` is false or the interval is a
+    /// probe (the node holds its background work then).
+    fn interval(admission: &mut Admission, at: &mut Instant, micros: u64, background: bool) {
+        if background && !admission.probing() {
             admission.spent(1000.0);
         }
-        let micros = if busy { busy_micros } else { quiet_micros };
         for _ in 0..1000 {
             admission.observe(*at, Duration::from_micros(micros));
         }
         *at += INTERVAL;
         admission.tick(*at);
-    }
-
-    /// A controller with a ceiling of 8 MiB/s that learnt a baseline of
-    /// 1 ms from three quiet intervals.
-    fn taught() -> (Admission, Instant) {
-        let mut at = Instant::now();
-        let mut admission = Admission::new(8 << 20);
-        admission.tick(at);
-        for _ in 0..QUIET_MIN {
-            interval(&mut admission, &mut at, 1000, 1000, false);
-        }
-        assert_eq!(admission.baseline_micros(), Some(1023));
-        (admission, at)
     }
 
     #[test]
@@ -443,158 +317,93 @@ mod tests {
     }
 
     #[test]
-    fn large_harm_halves_the_rate_every_few_intervals_down_to_a_floor() {
-        let (mut admission, mut at) = taught();
+    fn harm_halves_the_rate_down_to_a_floor_and_harmless_work_restores_it() {
+        let mut at = Instant::now();
         let ceiling = f64::from(8 << 20);
         let floor = ceiling * FLOOR_FRACTION;
-        assert_eq!(admission.rate(), ceiling);
-        // Background work triples the p99: judged fast, on three busy
-        // intervals at a time, halved after each three, down to the floor.
-        let mut busy = 0;
-        while admission.rate() > floor {
-            if !admission.probing() {
-                busy += 1;
-            }
-            interval(&mut admission, &mut at, 3000, 1000, true);
-            assert!(busy <= 18, "{admission:?}");
+        let mut admission = Admission::new(8 << 20);
+        admission.tick(at);
+        // Quiet intervals at 1 ms teach the baseline and leave the rate.
+        for _ in 0..3 {
+            interval(&mut admission, &mut at, 1000, false);
         }
-        assert_eq!(busy, 18);
-        assert_eq!(admission.throttles(), 6);
-        assert_eq!(admission.judged_p99_micros(), Some(3071));
-        // The probes measured 1 ms: the baseline stays.
-        assert!(admission.probes() >= 1);
         assert_eq!(admission.baseline_micros(), Some(1023));
-        // At the floor, harm halves nothing more.
-        for _ in 0..10 {
-            interval(&mut admission, &mut at, 3000, 1000, true);
-        }
-        assert_eq!(admission.rate(), floor);
-    }
-
-    #[test]
-    fn small_harm_is_judged_on_twenty_busy_intervals_pooled() {
-        let (mut admission, mut at) = taught();
-        let ceiling = f64::from(8 << 20);
-        // 1.2 ms against 1 ms: beyond the target, within the fast margin:
-        // the rate steps down by a quarter after twenty busy intervals.
-        let mut busy = 0;
-        while busy < JUDGED_BUSY - 1 {
-            if !admission.probing() {
-                busy += 1;
-            }
-            interval(&mut admission, &mut at, 1200, 1000, true);
-        }
         assert_eq!(admission.rate(), ceiling);
-        assert_eq!(admission.judged_p99_micros(), None);
-        while admission.probing() {
-            interval(&mut admission, &mut at, 1200, 1000, true);
+        // Background work with p99 at 3 ms: judged on three intervals at a
+        // time, halved after each three, down to the floor.
+        let mut intervals = 0;
+        while admission.rate() > floor {
+            interval(&mut admission, &mut at, 3000, true);
+            intervals += 1;
+            assert!(intervals < 40, "{admission:?}");
         }
-        interval(&mut admission, &mut at, 1200, 1000, true);
-        assert_eq!(admission.rate(), ceiling / 1.25);
-        assert_eq!(admission.judged_p99_micros(), Some(1215));
-        // A few slow requests in every busy interval, fewer than one in a
-        // hundred, are no harm: the rate steps up again after twenty.
-        let mut busy = 0;
-        while busy < JUDGED_BUSY {
-            let quiet = admission.probing();
-            if !quiet {
-                busy += 1;
-                admission.spent(1000.0);
-            }
-            for slow in 0..1000 {
-                let micros = if !quiet && slow < 9 { 50_000 } else { 1000 };
-                admission.observe(at, Duration::from_micros(micros));
-            }
-            at += INTERVAL;
-            admission.tick(at);
+        assert_eq!(admission.throttles(), 6);
+        // 18 busy intervals and the two probes among them, which measured
+        // 3 ms but did not move the median of five.
+        assert_eq!(intervals, 20);
+        assert_eq!(admission.probes(), 2);
+        assert_eq!(admission.baseline_micros(), Some(1023));
+        // A slow interval among harmless ones is not harm.
+        for micros in [1000, 1000, 10_000, 1000, 1000, 10_000, 1000] {
+            interval(&mut admission, &mut at, micros, true);
         }
-        assert_eq!(admission.rate(), ceiling);
-        assert_eq!(admission.judged_p99_micros(), Some(1023));
-        assert_eq!(admission.throttles(), 1);
-    }
-
-    #[test]
-    fn harmless_work_climbs_from_the_floor_to_the_ceiling_in_minutes() {
-        let (mut admission, mut at) = taught();
-        let ceiling = f64::from(8 << 20);
-        while admission.rate() > ceiling * FLOOR_FRACTION {
-            interval(&mut admission, &mut at, 5000, 1000, true);
-        }
+        assert_eq!(admission.throttles(), 6);
+        assert!(admission.rate() > floor * 1.5, "{admission:?}");
         // Quiet intervals teach but do not raise the rate.
-        let floor = admission.rate();
-        for _ in 0..50 {
-            interval(&mut admission, &mut at, 1000, 1000, false);
+        let rate = admission.rate();
+        for _ in 0..20 {
+            interval(&mut admission, &mut at, 1000, false);
         }
-        assert_eq!(admission.rate(), floor);
-        // Harmless background work: up by a quarter every twenty busy
-        // intervals, 64 times in 19 judgements.
+        assert_eq!(admission.rate(), rate);
+        // Harmless background work: the rate climbs back to the ceiling by
+        // an eighth per interval.
         let mut intervals = 0;
         while admission.rate() < ceiling {
-            interval(&mut admission, &mut at, 1000, 1000, true);
+            interval(&mut admission, &mut at, 1000, true);
             intervals += 1;
-            assert!(intervals < 450, "{admission:?}");
+            assert!(intervals < 60, "{admission:?}");
         }
-        assert!(intervals > 19 * 20, "{intervals}");
+        assert!(intervals > 25, "{intervals}");
+        assert_eq!(admission.throttles(), 6);
     }
 
-    /// The mean rate, as a fraction of the ceiling, and the mean p99
-    /// factor of busy intervals over `seconds` of background work whose
-    /// requests are `harm(rate)` times slower than quiet ones. Noise: each
-    /// interval's latencies are scaled by a log-normal factor (sigma 0.3),
-    /// each request's by another (sigma 0.5), and one interval in twenty
-    /// has 3 % of its requests five times slower (a flush or compaction).
-    fn run_under_noise(harm: impl Fn(f64) -> f64, seconds: usize, seed: u64) -> (f64, f64) {
+    /// The mean rate, as a fraction of the ceiling, over `seconds` of
+    /// background work whose p99 is `harm` times the probes' p99, both
+    /// with the same noise: log-normal, sigma 0.3 (a node's per-second p99
+    /// is the eighth slowest of ~750 requests).
+    fn mean_rate_under_noise(harm: f64, seconds: usize, seed: u64) -> f64 {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut normal = move || {
-            // Box-Muller: a standard normal from two uniforms.
-            let (u, v): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random());
-            let stall = u < 0.05;
-            (
-                (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos(),
-                stall,
-            )
-        };
         let mut at = Instant::now();
         let ceiling = 8 << 20;
         let mut admission = Admission::new(ceiling);
         admission.tick(at);
-        let (mut rates, mut harms, mut busy) = (0.0, 0.0, 0.0);
+        let mut sum = 0.0;
         for _ in 0..seconds {
-            let share = admission.rate() / ceiling as f64;
-            let quiet = admission.probing();
-            let factor = if quiet { 1.0 } else { harm(share) };
-            if !quiet {
-                admission.spent(1000.0);
-                harms += factor;
-                busy += 1.0;
-            }
-            let (second, stall) = normal();
-            let scale = 1000.0 * factor * (0.3 * second).exp();
-            for request in 0..500 {
-                let slow = if stall && request < 15 { 5.0 } else { 1.0 };
-                let micros = scale * slow * (0.5 * normal().0).exp();
-                admission.observe(at, Duration::from_micros(micros as u64));
-            }
-            at += INTERVAL;
-            admission.tick(at);
-            rates += share;
+            // Box-Muller: a standard normal from two uniforms.
+            let (u, v): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random());
+            let normal = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+            let factor = if admission.probing() { 1.0 } else { harm };
+            let micros = (2000.0 * factor * (0.3 * normal).exp()) as u64;
+            interval(&mut admission, &mut at, micros, true);
+            sum += admission.rate() / ceiling as f64;
         }
-        (rates / seconds as f64, harms / busy)
+        sum / seconds as f64
     }
 
     #[test]
-    fn noise_alone_does_not_hold_harmless_work_at_the_floor() {
+    fn harm_through_noise_is_held_near_the_floor() {
+        // The price, not asserted: noise alone is judged harm often enough
+        // (halving on each, while an eighth a second takes six seconds to
+        // recover) that harmless work runs at 11-19 % of the ceiling on
+        // average here. A rule that also asked harm to exceed every quiet
+        // second kept ran harmless work at 77-85 %, but let a real join
+        // move client p99 by 1.51 x (docs/bench.md, session 13).
         for seed in 0..3 {
-            let (harmful, _) = run_under_noise(|_| 1.5, 2000, seed);
-            let (slight, _) = run_under_noise(|_| 1.1, 2000, seed);
-            let (harmless, _) = run_under_noise(|_| 1.0, 2000, seed);
-            eprintln!("seed {seed}: {harmful:.3} {slight:.3} {harmless:.3}");
+            let harmful = mean_rate_under_noise(1.5, 3000, seed);
+            let slight = mean_rate_under_noise(1.1, 3000, seed);
+            let harmless = mean_rate_under_noise(1.0, 3000, seed);
             assert!(harmful < 0.05, "seed {seed}: harmful work at {harmful:.3}");
-            assert!(
-                harmless > 0.3,
-                "seed {seed}: harmless work at {harmless:.3}"
-            );
             assert!(
                 harmful < slight && slight < harmless,
                 "seed {seed}: the rate falls as harm grows: {harmful:.3} {slight:.3} {harmless:.3}"
@@ -603,47 +412,31 @@ mod tests {
     }
 
     #[test]
-    fn harm_that_grows_with_the_rate_settles_near_the_margin() {
-        // Harm 1 + 0.8 × rate / ceiling: 10 % at an eighth of the ceiling.
-        for seed in 0..3 {
-            let (rate, harm) = run_under_noise(|share| 1.0 + 0.8 * share, 2000, seed);
-            eprintln!("seed {seed}: rate {rate:.3}, harm {harm:.3}");
-            assert!(harm < 1.15, "seed {seed}: harm {harm:.3} at rate {rate:.3}");
-            assert!(rate > 0.04, "seed {seed}: rate {rate:.3}, harm {harm:.3}");
-        }
-    }
-
-    #[test]
     fn probes_teach_the_baseline_while_background_work_never_stops() {
         let mut at = Instant::now();
         let mut admission = Admission::new(1 << 20);
         admission.tick(at);
-        // A node busy from its start: no judgement before three quiet
-        // intervals, which only probes give it.
-        while admission.probes() < QUIET_MIN as u64 - 1 {
-            interval(&mut admission, &mut at, 5000, 1000, true);
-        }
-        assert_eq!(admission.baseline_micros(), Some(1023));
+        // A node busy from its start: no judgement without a baseline.
         while !admission.probing() {
-            interval(&mut admission, &mut at, 5000, 1000, true);
+            interval(&mut admission, &mut at, 5000, true);
         }
+        assert_eq!(admission.baseline_micros(), None);
         assert_eq!(admission.rate(), f64::from(1 << 20));
-        assert_eq!(admission.throttles(), 0);
-        // The third probe holds background work and measures 1 ms; then
-        // three intervals at 5 ms with background work are harm.
-        interval(&mut admission, &mut at, 5000, 1000, true);
-        assert_eq!(admission.probes(), QUIET_MIN as u64);
-        for _ in 0..FAST_BUSY {
-            interval(&mut admission, &mut at, 5000, 1000, true);
+        // The probe holds background work and measures 1 ms.
+        interval(&mut admission, &mut at, 1000, true);
+        assert_eq!(admission.probes(), 1);
+        assert_eq!(admission.baseline_micros(), Some(1023));
+        // Then three intervals at 5 ms with background work are harm.
+        for _ in 0..3 {
+            interval(&mut admission, &mut at, 5000, true);
         }
         assert_eq!(admission.rate(), f64::from(1 << 19));
         assert_eq!(admission.last_p99_micros(), Some(5119));
         // One probe in ten.
-        let probes = admission.probes();
         for _ in 0..100 {
-            interval(&mut admission, &mut at, 1000, 1000, true);
+            interval(&mut admission, &mut at, 1000, true);
         }
-        assert_eq!(admission.probes(), probes + 10);
+        assert_eq!(admission.probes(), 11);
     }
 
     #[test]

@@ -199,9 +199,6 @@ pub struct Metrics {
     /// Foreground p99 of admission control's last interval with enough
     /// requests, in microseconds (0 before the first).
     pub admission_last_p99_micros: u64,
-    /// Pooled foreground p99 of the busy intervals admission control last
-    /// judged, in microseconds (0 before the first judgement).
-    pub admission_judged_p99_micros: u64,
     /// Whether an operator paused this node's background work.
     pub background_paused: bool,
     /// Key states sent to pulling new owners.
@@ -514,7 +511,6 @@ impl Node {
         self.metrics.admission_probes = self.admission.probes();
         self.metrics.admission_baseline_p99_micros = self.admission.baseline_micros().unwrap_or(0);
         self.metrics.admission_last_p99_micros = self.admission.last_p99_micros().unwrap_or(0);
-        self.metrics.admission_judged_p99_micros = self.admission.judged_p99_micros().unwrap_or(0);
     }
 
     /// Takes the next output, if any.

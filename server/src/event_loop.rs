@@ -423,21 +423,13 @@ impl EventLoop {
                     .handle_message(now, from, message, &mut self.store);
             }
             Inbound::Datagram { from, bytes } => self.swim.handle_datagram(now, from, &bytes),
-            Inbound::Client {
-                request,
-                reply,
-                received,
-            } => self.handle_client(now, received, request, reply),
+            Inbound::Client { request, reply } => self.handle_client(now, request, reply),
         }
     }
 
-    /// A client's request, `received` by the endpoint: a key-value
-    /// request's latency (in the metrics, and for admission control)
-    /// counts from then.
     fn handle_client(
         &mut self,
         now: Instant,
-        received: Instant,
         request: ClientRequest,
         reply: oneshot::Sender<ClientResponse>,
     ) {
@@ -455,7 +447,7 @@ impl EventLoop {
                     };
                     let id = self.next_request;
                     self.next_request += 1;
-                    self.pending.insert(id, (reply, operation, received));
+                    self.pending.insert(id, (reply, operation, now));
                     self.node
                         .handle_request(now, RequestId(id), request, &mut self.store);
                     return;

@@ -188,7 +188,7 @@ impl MetricsBoard {
         );
         counter(
             "admission_throttles_total",
-            "Times foreground latency lowered the background rate (halved, or stepped down by a quarter).",
+            "Times foreground latency halved the background rate.",
             node.admission_throttles,
         );
         counter(
@@ -394,18 +394,13 @@ impl MetricsBoard {
         );
         gauge(
             "admission_baseline_p99_microseconds",
-            "Admission control's baseline: foreground p99 of its last quiet seconds pooled (0 until learnt).",
+            "Admission control's baseline: foreground p99 without background work (0 until learnt).",
             node.admission_baseline_p99_micros,
         );
         gauge(
             "admission_last_p99_microseconds",
             "Foreground p99 of admission control's last interval with enough requests.",
             node.admission_last_p99_micros,
-        );
-        gauge(
-            "admission_judged_p99_microseconds",
-            "Pooled foreground p99 of the busy intervals admission control last judged against its baseline.",
-            node.admission_judged_p99_micros,
         );
         gauge(
             "background_paused",
@@ -475,7 +470,7 @@ impl MetricsBoard {
         }
         let _ = writeln!(
             text,
-            "# HELP shoal_request_duration_seconds Latency of answered client requests, from the endpoint handing them to the event loop to the answer."
+            "# HELP shoal_request_duration_seconds Latency of answered client requests."
         );
         let _ = writeln!(text, "# TYPE shoal_request_duration_seconds histogram");
         for operation in [Operation::Get, Operation::Put, Operation::Delete] {

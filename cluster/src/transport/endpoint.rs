@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
@@ -64,9 +64,6 @@ pub enum Inbound {
         request: ClientRequest,
         /// Where the answer goes.
         reply: oneshot::Sender<ClientResponse>,
-        /// When the endpoint handed it on: its latency counts from here,
-        /// so that the wait for the event loop counts too.
-        received: Instant,
     },
 }
 
@@ -860,12 +857,7 @@ fn count_malformed(shared: &Shared) {
 /// Hands a request to the event loop and waits for its answer.
 async fn submit(shared: &Shared, request: ClientRequest) -> ClientResponse {
     let (reply, answer) = oneshot::channel();
-    let received = Instant::now();
-    match shared.inbound.try_send(Inbound::Client {
-        request,
-        reply,
-        received,
-    }) {
+    match shared.inbound.try_send(Inbound::Client { request, reply }) {
         Err(mpsc::error::TrySendError::Full(_)) => {
             shared.stats.client_busy.fetch_add(1, Ordering::Relaxed);
             ClientResponse::Failed(RequestError::Busy)
