@@ -128,7 +128,10 @@ import json, sys
 summary = json.loads(open(sys.argv[1]).read())
 running = summary["background_running"]["read"]["p99_us"]
 paused = summary["background_paused"]["read"]["p99_us"]
+updates = [summary[side].get("update", {}).get("p99_us")
+           for side in ("background_running", "background_paused")]
 print(json.dumps({"running_read_p99_us": running, "paused_read_p99_us": paused,
+                  "update_ratio": round(updates[0] / updates[1], 2) if all(updates) else None,
                   "turns": summary["background_turns"],
                   "toggle_failures": summary["background_toggle_failures"],
                   "ratio": round(running / paused, 2),
