@@ -235,6 +235,10 @@ pub struct Client {
     routing: Mutex<Option<Routing>>,
     /// Nodes this client failed to reach, and until when to try others first.
     unreachable: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Per node, how long this client last waited for a key-value answer
+    /// from it, in microseconds, until the next request reports it (the
+    /// node's admission control judges background work by it).
+    waited: Mutex<HashMap<SocketAddr, u32>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -273,6 +277,7 @@ impl Client {
             connections: tokio::sync::Mutex::new(HashMap::new()),
             routing: Mutex::new(None),
             unreachable: Mutex::new(HashMap::new()),
+            waited: Mutex::new(HashMap::new()),
         };
         // Learn the ring now; a cluster that cannot answer this is unreachable.
         client.refresh_ring().await?;
@@ -494,12 +499,25 @@ impl Client {
             let targets = self.targets(key).await;
             let target = targets[attempt % targets.len()];
             attempt += 1;
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let started = Instant::now();
+            let remaining = deadline.saturating_duration_since(started);
+            // Each wait is reported once, with the next request to its node.
+            let message = match lock(&self.waited).remove(&target) {
+                Some(previous_micros) => ClientRequest::KvReporting {
+                    request: request.clone(),
+                    previous_micros,
+                },
+                None => ClientRequest::Kv(request.clone()),
+            };
             let outcome = tokio::time::timeout(
                 remaining + Duration::from_millis(250),
-                self.call(target, &ClientRequest::Kv(request.clone())),
+                self.call(target, &message),
             )
             .await;
+            if let Ok(Ok(ClientResponse::Kv(_))) = &outcome {
+                let waited = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+                lock(&self.waited).insert(target, waited);
+            }
             let error = match outcome {
                 Err(_) => Error::Timeout(timeout),
                 Ok(Ok(ClientResponse::Kv(Response::Failed(error)))) => {

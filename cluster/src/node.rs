@@ -199,6 +199,13 @@ pub struct Metrics {
     /// Foreground p99 of admission control's last interval with enough
     /// requests, in microseconds (0 before the first).
     pub admission_last_p99_micros: u64,
+    /// Whether admission control's last judgement was of the latencies
+    /// clients reported (else of the node's own measure); the baseline and
+    /// last p99 above are of the same.
+    pub admission_judged_by_clients: bool,
+    /// Client requests that reported how long their client waited for its
+    /// previous answer from this node.
+    pub admission_client_reports: u64,
     /// Whether an operator paused this node's background work.
     pub background_paused: bool,
     /// Key states sent to pulling new owners.
@@ -481,6 +488,17 @@ impl Node {
         }
     }
 
+    /// A client reported waiting `latency` for its previous key-value
+    /// answer from this node (admission control judges by what clients
+    /// see, where they say).
+    pub fn handle_client_latency(&mut self, now: Instant, latency: Duration) {
+        self.metrics.admission_client_reports += 1;
+        if self.config.admission_control {
+            self.admission.observe_client(now, latency);
+            self.note_admission();
+        }
+    }
+
     /// Pauses (or resumes) this node's background work: no anti-entropy
     /// step, no pull asked or served, no sweep of moved-away copies, until
     /// resumed. Foreground requests, hinted handoff and membership go on.
@@ -511,6 +529,7 @@ impl Node {
         self.metrics.admission_probes = self.admission.probes();
         self.metrics.admission_baseline_p99_micros = self.admission.baseline_micros().unwrap_or(0);
         self.metrics.admission_last_p99_micros = self.admission.last_p99_micros().unwrap_or(0);
+        self.metrics.admission_judged_by_clients = self.admission.judged_by_clients();
     }
 
     /// Takes the next output, if any.

@@ -83,6 +83,15 @@ pub enum ClientRequest {
         /// Pause when true, resume when false.
         paused: bool,
     },
+    /// A get, put or delete as [`ClientRequest::Kv`], with how long this
+    /// client waited for its previous key-value answer from this node:
+    /// admission control judges background work by what clients see.
+    KvReporting {
+        /// The request.
+        request: Request,
+        /// The client's wait for its previous answer, in microseconds.
+        previous_micros: u32,
+    },
 }
 
 /// What a node answers.
@@ -244,6 +253,13 @@ mod tests {
                 key: Bytes::from_static(b"k"),
                 options: ReadOptions::default(),
             }),
+            ClientRequest::KvReporting {
+                request: Request::Get {
+                    key: Bytes::from_static(b"k"),
+                    options: ReadOptions::default(),
+                },
+                previous_micros: 3_141,
+            },
             ClientRequest::Status,
             ClientRequest::Ring,
             ClientRequest::Join {

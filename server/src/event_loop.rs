@@ -434,6 +434,14 @@ impl EventLoop {
         reply: oneshot::Sender<ClientResponse>,
     ) {
         let response = match request {
+            ClientRequest::KvReporting {
+                request,
+                previous_micros,
+            } => {
+                let previous = Duration::from_micros(u64::from(previous_micros));
+                self.node.handle_client_latency(now, previous);
+                return self.handle_client(now, ClientRequest::Kv(request), reply);
+            }
             ClientRequest::Kv(request) => {
                 if self.draining {
                     ClientResponse::Failed(RequestError::Unavailable(

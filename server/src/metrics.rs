@@ -197,6 +197,11 @@ impl MetricsBoard {
             node.admission_probes,
         );
         counter(
+            "admission_client_reports_total",
+            "Client requests that reported their client's wait for its previous answer from this node (what admission control judges).",
+            node.admission_client_reports,
+        );
+        counter(
             "moves_completed_total",
             "Partition moves to this node finished and recorded in the ring.",
             node.moves_completed,
@@ -394,13 +399,18 @@ impl MetricsBoard {
         );
         gauge(
             "admission_baseline_p99_microseconds",
-            "Admission control's baseline: foreground p99 without background work (0 until learnt).",
+            "Admission control's baseline: foreground p99 without background work (0 until learnt), of the latencies judged.",
             node.admission_baseline_p99_micros,
         );
         gauge(
             "admission_last_p99_microseconds",
             "Foreground p99 of admission control's last interval with enough requests.",
             node.admission_last_p99_micros,
+        );
+        gauge(
+            "admission_judged_by_clients",
+            "1 when admission control judged the latencies clients reported, 0 when the node's own measure (too few reports).",
+            u64::from(node.admission_judged_by_clients),
         );
         gauge(
             "background_paused",

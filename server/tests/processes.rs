@@ -730,3 +730,56 @@ fn a_store_in_an_older_layout_is_refused_at_start() {
     let db = shoal_storage::Db::open(&db_path, shoal_storage::Options::default()).unwrap();
     assert_eq!(db.get(&old_key).unwrap().as_deref(), Some(&b"a state"[..]));
 }
+
+/// The value of the counter or gauge `name` in a node's `/metrics`.
+fn metric(address: SocketAddr, name: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+/// The client library tells a node, with each key-value request, how long
+/// it waited for its previous answer from that node: what admission
+/// control judges (`cluster/src/admission.rs`). One node and 300 puts one
+/// after another give exactly 299 reports: the first has none to give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_library_reports_its_waits_to_the_node() {
+    let mut cluster = Cluster::start(1);
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap();
+    // Started again, with its metrics served.
+    cluster.nodes[0].kill();
+    let config = std::fs::read_to_string(&cluster.nodes[0].config).unwrap();
+    std::fs::write(
+        &cluster.nodes[0].config,
+        format!("metrics_listen = \"{metrics}\"\n{config}"),
+    )
+    .unwrap();
+    cluster.nodes[0].start();
+    let client = cluster.client().await;
+    cluster.wait_alive(&client, 0, 1).await;
+    for i in 0..300 {
+        let key = format!("reported-{i}");
+        client
+            .put(
+                key.as_bytes(),
+                b"v",
+                &Context::default(),
+                &WriteOptions::default(),
+            )
+            .await
+            .unwrap_or_else(|error| panic!("put of {key}: {error:?}"));
+    }
+    let name = "shoal_admission_client_reports_total";
+    wait_for("the node's count of client reports", || async {
+        metric(metrics, name) == Some(299)
+    })
+    .await;
+}
