@@ -296,6 +296,10 @@ pub struct Node {
     next_moves_record: Option<Instant>,
     /// Sets the background byte rate from foreground latency.
     admission: Admission,
+    /// The node was started to be one of a cluster (it has seeds): until
+    /// its ring holds another member, its ring is its own guess, not the
+    /// cluster's, and it coordinates no key request.
+    expects_peers: bool,
     /// An operator paused this node's background work (anti-entropy,
     /// pulls it asks and serves, clearing moved-away copies).
     background_paused: bool,
@@ -331,6 +335,13 @@ fn states_bytes<K: AsRef<[u8]>, V: AsRef<[u8]>>(states: &[(K, V)]) -> usize {
         .iter()
         .map(|(key, value)| key.as_ref().len() + value.as_ref().len())
         .sum()
+}
+
+/// The answer of a node that has not yet learnt its cluster's ring.
+fn not_joined() -> RequestError {
+    RequestError::Unavailable(
+        "joining: this node has not yet learnt the cluster's ring from its seeds".into(),
+    )
 }
 
 impl Node {
@@ -376,6 +387,7 @@ impl Node {
             moves_unrecorded: Vec::new(),
             next_moves_record: None,
             admission,
+            expects_peers: false,
             background_paused: false,
             reap_cursor: Vec::new(),
             tombstones_written: 0,
@@ -451,6 +463,24 @@ impl Node {
     pub fn set_wall_clock(&mut self, now: Instant, unix_time_micros: u64) {
         self.wall_clock_origin = Some((now, unix_time_micros));
         self.admission.align(now, unix_time_micros);
+    }
+
+    /// Tells the node that it belongs to a cluster it has yet to hear from
+    /// (it was started with seeds). Until its ring holds another member,
+    /// key requests and forwards are answered `Unavailable` rather than
+    /// coordinated: a node started without its data (wiped, or new) holds
+    /// a ring of itself alone, under which it is every key's only primary;
+    /// coordinating under it, it failed quorums it could not reach
+    /// ("1 of 2 replicas answered") and would have acknowledged a `w = 1`
+    /// write that only it held, for keys it does not own.
+    pub fn set_expects_peers(&mut self, expects: bool) {
+        self.expects_peers = expects;
+    }
+
+    /// Whether the node's ring is the cluster's as far as it can tell: it
+    /// expects no peers, or its ring holds another member.
+    fn ring_learnt(&self) -> bool {
+        !self.expects_peers || self.ring.members().any(|(node, _)| node != self.id)
     }
 
     /// A ring learnt (membership change, gossip): merged into this node's,
@@ -641,6 +671,10 @@ impl Node {
         if self.operations.len() >= self.config.requests_in_flight_max {
             self.metrics.busy_rejections += 1;
             self.respond(origin, Response::Failed(RequestError::Busy));
+            return;
+        }
+        if !self.ring_learnt() {
+            self.respond(origin, Response::Failed(not_joined()));
             return;
         }
         let partition = self.partitioner.partition_of(request.key());
@@ -1123,6 +1157,10 @@ impl Node {
         if self.operations.len() >= self.config.requests_in_flight_max {
             self.metrics.busy_rejections += 1;
             self.respond(origin, Response::Failed(RequestError::Busy));
+            return;
+        }
+        if !self.ring_learnt() {
+            self.respond(origin, Response::Failed(not_joined()));
             return;
         }
         let partition = self.partitioner.partition_of(request.key());

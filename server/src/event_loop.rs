@@ -252,6 +252,9 @@ impl EventLoop {
         record_ring(&mut store, &ring)?;
         store.flush()?;
         swim.set_metadata(1, ring.encode())?;
+        // Seeds other than itself: it belongs to a cluster whose ring it
+        // must learn before it coordinates key requests.
+        node.set_expects_peers(config.seeds.iter().any(|seed| *seed != config.listen));
         node.handle_ring(now, ring.clone());
         if !config.seeds.is_empty() {
             swim.join(now, &config.seeds);

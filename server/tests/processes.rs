@@ -783,3 +783,60 @@ async fn the_client_library_reports_its_waits_to_the_node() {
     })
     .await;
 }
+
+/// A node started without its data holds a ring of itself alone until it
+/// hears from its seeds; under that ring it would coordinate every key as
+/// its only primary. Here node 3 is wiped and started with a seed nobody
+/// answers: it refuses key requests as a node still joining (the client
+/// would go to another node), and once started with its real seed it
+/// learns the cluster's ring and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_serves_no_key_before_it_learns_the_clusters_ring() {
+    let mut cluster = Cluster::start(3);
+    let client = cluster.client().await;
+    for index in 0..3 {
+        cluster.wait_alive(&client, index, 3).await;
+    }
+    client
+        .put(b"joined", b"v", &Context::default(), &write(Quorum::All))
+        .await
+        .unwrap();
+    cluster.nodes[2].kill();
+    std::fs::remove_dir_all(&cluster.nodes[2].data_dir).unwrap();
+    let config = std::fs::read_to_string(&cluster.nodes[2].config).unwrap();
+    let seed = cluster.nodes[0].address.to_string();
+    let nobody = SocketAddr::from(([127, 0, 0, 1], free_port())).to_string();
+    std::fs::write(&cluster.nodes[2].config, config.replace(&seed, &nobody)).unwrap();
+    cluster.nodes[2].start();
+    // A client that knows node 3 alone.
+    let mut config = cluster.client_config();
+    config.nodes = vec![cluster.nodes[2].address];
+    let alone = Client::connect(config.clone()).await.unwrap();
+    for quorum in [Quorum::One, Quorum::Quorum] {
+        match alone.get(b"joined", &read(quorum)).await {
+            Err(Error::NodeUnavailable(reason)) => assert!(reason.contains("joining"), "{reason}"),
+            other => panic!("a node without its cluster's ring answered {other:?}"),
+        }
+    }
+    match alone
+        .put(b"alone", b"v", &Context::default(), &write(Quorum::One))
+        .await
+    {
+        Err(Error::NodeUnavailable(reason)) => assert!(reason.contains("joining"), "{reason}"),
+        other => panic!("a node without its cluster's ring answered {other:?}"),
+    }
+    // Started again with its seed, it joins and serves.
+    cluster.nodes[2].kill();
+    let config_text = std::fs::read_to_string(&cluster.nodes[2].config).unwrap();
+    std::fs::write(&cluster.nodes[2].config, config_text.replace(&nobody, &seed)).unwrap();
+    cluster.nodes[2].start();
+    cluster.wait_alive(&client, 2, 3).await;
+    let alone = Client::connect(config).await.unwrap();
+    wait_for("node 3 to serve a quorum read", || async {
+        alone
+            .get(b"joined", &read(Quorum::Quorum))
+            .await
+            .is_ok_and(|value| value.siblings == vec![bytes::Bytes::from_static(b"v")])
+    })
+    .await;
+}

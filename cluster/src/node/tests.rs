@@ -1544,3 +1544,72 @@ fn the_tombstone_sweep_reads_an_eighth_of_the_background_rate() {
         "{swept} bytes swept in {seconds} s at an eighth of {rate} B/s"
     );
 }
+
+/// `member` started again without its data: a fresh store, and the ring a
+/// node makes at its first start, of itself alone.
+fn start_wiped(cluster: &mut Cluster, member: usize, expects_peers: bool) {
+    let mut ring = Ring::new();
+    ring.add_member(id(member), format!("sim-{member}"));
+    let mut node = Node::new(cluster.config.clone(), id(member), 99).unwrap();
+    node.set_expects_peers(expects_peers);
+    node.handle_ring(cluster.now, ring);
+    cluster.stores[member] = MemStore::new();
+    node.handle_timeout(cluster.now, &mut cluster.stores[member]);
+    cluster.nodes[member] = node;
+    cluster.collect(member);
+}
+
+/// A node started without its data holds a ring of itself alone until it
+/// hears from its cluster, and under that ring it is every key's only
+/// primary. Coordinating under it, it failed a quorum read it could not
+/// reach (the "1 of 2 replicas answered" of docs/bench.md's refills) and
+/// acknowledged a w = 1 write that only it held, for a key it does not
+/// own. Started with seeds (expecting peers), it answers key requests
+/// "unavailable" until its ring holds another member, then serves.
+#[test]
+fn a_node_that_has_not_learnt_its_clusters_ring_coordinates_nothing() {
+    let mut cluster = Cluster::new(5, Config::default());
+    let wiped = cluster.non_primary(b"k");
+    // Without the gate: the write is acknowledged by a node that does not
+    // own the key, and a quorum read fails at once.
+    start_wiped(&mut cluster, wiped, false);
+    let request = cluster.request(
+        wiped,
+        put("k", "v", VersionVector::default(), Quorum::One, false),
+    );
+    assert_eq!(written(cluster.response(request)).acks, 1);
+    assert_eq!(cluster.local_state(wiped, b"k").values().count(), 1);
+    let request = cluster.request(wiped, get("k", Quorum::Quorum));
+    assert_eq!(
+        cluster.response(request),
+        &Response::Failed(RequestError::QuorumNotReached {
+            acks: 1,
+            required: 2
+        })
+    );
+    // With it: refused, nothing stored.
+    start_wiped(&mut cluster, wiped, true);
+    for request in [
+        put("k", "v", VersionVector::default(), Quorum::One, false),
+        get("k", Quorum::Quorum),
+    ] {
+        let request = cluster.request(wiped, request);
+        match cluster.response(request) {
+            Response::Failed(RequestError::Unavailable(reason)) => {
+                assert!(reason.contains("joining"), "{reason}")
+            }
+            other => panic!("a node without its cluster's ring answered {other:?}"),
+        }
+    }
+    assert_eq!(cluster.local_state(wiped, b"k").values().count(), 0);
+    // Once it has the cluster's ring it forwards to the key's primaries.
+    let ring = build_ring(cluster.nodes.len());
+    cluster.nodes[wiped].handle_ring(cluster.now, ring);
+    while cluster.nodes[wiped].poll_output().is_some() {}
+    let request = cluster.request(
+        wiped,
+        put("k", "v", VersionVector::default(), Quorum::All, false),
+    );
+    assert_eq!(written(cluster.response(request)).acks, 3);
+    assert_eq!(cluster.local_state(wiped, b"k").values().count(), 0);
+}
