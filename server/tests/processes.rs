@@ -174,16 +174,7 @@ impl Cluster {
     }
 
     async fn client(&self) -> Client {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match Client::connect(self.client_config()).await {
-                Ok(client) => return client,
-                Err(error) => {
-                    assert!(Instant::now() < deadline, "cluster unreachable: {error}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
+        connect(self.client_config()).await
     }
 
     /// Waits until node `index` sees `count` members alive (itself included).
@@ -207,6 +198,20 @@ impl Cluster {
             },
         )
         .await;
+    }
+}
+
+/// A client of `config`, once one of its nodes answers (within 20 s).
+async fn connect(config: ClientConfig) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match Client::connect(config.clone()).await {
+            Ok(client) => return client,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "cluster unreachable: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 
@@ -811,7 +816,7 @@ async fn a_wiped_node_serves_no_key_before_it_learns_the_clusters_ring() {
     // A client that knows node 3 alone.
     let mut config = cluster.client_config();
     config.nodes = vec![cluster.nodes[2].address];
-    let alone = Client::connect(config.clone()).await.unwrap();
+    let alone = connect(config.clone()).await;
     for quorum in [Quorum::One, Quorum::Quorum] {
         match alone.get(b"joined", &read(quorum)).await {
             Err(Error::NodeUnavailable(reason)) => assert!(reason.contains("joining"), "{reason}"),
@@ -828,10 +833,14 @@ async fn a_wiped_node_serves_no_key_before_it_learns_the_clusters_ring() {
     // Started again with its seed, it joins and serves.
     cluster.nodes[2].kill();
     let config_text = std::fs::read_to_string(&cluster.nodes[2].config).unwrap();
-    std::fs::write(&cluster.nodes[2].config, config_text.replace(&nobody, &seed)).unwrap();
+    std::fs::write(
+        &cluster.nodes[2].config,
+        config_text.replace(&nobody, &seed),
+    )
+    .unwrap();
     cluster.nodes[2].start();
     cluster.wait_alive(&client, 2, 3).await;
-    let alone = Client::connect(config).await.unwrap();
+    let alone = connect(config).await;
     wait_for("node 3 to serve a quorum read", || async {
         alone
             .get(b"joined", &read(Quorum::Quorum))
