@@ -188,7 +188,8 @@ pub struct Metrics {
     pub background_bytes_by_work: [u64; BackgroundWork::ALL.len()],
     /// The background byte rate admission control allows now.
     pub background_bytes_per_second: u64,
-    /// Times admission control halved the background rate.
+    /// Times admission control lowered the background rate (a step down
+    /// or a halving).
     pub admission_throttles: u64,
     /// Probe intervals (background work held still) that taught admission
     /// control its baseline.
@@ -479,7 +480,7 @@ impl Node {
 
     /// Whether the node's ring is the cluster's as far as it can tell: it
     /// expects no peers, or its ring holds another member.
-    fn ring_learnt(&self) -> bool {
+    pub(super) fn ring_learnt(&self) -> bool {
         !self.expects_peers || self.ring.members().any(|(node, _)| node != self.id)
     }
 

@@ -188,7 +188,7 @@ impl MetricsBoard {
         );
         counter(
             "admission_throttles_total",
-            "Times foreground latency halved the background rate.",
+            "Times foreground latency lowered the background rate (a step down or a halving).",
             node.admission_throttles,
         );
         counter(

@@ -84,8 +84,13 @@ impl Node {
         let (count, replicas) = (self.config.partition_count, self.config.replication_factor);
         let mut changed = false;
         // Each step raises the ring (a version, a mark, a commit); a handful
-        // is the most one ring can need.
-        for _ in 0..8 {
+        // is the most one ring can need. A node that has yet to learn its
+        // cluster's ring takes none: its ring of itself alone would record
+        // an assignment of every partition to it, which gossip would merge
+        // into the cluster's — where a version tied with the cluster's can
+        // win the merge (the simulator's founders record theirs at 1).
+        let steps = if self.ring_learnt() { 8 } else { 0 };
+        for _ in 0..steps {
             match transition::ring_step(&self.ring, self.id, count, replicas) {
                 Some(next) => {
                     self.ring.merge(&next);

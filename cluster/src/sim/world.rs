@@ -742,6 +742,9 @@ impl Simulation {
             .map_err(|error| error.to_string())?;
         let now = self.instant(self.now);
         node.set_wall_clock(now, self.now);
+        // As `shoald` started with seeds: until its ring holds another
+        // member (a wiped node's holds itself alone), it coordinates no key.
+        node.set_expects_peers(true);
         node.handle_ring(now, self.hosts[index].ring.clone());
         let generation = self.hosts[index].crashes + 1;
         let mut swim = Swim::new(
@@ -771,6 +774,19 @@ impl Simulation {
         host.swim = Some(swim);
         host.timer_at = None;
         self.drain(index);
+        // A node that lost its ring with its store (wiped) learns the
+        // cluster's from the members it joins through, as `shoald` does
+        // from their SWIM metadata; until then it serves no key.
+        let alone = !self.hosts[index]
+            .ring
+            .members()
+            .any(|(node, _)| node != node_id(index));
+        if alone {
+            for other in others {
+                let theirs = self.hosts[other].ring.clone();
+                self.gossip_ring(other, index, &theirs);
+            }
+        }
         Ok(())
     }
 
@@ -1603,6 +1619,11 @@ impl Simulation {
         host.timer_at = None;
         host.timer_generation += 1;
         host.store = MemStore::new();
+        // Its ring was in its store: it starts again with the ring a node
+        // makes at its first start, of itself alone, and learns the
+        // cluster's by gossip.
+        host.ring = Ring::new();
+        host.ring.add_member(node_id(index), format!("sim-{index}"));
         self.report.machine_crashes += 1;
         self.mix(0x3199_u64 ^ index as u64);
     }
