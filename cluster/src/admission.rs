@@ -657,53 +657,40 @@ mod tests {
         admission.tick(*at);
     }
 
+    /// A new controller run for a minute: latencies `quiet` (the node's
+    /// own, the clients') in its first eleven seconds and in probes, `busy`
+    /// in the other seconds, with `reports` client reports a second.
+    fn reported_minute(quiet: (u64, u64), busy: (u64, u64), reports: u32) -> (Admission, Instant) {
+        let mut at = Instant::now();
+        let mut admission = Admission::new(8 << 20);
+        admission.tick(at);
+        for second in 0..60 {
+            let latencies = if admission.probing() || second < 11 {
+                quiet
+            } else {
+                busy
+            };
+            reported_interval(&mut admission, &mut at, latencies, reports);
+        }
+        (admission, at)
+    }
+
     #[test]
     fn what_clients_report_is_judged_rather_than_the_nodes_own_measure() {
-        let ceiling = f64::from(8 << 20);
         // The node's own p99 doubles while background work runs (a step
         // held its loop for a millisecond), the clients' does not move:
         // no harm, the rate stays at the ceiling.
-        let mut at = Instant::now();
-        let mut admission = Admission::new(8 << 20);
-        admission.tick(at);
-        for second in 0..60 {
-            let own = if admission.probing() || second < 11 {
-                500
-            } else {
-                1000
-            };
-            reported_interval(&mut admission, &mut at, (own, 4000), 800);
-        }
+        let (admission, _) = reported_minute((500, 4000), (1000, 4000), 800);
         assert!(admission.judged_by_clients());
         assert_eq!(admission.throttles(), 0, "{admission:?}");
-        assert_eq!(admission.rate(), ceiling);
+        assert_eq!(admission.rate(), f64::from(8 << 20));
         assert_eq!(admission.baseline_micros(), Some(4095));
-        // The same latencies judged on the node's own measure: halved.
-        let mut at = Instant::now();
-        let mut alone = Admission::new(8 << 20);
-        alone.tick(at);
-        for second in 0..60 {
-            let own = if alone.probing() || second < 11 {
-                500
-            } else {
-                1000
-            };
-            reported_interval(&mut alone, &mut at, (own, 4000), 0);
-        }
+        // The same latencies judged on the node's own measure: lowered.
+        let (alone, _) = reported_minute((500, 4000), (1000, 4000), 0);
         assert!(!alone.judged_by_clients());
         assert!(alone.throttles() > 5, "{alone:?}");
-        // Clients see harm the node does not: halved.
-        let mut at = Instant::now();
-        let mut admission = Admission::new(8 << 20);
-        admission.tick(at);
-        for second in 0..60 {
-            let client = if admission.probing() || second < 11 {
-                4000
-            } else {
-                6000
-            };
-            reported_interval(&mut admission, &mut at, (500, client), 800);
-        }
+        // Clients see harm the node does not: lowered.
+        let (admission, _) = reported_minute((500, 4000), (500, 6000), 800);
         assert!(admission.judged_by_clients());
         assert!(admission.throttles() > 5, "{admission:?}");
         assert_eq!(admission.baseline_micros(), Some(4095));
@@ -711,19 +698,9 @@ mod tests {
 
     #[test]
     fn too_few_reports_leave_the_judgement_to_the_nodes_own_measure() {
-        let mut at = Instant::now();
-        let mut admission = Admission::new(8 << 20);
-        admission.tick(at);
         // Reports from too few requests a second (a client among others
         // that do not report) claim harm; the node's measure shows none.
-        for second in 0..60 {
-            let client = if admission.probing() || second < 11 {
-                4000
-            } else {
-                9000
-            };
-            reported_interval(&mut admission, &mut at, (500, client), SAMPLES_MIN - 1);
-        }
+        let (mut admission, mut at) = reported_minute((500, 4000), (500, 9000), SAMPLES_MIN - 1);
         assert!(!admission.judged_by_clients());
         assert_eq!(admission.throttles(), 0, "{admission:?}");
         assert_eq!(admission.baseline_micros(), Some(511));
