@@ -338,14 +338,11 @@ impl Admission {
             // What clients saw, when enough of them said and their
             // baseline is known; else what the node measured.
             self.by_clients = clients.is_some() && self.clients.baseline_micros.is_some();
-            let (judged, measured) = if self.by_clients {
-                (&self.clients, clients)
-            } else {
-                (&self.own, own)
-            };
+            let measured = if self.by_clients { clients } else { own };
             // Without a baseline yet, busy intervals wait for a probe.
             let floor = self.ceiling * FLOOR_FRACTION;
-            match judged
+            match self
+                .signal()
                 .judged_ratio()
                 .filter(|_| !quiet && measured.is_some())
             {
